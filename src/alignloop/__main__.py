@@ -1,0 +1,3 @@
+from alignloop.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `alignloop` command line: one Typer app, one module per group of stage commands."""

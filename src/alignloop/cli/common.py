@@ -1,0 +1,72 @@
+"""What every stage command shares: `--run`, `--config`, dotted overrides, and error reporting.
+
+Commands wrap their body in `reporting_errors()`: an `AlignloopError` becomes one
+line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional, TypeVar
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+
+from alignloop.config.base import load_config
+from alignloop.errors import AlignloopError
+
+T = TypeVar("T", bound=BaseModel)
+
+console = Console(stderr=True)
+
+RunOption = Annotated[Path, typer.Option("--run", help="Run directory (created if missing), e.g. runs/demo.")]
+ConfigOption = Annotated[
+    Optional[Path], typer.Option("--config", help="YAML file with this stage's settings (see `alignloop config show STAGE`).")
+]
+OverridesArgument = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Dotted overrides applied last, e.g. train.max_steps=200 model.preset=small.", show_default=False),
+]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print `error: message` on one line and exit with `code`."""
+    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def reporting_errors() -> Iterator[None]:
+    """Turn project errors (and a few predictable system ones) into one line and exit 2."""
+    try:
+        yield
+    except AlignloopError as exc:
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted; rerun the same command to resume", 130)
+    except MemoryError:
+        fail("out of memory; lower the batch size or sequence length", 3)
+    except OSError as exc:
+        if os.environ.get("ALIGNLOOP_DEBUG"):
+            raise
+        fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 2)
+
+
+def resolve(cls: type[T], config: Path | None, overrides: list[str] | None, defaults: dict | None = None) -> T:
+    """Load the stage config from the optional YAML file and the overrides."""
+    return load_config(cls, config, overrides, defaults)
+
+
+def echo(message: str) -> None:
+    """Progress and results for people go to stderr; stdout stays for data (generated text, YAML)."""
+    console.print(message, highlight=False, soft_wrap=True)
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()

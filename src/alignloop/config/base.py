@@ -1,0 +1,111 @@
+"""Loading stage configs from YAML files and `key=value` overrides.
+
+A stage config is a tree of `Section` models. Values come, in order of
+precedence, from the command line (`train.max_steps=200`), then the `--config`
+YAML file, then the defaults in the model. Any unknown key or wrong type is a
+`ConfigError` whose one-line message names the dotted key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from alignloop.errors import ConfigError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base of every config model: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """Turn `["a.b=1", "c=x"]` into a nested dict, values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r} conflicts with an earlier value for {part!r}")
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "<root>"
+    if error["type"] == "extra_forbidden":
+        return f"unknown config key {key!r}"
+    value = error.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    return f"invalid value {shown} for config key {key!r}: {error['msg']}"
+
+
+def validate(cls: type[T], data: dict[str, Any]) -> T:
+    """Build `cls` from plain data, turning pydantic's report into one `ConfigError` line."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        message = _describe(errors[0])
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        raise ConfigError(message) from None
+
+
+def load_config(cls: type[T], path: Path | None = None, overrides: list[str] | None = None,
+                defaults: dict[str, Any] | None = None) -> T:
+    """Resolve a stage config: `defaults` < YAML file < dotted overrides."""
+    data: dict[str, Any] = dict(defaults or {})
+    if path is not None:
+        data = _merge(data, _read_yaml(Path(path)))
+    data = _merge(data, parse_overrides(overrides))
+    return validate(cls, data)
+
+
+def to_yaml(config: BaseModel) -> str:
+    """The config as YAML, in field order, with paths and enums as plain strings."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

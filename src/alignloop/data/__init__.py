@@ -1,0 +1,1 @@
+"""Corpora, prompt sets and the built-in story generator."""

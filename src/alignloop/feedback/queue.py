@@ -1,0 +1,113 @@
+"""Who gets which item: claiming, releasing and completing assignments (inside a store transaction).
+
+The rules: an item goes to at most `overlap` annotators (its own `overlap`
+or the store-wide default) and never twice to the same person. Both are
+enforced by unique constraints, (item_id, slot) and (item_id, user_id), so
+they hold even when the application's own check races with another request:
+the loser's insert fails and it moves on to the next item.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+from sqlalchemy import Select, exists, func, select
+from sqlalchemy.orm import Session, selectinload
+
+from alignloop.feedback.answers import Answer
+from alignloop.feedback.models import AspectRating, Assignment, Item, ItemResponse, Judgment, User, utcnow
+
+# How many of the oldest open items a claim looks at; picking among them at
+# random keeps concurrent annotators from all fighting over the same row.
+CANDIDATES = 8
+
+
+def item_query() -> Select:
+    return select(Item).options(selectinload(Item.slots).selectinload(ItemResponse.response),
+                                selectinload(Item.prompt))
+
+
+def _filled(item_column) -> object:  # noqa: ANN001
+    """Number of held slots (open or done assignments) of an item."""
+    return (select(func.count()).select_from(Assignment)
+            .where(Assignment.item_id == item_column, Assignment.slot.is_not(None))
+            .correlate(Item).scalar_subquery())
+
+
+def _available(user_id: int, default_overlap: int) -> Select:
+    seen = exists().where(Assignment.item_id == Item.id, Assignment.user_id == user_id)
+    wanted = func.coalesce(Item.overlap, default_overlap)
+    return select(Item.id, wanted.label("wanted")).where(Item.queued.is_(True), ~seen, _filled(Item.id) < wanted)
+
+
+def available_count(s: Session, user_id: int, default_overlap: int) -> int:
+    """Items this user could still be given."""
+    return s.scalar(select(func.count()).select_from(_available(user_id, default_overlap).subquery())) or 0
+
+
+def claim(s: Session, user_id: int, default_overlap: int, postgres: bool = False,
+          rng: Optional[random.Random] = None) -> Optional[Assignment]:
+    """The user's open assignment if they have one, else a new one on an item with a free slot.
+
+    Raises IntegrityError (the caller retries in a new transaction) only if
+    every candidate's free slot was taken concurrently.
+    """
+    current = s.scalar(select(Assignment).where(Assignment.user_id == user_id, Assignment.status == "open")
+                       .order_by(Assignment.id).limit(1))
+    if current is not None:
+        return current
+    query = _available(user_id, default_overlap).order_by(Item.id).limit(CANDIDATES)
+    if postgres:
+        # Rows another claim is working on are passed over instead of waited for.
+        query = query.with_for_update(of=Item, skip_locked=True)
+    candidates = list(s.execute(query).all())
+    (rng or random).shuffle(candidates)
+    for item_id, wanted in candidates:
+        used = set(s.scalars(select(Assignment.slot).where(Assignment.item_id == item_id,
+                                                            Assignment.slot.is_not(None))))
+        free = [slot for slot in range(wanted) if slot not in used]
+        if not free:
+            continue
+        assignment = Assignment(item_id=item_id, user_id=user_id, slot=free[0], status="open", assigned_at=utcnow())
+        with s.begin_nested():
+            s.add(assignment)
+        return assignment
+    return None
+
+
+def release_open(s: Session, user_id: int) -> int:
+    """Give back every open assignment of a user (when the account is disabled)."""
+    rows = list(s.scalars(select(Assignment).where(Assignment.user_id == user_id, Assignment.status == "open")))
+    for assignment in rows:
+        assignment.status, assignment.slot, assignment.finished_at = "released", None, utcnow()
+    return len(rows)
+
+
+def record_judgment(s: Session, assignment: Assignment, answer: Answer) -> Judgment:
+    """Write an already validated answer and close the assignment."""
+    now = utcnow()
+    time_spent = answer.time_spent_ms
+    if time_spent is None and assignment.assigned_at is not None:
+        time_spent = int((now - assignment.assigned_at).total_seconds() * 1000)
+    judgment = Judgment(assignment_id=assignment.id, item_id=assignment.item_id, user_id=assignment.user_id,
+                        choice=answer.choice, strength=answer.strength, ranking=answer.ranking,
+                        critique=answer.critique, rewrite=answer.rewrite, time_spent_ms=time_spent, created_at=now)
+    for response_id, scores in answer.ratings.items():
+        for aspect, score in scores.items():
+            judgment.ratings.append(AspectRating(response_id=response_id, aspect=aspect, score=score))
+    s.add(judgment)
+    assignment.status, assignment.finished_at = "done", now
+    s.flush()
+    return judgment
+
+
+def import_author(s: Session, name: str) -> int:
+    """The id of a sign-in-less user that imported labels are attributed to (created if needed)."""
+    found = s.scalar(select(User.id).where(User.name == name))
+    if found is not None:
+        return found
+    user = User(name=name[:100], password_hash=None, role="annotator", origin="import", active=False)
+    s.add(user)
+    s.flush()
+    return user.id

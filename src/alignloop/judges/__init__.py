@@ -1,0 +1,1 @@
+"""Judges of the built-in story task: text features, the gold judge and simulated annotators."""

@@ -1,0 +1,1 @@
+"""Model construction (presets, any local HF causal LM) and loading."""

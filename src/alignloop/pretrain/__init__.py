@@ -1,0 +1,1 @@
+"""Stage 1: pretraining a causal LM on a text corpus."""

@@ -1,0 +1,131 @@
+"""The run directory: where every stage reads its inputs and writes its outputs.
+
+Layout (see DESIGN.md):
+
+    runs/NAME/
+      run.yaml          resolved configuration of every stage that ran
+      manifest.json     which stages finished, with hashes of their inputs
+      tokenizer/
+      pretrain/final/
+      sft/final/
+      feedback.db
+      rounds/001/...
+      report.html
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from alignloop import atomic
+from alignloop.errors import AlignloopError
+
+
+class RunDir:
+    """Paths inside one run directory, and the records kept there (run.yaml, manifest.json)."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    # ---- well-known paths -------------------------------------------------
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def run_yaml(self) -> Path:
+        return self.root / "run.yaml"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def feedback_db(self) -> Path:
+        return self.root / "feedback.db"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    def stage_dir(self, stage: str) -> Path:
+        """`pretrain/`, `sft/`, ...: the folder of a stage's checkpoints and metrics."""
+        return self.root / stage
+
+    def final(self, stage: str) -> Path:
+        """The finished checkpoint of a stage, e.g. `pretrain/final`."""
+        return self.root / stage / "final"
+
+    def round_dir(self, number: int) -> Path:
+        return self.root / "rounds" / f"{number:03d}"
+
+    def ensure(self) -> "RunDir":
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # ---- run.yaml ---------------------------------------------------------
+    def read_configs(self) -> dict[str, Any]:
+        if not self.run_yaml.exists():
+            return {}
+        try:
+            data = yaml.safe_load(self.run_yaml.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            raise AlignloopError(f"{self.run_yaml} is not valid YAML; fix or delete it") from None
+        return data if isinstance(data, dict) else {}
+
+    def record_config(self, stage: str, config: BaseModel) -> None:
+        """Store the resolved config of `stage` in run.yaml, keeping the other stages'."""
+        configs = self.read_configs()
+        configs[stage] = config.model_dump(mode="json")
+        self.ensure()
+        atomic.write_text(self.run_yaml, yaml.safe_dump(configs, sort_keys=False))
+
+    # ---- manifest.json ----------------------------------------------------
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        try:
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise AlignloopError(f"{self.manifest_path} is corrupt; fix or delete it") from None
+        data.setdefault("stages", {})
+        return data
+
+    def mark_stage(self, stage: str, status: str, inputs_hash: str | None = None, **extra: Any) -> None:
+        """Record that `stage` is `running` or `done`, with the hash of what it read."""
+        manifest = self.read_manifest()
+        entry = manifest["stages"].get(stage, {})
+        entry.update({"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if inputs_hash is not None:
+            entry["inputs_hash"] = inputs_hash
+        entry.update(extra)
+        manifest["stages"][stage] = entry
+        self.ensure()
+        atomic.write_json(self.manifest_path, manifest)
+
+    def stage_done(self, stage: str, inputs_hash: str | None = None) -> bool:
+        """Whether `stage` finished, and (if given) with the same inputs."""
+        entry = self.read_manifest()["stages"].get(stage)
+        if not entry or entry.get("status") != "done":
+            return False
+        return inputs_hash is None or entry.get("inputs_hash") == inputs_hash
+
+
+def hash_inputs(*parts: Any) -> str:
+    """A short stable hash of configs (as JSON) and file paths (by size and mtime)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, BaseModel):
+            part = part.model_dump(mode="json")
+        if isinstance(part, Path):
+            stat = part.stat() if part.exists() else None
+            part = [str(part), stat.st_size if stat else None, stat.st_mtime_ns if stat else None]
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,69 @@
+"""`alignloop sft`: fine-tune a checkpoint on prompt/response pairs into `sft/final/`."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import Callable
+
+from alignloop.data.lm_batches import SupervisedPairs, build_supervised_example, read_supervised_records
+from alignloop.errors import DataError
+from alignloop.models.causal_lm import load_causal_lm
+from alignloop.runs import RunDir, hash_inputs
+from alignloop.sft.config import SFTConfig
+from alignloop.stages import builtin_paths, sample_fn_for
+from alignloop.tokenizer import load_tokenizer
+from alignloop.train.checkpoints import latest_checkpoint, load_training_state
+from alignloop.train.lm_loop import LoopResult, train_language_model
+
+STAGE = "sft"
+
+
+def start_checkpoint(run: RunDir, path: str | None) -> Path:
+    """The checkpoint SFT starts from: explicit, else this run's pretraining result."""
+    if path:
+        return Path(path)
+    final = run.final("pretrain")
+    if not final.exists():
+        raise DataError(f"no model to fine-tune: {final} does not exist; run `alignloop pretrain --run {run.root}` "
+                        f"first or set model.path")
+    return final
+
+
+def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+            ) -> LoopResult | None:
+    """Run (or resume, or skip if finished) supervised fine-tuning; returns None when skipped."""
+    start = start_checkpoint(run, cfg.model.path)
+    data_path = Path(cfg.data.path) if cfg.data.path else builtin_paths(run)["sft"]
+    inputs = hash_inputs(cfg, str(start), str(data_path))
+    if run.stage_done(STAGE, inputs) and run.final(STAGE).exists():
+        log(f"{STAGE}: already finished ({run.final(STAGE)}); nothing to do")
+        return None
+    pairs = read_supervised_records(data_path)
+    run.record_config(STAGE, cfg)
+
+    stage_dir = run.stage_dir(STAGE)
+    checkpoint = latest_checkpoint(stage_dir)
+    source = checkpoint or start
+    tokenizer = load_tokenizer(source)
+    model = load_causal_lm(source)
+    state = load_training_state(checkpoint) if checkpoint else None
+
+    order = list(range(len(pairs)))
+    random.Random(cfg.data.seed).shuffle(order)
+    n_val = int(round(len(pairs) * cfg.data.val_fraction))
+    examples = [build_supervised_example(tokenizer, *pairs[i], cfg.data.max_len) for i in order]
+    data = SupervisedPairs(examples[n_val:], examples[:n_val], cfg.train.batch_size, tokenizer.pad_token_id,
+                           cfg.train.seed)
+    log(f"{STAGE}: {len(examples) - n_val:,} training and {n_val:,} validation pairs from {data_path}; "
+        f"starting from {source}")
+
+    run.mark_stage(STAGE, "running", inputs)
+    prompts = [p for p, _ in pairs[: cfg.train.samples]] or None
+    result = train_language_model(
+        stage=STAGE, stage_dir=stage_dir, model=model, tokenizer=tokenizer, data=data, cfg=cfg.train,
+        resume_state=state, sample_fn=sample_fn_for(run, tokenizer, cfg.train, prompts), log=log)
+    run.mark_stage(STAGE, "done", inputs, final=str(result.final_dir), val_loss=result.val_loss)
+    log(f"{STAGE}: done in {result.wall_s:.0f}s; checkpoint in {result.final_dir}")
+    return result

@@ -1,0 +1,98 @@
+"""Where stages find their inputs in a run directory: the built-in data, the tokenizer, prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from alignloop.errors import DataError
+from alignloop.runs import RunDir
+from alignloop.tokenizer import load_tokenizer
+
+BUILTIN_STEM = "stories"
+
+
+def builtin_paths(run: RunDir) -> dict[str, Path]:
+    """The files of the built-in story task inside a run directory."""
+    folder = run.root / "data"
+    return {
+        "corpus": folder / f"{BUILTIN_STEM}.txt",
+        "prompts": folder / f"{BUILTIN_STEM}.prompts.jsonl",
+        "sft": folder / f"{BUILTIN_STEM}.sft.jsonl",
+        "eval_prompts": folder / f"{BUILTIN_STEM}.eval_prompts.jsonl",
+    }
+
+
+def builtin_data(run: RunDir, n: int, seed: int, log: Callable[[str], None]) -> dict[str, Path]:
+    """The built-in story corpus of this run, generated on first use (deterministic for the seed)."""
+    paths = builtin_paths(run)
+    if not all(p.exists() for p in paths.values()):
+        from alignloop.data.stories import write_builtin_data
+
+        log(f"generating the built-in story corpus ({n:,} stories, seed {seed}) in {paths['corpus'].parent}")
+        written = write_builtin_data(paths["corpus"], n, seed)
+        paths.update({k: Path(v) for k, v in written.items() if k in paths})
+    return paths
+
+
+def tokenizer_for(run: RunDir, tokenizer_path: str | None = None, model_path: str | None = None):
+    """The tokenizer to use: an explicit one, the model's own, the run's, or None (train one)."""
+    if tokenizer_path:
+        return load_tokenizer(tokenizer_path)
+    if model_path:
+        return load_tokenizer(model_path)
+    if (run.tokenizer / "tokenizer_config.json").exists():
+        return load_tokenizer(run.tokenizer)
+    return None
+
+
+def read_prompts(path: Path | str, field: str = "prompt", limit: int | None = None) -> list[str]:
+    """Prompts from JSONL (`field`, or `formatted`/`text`) or a text file with one prompt per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prompt file {path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    prompts: list[str] = []
+    is_jsonl = path.suffix in {".jsonl", ".json"}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if not is_jsonl:
+            prompts.append(line.strip())
+        else:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            value = record.get(field) if isinstance(record, dict) else None
+            if not isinstance(value, str):
+                raise DataError(f"{path}:{number}: no string field {field!r}")
+            prompts.append(value)
+        if limit is not None and len(prompts) >= limit:
+            break
+    if not prompts:
+        raise DataError(f"prompt file {path} holds no prompts")
+    return prompts
+
+
+def sample_fn_for(run: RunDir, tokenizer, train_cfg, prompts: list[str] | None = None):
+    """A function model -> a few sample continuations, printed during training."""
+    if train_cfg.samples == 0:
+        return None
+    if prompts is None:
+        prompt_file = builtin_paths(run)["eval_prompts"]
+        prompts = read_prompts(prompt_file, limit=train_cfg.samples) if prompt_file.exists() else [""]
+    chosen = (prompts * train_cfg.samples)[: train_cfg.samples]
+
+    def sample(model) -> list[str]:
+        from alignloop.generation.text import complete
+
+        responses = complete(model, tokenizer, chosen, max_new_tokens=train_cfg.sample_tokens, temperature=0.8,
+                             top_p=0.95, seed=train_cfg.seed)
+        return [f"{p} | {r}" if p else r for p, r in zip(chosen, responses)]
+
+    return sample

@@ -1,0 +1,1 @@
+"""Machinery every training stage shares: device, schedule, checkpoints, metrics, progress."""

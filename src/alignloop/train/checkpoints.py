@@ -1,0 +1,105 @@
+"""Training checkpoints: written atomically, the last K kept, resumed exactly.
+
+A stage folder (e.g. `runs/a/pretrain/`) holds
+
+    checkpoints/step-000100/   HF model + tokenizer + training_state.pt
+    final/                     HF model + tokenizer, written when the stage ends
+
+`training_state.pt` carries what exact resume needs besides the weights: the
+optimizer, the step, the RNG states and anything the stage adds (a KL
+controller, the best validation score...).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignloop.atomic import atomic_directory, clean_stale_temporaries
+from alignloop.errors import CheckpointError
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_FILE = "training_state.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_pretrained(directory: Path, model, tokenizer=None) -> None:
+    """HF `save_pretrained` of the model (safetensors) and the tokenizer into `directory`."""
+    unwrapped = getattr(model, "module", model)
+    unwrapped.save_pretrained(str(directory), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+
+
+def save_final(target: Path, model, tokenizer=None, extra_files: dict[str, str] | None = None) -> None:
+    """Write a finished checkpoint to `target` atomically (it appears whole or not at all)."""
+    with atomic_directory(target) as tmp:
+        save_pretrained(tmp, model, tokenizer)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+
+def checkpoint_steps(stage_dir: Path) -> list[tuple[int, Path]]:
+    folder = Path(stage_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    clean_stale_temporaries(folder)
+    found = []
+    for entry in folder.iterdir():
+        match = STEP_DIR.match(entry.name)
+        if match and (entry / STATE_FILE).exists():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def latest_checkpoint(stage_dir: Path) -> Path | None:
+    """The newest complete training checkpoint of a stage, or None."""
+    steps = checkpoint_steps(stage_dir)
+    return steps[-1][1] if steps else None
+
+
+def save_training_checkpoint(stage_dir: Path, step: int, model, tokenizer, optimizer,
+                             keep_last: int = 2, extra_state: dict[str, Any] | None = None,
+                             extra_models: dict[str, Any] | None = None) -> Path:
+    """Atomically write `checkpoints/step-NNNNNN/` and prune all but the newest `keep_last`.
+
+    `extra_models` (name -> model) are saved in subfolders, e.g. PPO's critic.
+    """
+    target = Path(stage_dir) / "checkpoints" / f"step-{step:06d}"
+    with atomic_directory(target) as tmp:
+        save_pretrained(tmp, model, tokenizer)
+        for name, other in (extra_models or {}).items():
+            save_pretrained(tmp / name, other)
+        state = {"step": step, "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                 "rng": rng_state(), **(extra_state or {})}
+        torch.save(state, tmp / STATE_FILE)
+    for _, old in checkpoint_steps(stage_dir)[:-max(1, keep_last)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_training_state(checkpoint: Path) -> dict[str, Any]:
+    """The `training_state.pt` of a checkpoint; a clear error if it is corrupt."""
+    try:
+        return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"training state in {checkpoint} is corrupt: {str(exc).splitlines()[0][:200]}; "
+                              f"delete that folder to resume from an earlier one") from None

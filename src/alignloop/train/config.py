@@ -1,0 +1,36 @@
+"""The optimisation settings every training stage shares."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field
+
+from alignloop.config.base import Section
+
+
+class TrainConfig(Section):
+    """Optimiser, schedule, evaluation and checkpointing of a training loop."""
+
+    max_steps: int = Field(2000, ge=1, description="Optimizer steps to run in all (the schedule spans these).")
+    max_minutes: Optional[float] = Field(
+        None, gt=0, description="Stop cleanly (and write final/) after this much wall time, even before max_steps.")
+    batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warmup steps before cosine decay.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices (not norms or biases).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 disables).")
+    eval_every: int = Field(200, ge=1, description="Validate every N steps (and at the end).")
+    eval_batches: int = Field(20, ge=1, description="Validation micro-batches per evaluation.")
+    save_every: int = Field(200, ge=1, description="Write a resumable checkpoint every N steps.")
+    keep_last: int = Field(2, ge=1, description="Resumable checkpoints to keep.")
+    log_every: int = Field(10, ge=1, description="Log metrics every N steps.")
+    samples: int = Field(2, ge=0, description="Samples printed at each evaluation.")
+    sample_tokens: int = Field(48, ge=1, description="Length of those samples in tokens.")
+    seed: int = Field(0, description="Seed for initialisation, data order and sampling.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")

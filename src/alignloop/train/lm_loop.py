@@ -1,0 +1,165 @@
+"""The training loop of a causal language model, shared by pretraining and SFT.
+
+Read it top to bottom: batch, forward, backward, clip, step, log, evaluate,
+checkpoint. The data decides what the loss covers (labels of -100 are
+ignored), so pretraining (every token) and SFT (response tokens only) run the
+same loop. Batches are a pure function of the step, so a resumed run sees
+exactly the data the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from alignloop.errors import TrainingError
+from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
+from alignloop.train.config import TrainConfig
+from alignloop.train.crash import crash_point
+from alignloop.train.device import autocast, pick_device
+from alignloop.train.metrics import MetricsLog
+from alignloop.train.progress import training_progress
+from alignloop.train.schedule import learning_rate
+
+
+class BatchSource(Protocol):
+    """Training batches addressed by index, and a fixed validation pass."""
+
+    def train_batch(self, index: int) -> dict[str, torch.Tensor]: ...
+
+    def val_batches(self, limit: int) -> list[dict[str, torch.Tensor]]: ...
+
+
+@dataclass
+class LoopResult:
+    final_dir: Path
+    steps: int
+    val_loss: float | None
+    tokens_per_s: float
+    wall_s: float
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (norm gains and biases are not decayed)."""
+    decay, no_decay, seen = [], [], set()
+    for parameter in model.parameters():
+        if not parameter.requires_grad or id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        (decay if parameter.dim() >= 2 else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float:
+    """Mean token loss over validation batches, weighted by their counted tokens."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = _to(batch, device)
+        with autocast(device):
+            loss = model(**batch).loss
+        tokens = int((batch["labels"][:, 1:] != -100).sum())
+        total += float(loss) * tokens
+        count += tokens
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _status(loss: float, lr: float, tokens_per_s: float) -> str:
+    return f"loss {loss:.3f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s"
+
+
+def train_language_model(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, cfg: TrainConfig,
+                         resume_state: dict[str, Any] | None = None,
+                         sample_fn: Callable[[Any], list[str]] | None = None,
+                         log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> LoopResult:
+    """Train `model` on `data` for `cfg.max_steps`, checkpointing into `stage_dir`; write `final/`."""
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model.to(device)
+    model.train()
+    optimizer = make_optimizer(model, cfg)
+    start_step = 0
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        restore_rng_state(resume_state["rng"])
+        start_step = int(resume_state["step"])
+        log(f"{stage}: resuming from step {start_step}")
+    else:
+        torch.manual_seed(cfg.seed)
+    metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start_step if resume_state else None)
+
+    started = time.monotonic()
+    tokens_seen, val_loss, step = 0, None, start_step
+    window_tokens, window_start = 0, time.monotonic()
+    interactive = sys.stderr.isatty()
+    with training_progress(stage) as progress:
+        task = progress.add_task(stage, total=cfg.max_steps, completed=start_step, status="")
+        for step in range(start_step, cfg.max_steps):
+            lr = learning_rate(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = 0.0
+            for micro in range(cfg.grad_accum):
+                batch = _to(data.train_batch(step * cfg.grad_accum + micro), device)
+                with autocast(device):
+                    loss = model(**batch).loss / cfg.grad_accum
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"{stage}: loss became {float(loss)} at step {step + 1}; lower train.lr "
+                                        f"(the last checkpoint in {stage_dir / 'checkpoints'} is intact)")
+                loss.backward()
+                step_loss += float(loss.detach())
+                window_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch \
+                    else batch["input_ids"].numel()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+
+            if done % cfg.log_every == 0 or done == cfg.max_steps:
+                elapsed = max(time.monotonic() - window_start, 1e-9)
+                tokens_per_s = window_tokens / elapsed
+                tokens_seen += window_tokens
+                window_tokens, window_start = 0, time.monotonic()
+                metrics.log(done, loss=step_loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s)
+                progress.update(task, completed=done, status=_status(step_loss, lr, tokens_per_s))
+                if not interactive and (done % (cfg.log_every * 10) == 0 or done == cfg.max_steps):
+                    log(f"{stage} step {done}/{cfg.max_steps}  {_status(step_loss, lr, tokens_per_s)}")
+
+            out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
+            last = done == cfg.max_steps or out_of_time
+            if done % cfg.eval_every == 0 or last:
+                val_loss = evaluate_loss(model, data.val_batches(cfg.eval_batches), device)
+                perplexity = math.exp(min(val_loss, 50))
+                metrics.log(done, val_loss=val_loss, val_perplexity=perplexity)
+                log(f"{stage} step {done}: validation loss {val_loss:.4f}, perplexity {perplexity:.2f}")
+                if sample_fn is not None and cfg.samples:
+                    for text in sample_fn(model):
+                        log(f"  sample: {text}")
+            # The last step is saved too, so a rerun with a larger max_steps continues from it.
+            if done % cfg.save_every == 0 or last:
+                save_training_checkpoint(stage_dir, done, model, tokenizer, optimizer, keep_last=cfg.keep_last)
+                crash_point(f"{stage}:saved:{done}")
+            if out_of_time:
+                log(f"{stage}: stopping at step {done} after {cfg.max_minutes} minutes (train.max_minutes)")
+                break
+    metrics.close()
+    wall = time.monotonic() - started
+    final_dir = stage_dir / "final"
+    save_final(final_dir, model, tokenizer)
+    return LoopResult(final_dir=final_dir, steps=step + 1 if cfg.max_steps > start_step else start_step,
+                      val_loss=val_loss, tokens_per_s=tokens_seen / max(wall, 1e-9), wall_s=wall)

@@ -1,0 +1,19 @@
+"""Learning-rate schedule: linear warmup then cosine decay to a floor."""
+
+from __future__ import annotations
+
+import math
+
+
+def learning_rate(step: int, max_steps: int, peak: float, warmup_steps: int, min_ratio: float) -> float:
+    """The learning rate for optimizer step `step` (0-based).
+
+    Warmup: peak * (step + 1) / warmup_steps for step < warmup_steps.
+    Then cosine from peak down to peak * min_ratio at `max_steps`.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    span = max(1, max_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    floor = peak * min_ratio
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))

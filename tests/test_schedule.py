@@ -1,0 +1,25 @@
+import math
+
+import pytest
+
+from alignloop.train.schedule import learning_rate
+
+
+def test_warmup_is_linear_from_peak_over_steps():
+    # step 0 of 10 warmup steps: 1e-3 * 1/10
+    assert learning_rate(0, 100, 1e-3, 10, 0.1) == pytest.approx(1e-4)
+    assert learning_rate(9, 100, 1e-3, 10, 0.1) == pytest.approx(1e-3)
+
+
+def test_cosine_midpoint_and_end():
+    # after warmup 10 of 110 steps: span 100; step 60 is halfway -> floor + (peak-floor)/2
+    peak, floor = 1e-3, 1e-4
+    assert learning_rate(60, 110, peak, 10, 0.1) == pytest.approx(floor + 0.5 * (peak - floor))
+    assert learning_rate(110, 110, peak, 10, 0.1) == pytest.approx(floor)
+    # a quarter of the way: cos(pi/4)
+    expected = floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi / 4))
+    assert learning_rate(35, 110, peak, 10, 0.1) == pytest.approx(expected)
+
+
+def test_no_warmup_starts_at_peak():
+    assert learning_rate(0, 10, 2e-3, 0, 0.0) == pytest.approx(2e-3)
