@@ -32,6 +32,8 @@ app = typer.Typer(
 # Modules that add commands, in the order they appear in --help.
 COMMAND_MODULES = (
     "alignloop.cli.lm",
+    "alignloop.cli.sample",
+    "alignloop.cli.loop",
 )
 
 

@@ -12,6 +12,7 @@ from alignloop.errors import ConfigError
 STAGE_CONFIGS: dict[str, str] = {
     "pretrain": "alignloop.pretrain.config:PretrainConfig",
     "sft": "alignloop.sft.config:SFTConfig",
+    "sample": "alignloop.sample.config:SampleConfig",
 }
 
 

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from alignloop import atomic
 from alignloop.data.corpus import read_corpus, train_val_split
 from alignloop.data.lm_batches import PackedBlocks, pack_blocks, tokenize_documents
@@ -73,6 +75,7 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig, log: Callable[[str], None] = 
         state = load_training_state(checkpoint)
     else:
         tokenizer = _tokenizer(run, cfg, train_docs, log)
+        torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed alone
         if cfg.model.path:
             model = load_causal_lm(cfg.model.path)
         else:

@@ -9,10 +9,10 @@ from typing import Callable
 
 from alignloop.data.lm_batches import SupervisedPairs, build_supervised_example, read_supervised_records
 from alignloop.errors import DataError
-from alignloop.models.causal_lm import load_causal_lm
+from alignloop.models.causal_lm import check_checkpoint_dir, load_causal_lm
 from alignloop.runs import RunDir, hash_inputs
 from alignloop.sft.config import SFTConfig
-from alignloop.stages import builtin_paths, sample_fn_for
+from alignloop.stages import builtin_data, sample_fn_for
 from alignloop.tokenizer import load_tokenizer
 from alignloop.train.checkpoints import latest_checkpoint, load_training_state
 from alignloop.train.lm_loop import LoopResult, train_language_model
@@ -31,11 +31,17 @@ def start_checkpoint(run: RunDir, path: str | None) -> Path:
     return final
 
 
+def default_sft_data(run: RunDir, log) -> Path:
+    """The built-in story pairs, made with the same settings as this run's built-in corpus."""
+    corpus = run.read_configs().get("pretrain", {}).get("data", {})
+    return builtin_data(run, corpus.get("stories", 20000), corpus.get("seed", 0), log)["sft"]
+
+
 def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
             ) -> LoopResult | None:
     """Run (or resume, or skip if finished) supervised fine-tuning; returns None when skipped."""
-    start = start_checkpoint(run, cfg.model.path)
-    data_path = Path(cfg.data.path) if cfg.data.path else builtin_paths(run)["sft"]
+    start = check_checkpoint_dir(start_checkpoint(run, cfg.model.path))
+    data_path = Path(cfg.data.path) if cfg.data.path else default_sft_data(run, log)
     inputs = hash_inputs(cfg, str(start), str(data_path))
     if run.stage_done(STAGE, inputs) and run.final(STAGE).exists():
         log(f"{STAGE}: already finished ({run.final(STAGE)}); nothing to do")

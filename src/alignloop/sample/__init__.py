@@ -1,0 +1,1 @@
+"""Stage 2a: the policy writes K responses per prompt, loaded into the feedback store for judging."""
