@@ -61,3 +61,16 @@ def test_yaml_round_trip_and_registry():
     assert PretrainConfig.model_validate(yaml.safe_load(to_yaml(cfg))) == cfg
     with pytest.raises(ConfigError, match="unknown stage"):
         config_class("nope")
+
+
+def test_commented_yaml_of_every_stage_reads_back_as_its_defaults():
+    import yaml
+
+    from alignloop.config.base import to_commented_yaml
+    from alignloop.config.registry import STAGE_CONFIGS
+
+    for stage in STAGE_CONFIGS:
+        cls = config_class(stage)
+        text = to_commented_yaml(cls())
+        assert cls.model_validate(yaml.safe_load(text)) == cls(), stage
+        assert "#" in text

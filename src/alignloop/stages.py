@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
+from alignloop.data.jsonl import iter_jsonl, read_text
 from alignloop.errors import DataError
 from alignloop.runs import RunDir
 from alignloop.tokenizer import load_tokenizer
@@ -48,32 +48,18 @@ def tokenizer_for(run: RunDir, tokenizer_path: str | None = None, model_path: st
 
 
 def read_prompts(path: Path | str, field: str = "prompt", limit: int | None = None) -> list[str]:
-    """Prompts from JSONL (`field`, or `formatted`/`text`) or a text file with one prompt per line."""
+    """Prompts from JSONL (`field`) or a text file with one prompt per line."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"prompt file {path} does not exist")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
     prompts: list[str] = []
-    is_jsonl = path.suffix in {".jsonl", ".json"}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if not is_jsonl:
-            prompts.append(line.strip())
-        else:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            value = record.get(field) if isinstance(record, dict) else None
-            if not isinstance(value, str):
+    if path.suffix in {".jsonl", ".json"} or path.name.endswith(".jsonl.gz"):
+        for number, record in iter_jsonl(path, "prompt file"):
+            if not isinstance(record.get(field), str):
                 raise DataError(f"{path}:{number}: no string field {field!r}")
-            prompts.append(value)
-        if limit is not None and len(prompts) >= limit:
-            break
+            prompts.append(record[field])
+            if limit is not None and len(prompts) >= limit:
+                break
+    else:
+        prompts = [line.strip() for line in read_text(path, "prompt file").splitlines() if line.strip()][:limit]
     if not prompts:
         raise DataError(f"prompt file {path} holds no prompts")
     return prompts

@@ -32,10 +32,10 @@ def data_stories(
 def config_show(stage: Annotated[str, typer.Argument(help="Stage name, e.g. pretrain, sft.")]) -> None:
     """Print a stage's default configuration as YAML (every key can be overridden as key=value)."""
     with reporting_errors():
-        from alignloop.config.base import to_yaml
+        from alignloop.config.base import to_commented_yaml
         from alignloop.config.registry import config_class
 
-        out(to_yaml(config_class(stage)()))
+        out(to_commented_yaml(config_class(stage)()))
 
 
 def pretrain(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None) -> None:

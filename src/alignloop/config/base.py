@@ -109,3 +109,23 @@ def load_config(cls: type[T], path: Path | None = None, overrides: list[str] | N
 def to_yaml(config: BaseModel) -> str:
     """The config as YAML, in field order, with paths and enums as plain strings."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def to_commented_yaml(config: BaseModel, indent: int = 0) -> str:
+    """The config as YAML with each field's description as a trailing comment (for `config show`)."""
+    lines: list[str] = []
+    pad = "  " * indent
+    for name, field in type(config).model_fields.items():
+        value = getattr(config, name)
+        comment = f"  # {field.description}" if field.description else ""
+        if isinstance(value, BaseModel):
+            doc = (type(value).__doc__ or "").strip().splitlines()
+            lines.append(f"{pad}{name}:" + (f"  # {doc[0]}" if doc else ""))
+            lines.append(to_commented_yaml(value, indent + 1).rstrip("\n"))
+        else:
+            dumped = yaml.safe_dump({name: value if not isinstance(value, Path) else str(value)},
+                                    default_flow_style=True, width=10_000).strip()
+            if dumped.startswith("{") and dumped.endswith("}"):
+                dumped = dumped[1:-1]
+            lines.append(f"{pad}{dumped}{comment}")
+    return "\n".join(lines) + "\n"

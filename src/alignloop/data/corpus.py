@@ -10,29 +10,16 @@ Accepted inputs (DESIGN.md, "Data formats"):
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 import re
 from pathlib import Path
 
+from alignloop.data.jsonl import iter_jsonl, read_text
 from alignloop.errors import DataError
 
 STORY_SEPARATOR = "<|endoftext|>"
 TEXT_SUFFIXES = {".txt", ".md", ".text"}
 JSON_SUFFIXES = {".jsonl", ".json"}
-
-
-def _open_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
-    except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
 
 
 def _base_suffix(path: Path) -> str:
@@ -51,18 +38,10 @@ def split_text_documents(text: str) -> list[str]:
 def read_jsonl_texts(path: Path, text_field: str = "text") -> list[str]:
     """The `text_field` of every record of a JSONL file; a bad line is an error naming its number."""
     docs = []
-    for number, line in enumerate(_open_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or text_field not in record:
-            raise DataError(f"{path}:{number}: record has no {text_field!r} field (set data.text_field)")
-        value = record[text_field]
+    for number, record in iter_jsonl(path, "corpus file"):
+        value = record.get(text_field)
         if not isinstance(value, str):
-            raise DataError(f"{path}:{number}: field {text_field!r} is not a string")
+            raise DataError(f"{path}:{number}: record has no string {text_field!r} field (set data.text_field)")
         if value.strip():
             docs.append(value.strip())
     return docs
@@ -103,7 +82,7 @@ def read_corpus(path: Path | str, text_field: str = "text") -> list[str]:
                 if suffix in JSON_SUFFIXES:
                     docs.extend(read_jsonl_texts(file, text_field))
                 elif suffix in TEXT_SUFFIXES:
-                    docs.extend(split_text_documents(_open_text(file)))
+                    docs.extend(split_text_documents(read_text(file)))
     elif path.suffix == ".parquet":
         import datasets
 
@@ -117,7 +96,7 @@ def read_corpus(path: Path | str, text_field: str = "text") -> list[str]:
     elif _base_suffix(path) in JSON_SUFFIXES:
         docs = read_jsonl_texts(path, text_field)
     else:
-        docs = split_text_documents(_open_text(path))
+        docs = split_text_documents(read_text(path))
     if not docs:
         raise DataError(f"corpus {path} is empty: no documents found")
     return docs

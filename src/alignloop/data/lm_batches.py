@@ -11,12 +11,12 @@ Training batch `i` draws examples from a permutation of the data seeded by
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from alignloop.data.jsonl import iter_jsonl
 from alignloop.data.formatting import encode_prompt, encode_response
 from alignloop.errors import DataError
 
@@ -131,27 +131,14 @@ def render_chat(messages: list[dict]) -> list[tuple[str, str]]:
 
 def read_supervised_records(path: Path) -> list[tuple[str, str]]:
     """(prompt, response) pairs from JSONL `{"prompt","response"}` or chat `{"messages": [...]}`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"SFT data {path} does not exist")
     pairs = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if isinstance(record, dict) and "messages" in record:
+    for number, record in iter_jsonl(path, "SFT data"):
+        if "messages" in record:
             try:
                 pairs.extend(render_chat(record["messages"]))
             except DataError as exc:
                 raise DataError(f"{path}:{number}: {exc}") from None
-        elif isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
+        elif isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
             if record["response"].strip():
                 pairs.append((record["prompt"], record["response"]))
         else:
