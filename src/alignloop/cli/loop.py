@@ -1,19 +1,40 @@
-"""`alignloop demo` (and, as the later stages land, `loop` and `report`)."""
+"""Stage 5 commands: `loop` (rounds of feedback and RL), `demo`, and `report`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from alignloop.cli.common import echo, reporting_errors
+from alignloop.cli.common import ConfigOption, OverridesArgument, RunOption, echo, reporting_errors, resolve
 from alignloop.runs import RunDir
+
+
+def loop(
+    run: RunOption,
+    config: ConfigOption = None,
+    overrides: OverridesArgument = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Rounds to run in all (default: config's rounds).")] = None,
+    human: Annotated[bool, typer.Option("--human", help="Serve the web app and wait for people's judgments instead of simulated annotators.")] = False,
+) -> None:
+    """Round after round: sample from the policy, collect feedback, retrain the reward model, PPO, evaluate.
+
+    Needs a run with an SFT (or pretrained) model. Rerun the same command after
+    an interruption: finished steps are skipped, no judgment is lost.
+    """
+    with reporting_errors():
+        from alignloop.loop.config import LoopConfig
+        from alignloop.loop.rounds import run_loop
+
+        extra = [f"rounds={rounds}"] if rounds is not None else []
+        cfg = resolve(LoopConfig, config, list(overrides or []) + extra)
+        run_loop(RunDir(run).ensure(), cfg, human=human, log=echo)
 
 
 def demo(
     run: Annotated[Path, typer.Option("--run", help="Run directory for the demo.")] = Path("runs/demo"),
-    fast: Annotated[bool, typer.Option("--fast", help="A seconds-long smoke version (tiny model, few steps).")] = False,
+    fast: Annotated[bool, typer.Option("--fast", help="A smoke version in about a minute (tiny model, few steps).")] = False,
 ) -> None:
     """The whole pipeline on the built-in story task on a laptop CPU; rerun to resume."""
     with reporting_errors():
@@ -22,5 +43,19 @@ def demo(
         run_demo(RunDir(run).ensure(), log=echo, fast=fast)
 
 
+def report(run: RunOption) -> None:
+    """Write RUN/report.html: configuration, curves, win rate per round, agreement, samples."""
+    with reporting_errors():
+        from alignloop.errors import AlignloopError
+        from alignloop.loop.report import write_report
+
+        run_dir = RunDir(run)
+        if not run_dir.root.is_dir():
+            raise AlignloopError(f"run directory {run} does not exist")
+        echo(f"report: {write_report(run_dir)}")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("loop")(loop)
     app.command("demo")(demo)
+    app.command("report")(report)

@@ -1,0 +1,164 @@
+"""`alignloop loop`: round after round of sample -> feedback -> reward model -> PPO -> evaluation.
+
+Each round `r` reads and writes `rounds/00r/`. The policy of round r starts
+from round r-1's (round 1: SFT); the reference stays the SFT model; the reward
+model is retrained on all feedback so far, warm-started from round r-1's.
+
+Crash safety: every step records itself in manifest.json (`sample:00r`,
+`feedback:00r`, `reward:00r`, `ppo:00r`, `eval:00r`) and is itself resumable
+(samples.jsonl before the store, judgments committed one by one, training
+checkpoints), so after `kill -9` the same command picks up where it died, redoes
+no finished step, and loses no judgment.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from alignloop.errors import AlignloopError
+from alignloop.evaluation.stage import run_eval
+from alignloop.feedback import open_store
+from alignloop.feedback.simulate import run_simulated
+from alignloop.loop.config import LoopConfig
+from alignloop.loop.report import write_report
+from alignloop.reward.stage import run_reward
+from alignloop.rl.ppo import run_ppo
+from alignloop.runs import RunDir
+from alignloop.sample.stage import run_sample
+from alignloop.sft.stage import start_checkpoint
+from alignloop.train.crash import crash_point
+
+Log = Callable[[str], None]
+
+
+def sft_model(run: RunDir) -> Path:
+    """The model every round is measured against and kept close to: SFT, else the pretrained model."""
+    return run.final("sft") if run.final("sft").exists() else start_checkpoint(run, None)
+
+
+def round_policy(run: RunDir, number: int) -> Path:
+    """The policy a round starts from: the previous round's, or the SFT model for round 1."""
+    return sft_model(run) if number == 1 else run.round_dir(number - 1) / "policy" / "final"
+
+
+def round_judgments(store, number: int) -> tuple[int, int]:
+    """(judgments made, judgments wanted) for the items of round `number`."""
+    from sqlalchemy import func, select
+
+    from alignloop.feedback.models import Item, Judgment, Round
+
+    with store.read() as session:
+        round_id = session.scalar(select(Round.id).where(Round.number == number))
+        made = session.scalar(select(func.count(Judgment.id)).join(Item, Judgment.item_id == Item.id)
+                              .where(Item.round_id == round_id)) or 0
+        wanted = session.scalar(select(func.sum(Item.overlap)).where(Item.round_id == round_id)) or 0
+    return int(made), int(wanted)
+
+
+def collect_simulated(run: RunDir, cfg: LoopConfig, number: int, log: Log) -> int:
+    store = open_store(run.feedback_db)
+    try:
+        settings = cfg.feedback.model_copy(update={"seed": cfg.feedback.seed + number})
+        run_simulated(store, settings, log=log)
+        made, wanted = round_judgments(store, number)
+    finally:
+        store.close()
+    if made < wanted:
+        raise AlignloopError(f"round {number}: only {made} of {wanted} judgments came in; add personas "
+                             f"(feedback.personas >= overlap) and rerun")
+    return made
+
+
+def collect_human(run: RunDir, cfg: LoopConfig, number: int, log: Log) -> int:
+    """Serve the annotation app and wait until the round's quota of judgments is in."""
+    from alignloop.web.app import create_app
+    from alignloop.web.server import background
+
+    store = open_store(run.feedback_db)
+    try:
+        made, wanted = round_judgments(store, number)
+        quota = min(cfg.human.quota or wanted, wanted)
+        with background(create_app(store), host=cfg.human.host, port=cfg.human.port) as url:
+            log(f"round {number}: annotation app at {url} — waiting for {quota} judgments "
+                f"(create accounts with `alignloop users add NAME --run {run.root}`)")
+            last = -1
+            while made < quota:
+                if made != last:
+                    log(f"round {number}: {made}/{quota} judgments")
+                    last = made
+                time.sleep(cfg.human.poll_seconds)
+                made, _ = round_judgments(store, number)
+        log(f"round {number}: {made}/{quota} judgments — quota reached")
+        return made
+    finally:
+        store.close()
+
+
+def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log) -> dict:
+    """One round, each step skipped when the manifest says it is done."""
+    policy = round_policy(run, number)
+    reference = sft_model(run)
+
+    log(f"round {number}: [1/5] sampling from {policy}")
+    store = open_store(run.feedback_db)
+    try:
+        store.set_overlap(cfg.overlap)
+    finally:
+        store.close()
+    sample_cfg = cfg.sample.model_copy(update={"round": number, "seed": cfg.sample.seed + 1000 * number})
+    run_sample(run, sample_cfg, policy, log=log)
+    crash_point(f"loop:{number}:sampled")
+
+    key = f"feedback:{number:03d}"
+    if not run.stage_done(key):
+        log(f"round {number}: [2/5] feedback from {'people' if human else 'simulated annotators'}")
+        run.mark_stage(key, "running")
+        made = collect_human(run, cfg, number, log) if human else collect_simulated(run, cfg, number, log)
+        run.mark_stage(key, "done", judgments=made)
+    crash_point(f"loop:{number}:judged")
+
+    log(f"round {number}: [3/5] reward model on all feedback so far")
+    reward_cfg = cfg.reward.model_copy(deep=True)
+    reward_cfg.round = number
+    previous_reward = run.round_dir(number - 1) / "reward" / "final"
+    if number > 1 and previous_reward.exists() and not cfg.reward.model.path:
+        reward_cfg.model.path = str(previous_reward)  # warm start
+    run_reward(run, reward_cfg, log)
+    crash_point(f"loop:{number}:rewarded")
+
+    log(f"round {number}: [4/5] PPO from {policy}, reference {reference}")
+    ppo_cfg = cfg.ppo.model_copy(deep=True)
+    ppo_cfg.run.round = number
+    ppo_cfg.models.policy = str(policy)
+    ppo_cfg.models.reference = str(reference)
+    run_ppo(run, ppo_cfg, log)
+    crash_point(f"loop:{number}:trained")
+
+    key = f"eval:{number:03d}"
+    eval_path = run.round_dir(number) / "eval.json"
+    if not (run.stage_done(key) and eval_path.exists()):
+        log(f"round {number}: [5/5] evaluation against the SFT model")
+        eval_cfg = cfg.eval.model_copy(deep=True)
+        eval_cfg.round = number
+        eval_cfg.models.baseline = str(reference)
+        result = run_eval(run, eval_cfg, checkpoint=run.round_dir(number) / "policy" / "final", log=log)
+        run.mark_stage(key, "done", gold_win_rate=result.get("gold_win_rate"), kl=result.get("kl"))
+    import json
+
+    return json.loads(eval_path.read_text(encoding="utf-8"))
+
+
+def run_loop(run: RunDir, cfg: LoopConfig, human: bool = False,
+             log: Log = lambda m: print(m, file=sys.stderr)) -> list[dict]:
+    """Run rounds 1..cfg.rounds (finished ones are skipped); returns each round's evaluation."""
+    sft_model(run)  # fail early, with the command to run, when there is no model yet
+    run.record_config("loop", cfg)
+    results = []
+    for number in range(1, cfg.rounds + 1):
+        results.append(run_round(run, cfg, number, human, log))
+        if cfg.report:
+            write_report(run)
+    return results
