@@ -78,3 +78,94 @@ def pretrained_run(tmp_path_factory) -> Path:
                      "train.save_every=4", *TINY_PRETRAIN)
     assert result.returncode == 0, result.stderr
     return run
+
+
+# ---- feedback store: SQLite file, or a database on a throwaway PostgreSQL server ----------
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """URL of a PostgreSQL server started on loopback for this test session (skips if impossible)."""
+    from alignloop.feedback import pgtemp
+
+    reason = pgtemp.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with pgtemp.temporary_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request, tmp_path: Path) -> str:
+    """A fresh, empty feedback database: a SQLite file, then a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "feedback.db")
+    from alignloop.feedback import pgtemp
+
+    server = request.getfixturevalue("postgres_server")
+    return pgtemp.create_database(server, f"test_{os.getpid()}_{random.randrange(1 << 30)}")
+
+
+# ---- stage 4 (RL): a tiny run with a policy, a reward model and prompts ------------------------
+
+RL_PROMPTS = ["Tom went to the park.", "Mia saw a cat.", "Ben", "Lily went to the beach. Lily saw a big kite.",
+              "Sam was happy.", "Anna went to the town.", "Max saw a dog.", "Zoe"]
+# Settings that make an RL stage take seconds on the tiny run.
+TINY_RL = ["sampling.max_new_tokens=12", "sampling.batch_size=8", "run.threads=1", "run.sample_table_every=1",
+           "run.sample_table_rows=2"]
+
+
+@pytest.fixture(scope="session")
+def rl_run_template(pretrained_run, tmp_path_factory) -> Path:
+    """The tiny pretrained run plus a reward model in rounds/001/reward/final and a prompt file (do not modify)."""
+    import json
+    import shutil
+
+    from alignloop.reward.model import RewardStats, build_reward_model
+
+    root = tmp_path_factory.mktemp("rl") / "run"
+    shutil.copytree(pretrained_run, root)
+    torch.manual_seed(0)
+    reward = build_reward_model(root / "pretrain" / "final")
+    reward.stats = RewardStats(mean=0.1, std=2.0, n=10)
+    reward.save(root / "rounds" / "001" / "reward" / "final")
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in RL_PROMPTS))
+    return root
+
+
+@pytest.fixture
+def rl_run(rl_run_template, tmp_path) -> Path:
+    """A fresh copy of `rl_run_template` that a test may change."""
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(rl_run_template, target)
+    return target
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for the test: on a shared 2-core machine, two threads that wait on each other
+    made a tiny model's matmuls over 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium driven by Playwright (never a downloaded browser)."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()

@@ -118,6 +118,11 @@ class RunDir:
         return inputs_hash is None or entry.get("inputs_hash") == inputs_hash
 
 
+def round_stage_key(stage: str, round_number: int) -> str:
+    """The manifest entry of a stage in a round, e.g. `ppo:001`."""
+    return f"{stage}:{round_number:03d}"
+
+
 def hash_inputs(*parts: Any) -> str:
     """A short stable hash of configs (as JSON) and file paths (by size and mtime)."""
     digest = hashlib.sha256()

@@ -33,6 +33,9 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "alignloop.cli.lm",
     "alignloop.cli.sample",
+    "alignloop.cli.feedback",
+    "alignloop.cli.reward",
+    "alignloop.cli.rl",
     "alignloop.cli.loop",
 )
 

@@ -12,7 +12,16 @@ from alignloop.errors import ConfigError
 STAGE_CONFIGS: dict[str, str] = {
     "pretrain": "alignloop.pretrain.config:PretrainConfig",
     "sft": "alignloop.sft.config:SFTConfig",
+    "reward": "alignloop.reward.config:RewardConfig",
+    "reward-eval": "alignloop.reward.config:RewardEvalConfig",
     "sample": "alignloop.sample.config:SampleConfig",
+    "annotate": "alignloop.feedback.simulate:SimulateConfig",
+    "loop": "alignloop.loop.config:LoopConfig",
+    "ppo": "alignloop.rl.config:PPOConfig",
+    "grpo": "alignloop.rl.config:GRPOConfig",
+    "dpo": "alignloop.rl.config:DPOConfig",
+    "bon": "alignloop.rl.config:BoNConfig",
+    "eval": "alignloop.evaluation.config:EvalConfig",
 }
 
 

@@ -372,7 +372,7 @@ _PRONOUNS = {
 
 
 def _character(rng: random.Random, avoid: set[str]) -> dict[str, str]:
-    """A named character with its pronouns: a child (two thirds) or an animal."""
+    """A named character with its pronouns: a child (60%) or an animal, named unlike anyone in `avoid`."""
     gender = rng.choice("fm")
     if rng.random() < 0.6:
         being = "girl" if gender == "f" else "boy"
@@ -449,7 +449,7 @@ def _truncate(rng: random.Random, sentences: list[str]) -> tuple[list[str], bool
 
 
 def _plan(rng: random.Random) -> tuple[dict[str, str], dict[str, str], str, set[str]]:
-    """Main character, friend, shared slot values and the opening that names the main character."""
+    """The main character, the slot values (friend included), the opening, and the names taken."""
     used: set[str] = set()
     main = _character(rng, used)
     friend = _character(rng, used)

@@ -196,6 +196,8 @@ class Assignment(Base):
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
 
+    item: Mapped[Item] = relationship()
+
 
 class Judgment(Base):
     """One annotator's answer on one item.
@@ -224,6 +226,8 @@ class Judgment(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     ratings: Mapped[list["AspectRating"]] = relationship(cascade="all, delete-orphan", order_by="AspectRating.id")
+    item: Mapped[Item] = relationship()
+    assignment: Mapped[Optional[Assignment]] = relationship()
 
 
 class AspectRating(Base):

@@ -22,6 +22,9 @@ from alignloop.feedback.models import AspectRating, Assignment, Item, ItemRespon
 # random keeps concurrent annotators from all fighting over the same row.
 CANDIDATES = 8
 
+# Annotators per item when neither the item nor the admin says otherwise.
+DEFAULT_OVERLAP = 1
+
 
 def item_query() -> Select:
     return select(Item).options(selectinload(Item.slots).selectinload(ItemResponse.response),
@@ -59,9 +62,14 @@ def claim(s: Session, user_id: int, default_overlap: int, postgres: bool = False
         return current
     query = _available(user_id, default_overlap).order_by(Item.id).limit(CANDIDATES)
     if postgres:
-        # Rows another claim is working on are passed over instead of waited for.
-        query = query.with_for_update(of=Item, skip_locked=True)
-    candidates = list(s.execute(query).all())
+        # Rows another claim is working on are passed over instead of waited for...
+        candidates = list(s.execute(query.with_for_update(of=Item, skip_locked=True)).all())
+        if not candidates:
+            # ...unless they are all that is left: then wait for them, or we would
+            # tell this annotator "nothing left" while slots are still free.
+            candidates = list(s.execute(query.with_for_update(of=Item)).all())
+    else:
+        candidates = list(s.execute(query).all())
     (rng or random).shuffle(candidates)
     for item_id, wanted in candidates:
         used = set(s.scalars(select(Assignment.slot).where(Assignment.item_id == item_id,

@@ -11,18 +11,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from alignloop.errors import AlignloopError, DataError
-from alignloop.feedback import db, queue
+from alignloop.feedback import db, preferences, queue, reading, stats
 from alignloop.feedback.answers import Answer, validate_answer
 from alignloop.feedback.models import (
     ITEM_KINDS,
@@ -42,7 +43,7 @@ from alignloop.feedback.models import (
     utcnow,
 )
 
-DEFAULT_OVERLAP = 1
+DEFAULT_OVERLAP = queue.DEFAULT_OVERLAP
 DEFAULT_GUIDELINES = (
     "Read the prompt, then every response in full.\n"
     "Prefer the response that is more helpful, harmless, coherent and accurate, in that order of importance.\n"
@@ -138,6 +139,11 @@ class Store:
         self.url = url
         self.write_engine = write_engine
         self.read_engine = read_engine
+        # SQLite has one writer at a time. Queueing our own threads on a lock wakes the
+        # next one as soon as the writer commits, where SQLite's busy handler would poll
+        # with growing sleeps (long, unfair waits under load). Other processes still
+        # wait through the busy timeout.
+        self._write_lock = threading.Lock() if self.backend == "sqlite" else contextlib.nullcontext()
 
     @property
     def backend(self) -> str:
@@ -158,7 +164,7 @@ class Store:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A read-write transaction, committed on success (on SQLite it holds the write lock)."""
-        with Session(self.write_engine, expire_on_commit=False) as session, session.begin():
+        with self._write_lock, Session(self.write_engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     @contextlib.contextmanager
@@ -350,7 +356,7 @@ class Store:
         if item_kind not in ITEM_KINDS:
             raise DataError(f"item kind must be one of {', '.join(ITEM_KINDS)}, not {item_kind!r}")
         rng = random.Random(seed)
-        item_ids: list[int] = []
+        items: list[Item] = []
         with self.write() as s:
             for index, record in enumerate(records):
                 prompt, responses = _sample_record(record, index)
@@ -371,10 +377,10 @@ class Store:
                     groups = [rows]
                 else:
                     groups = [[row] for row in rows]
-                for group in groups:
-                    item = _new_item(s, round_id, prompt_row, item_kind, group, overlap, source)
-                    item_ids.append(item.id)
-        return item_ids
+                items.extend(_new_item(s, round_id, prompt_row, item_kind, group, overlap, source)
+                             for group in groups)
+            s.flush()
+            return [item.id for item in items]
 
     def add_items(self, records: Sequence[dict[str, Any]], round_id: Optional[int] = None,
                   source: str = "upload") -> list[int]:
@@ -385,7 +391,7 @@ class Store:
         best first]}` for a ranking. A record with no responses stores the prompt
         alone (for `alignloop sample` to answer later). All or nothing.
         """
-        item_ids: list[int] = []
+        items: list[Item] = []
         with self.write() as s:
             for index, record in enumerate(records):
                 prompt, responses = _sample_record(record, index, allow_empty=True)
@@ -408,8 +414,9 @@ class Store:
                 item = _new_item(s, round_id, prompt_row, kind, rows, overlap, source)
                 if record.get("gold") is not None:
                     _set_gold(s, item, record["gold"], f"record {index + 1}")
-                item_ids.append(item.id)
-        return item_ids
+                items.append(item)
+            s.flush()
+            return [item.id for item in items]
 
     def set_gold(self, item_id: int, gold: dict[str, Any]) -> None:
         """Mark an item as gold: `{"choice": ...}` or `{"ranking": [positions best first]}`."""
@@ -452,13 +459,16 @@ class Store:
             try:
                 with self.write() as s:
                     assignment = queue.claim(s, user_id, overlap, postgres=self.backend == "postgresql")
-                    if assignment is None:
-                        return None
-                    item = s.scalar(queue.item_query().where(Item.id == assignment.item_id))
-                    return AssignmentView(assignment.id, assignment.status, _item_view(item))
+                    if assignment is not None:
+                        item = s.scalar(queue.item_query().where(Item.id == assignment.item_id))
+                        return AssignmentView(assignment.id, assignment.status, _item_view(item))
             except IntegrityError:
                 # Another transaction took the same slot between our read and our insert.
                 continue
+            # The candidates filled up while we looked; "nothing left" only if a fresh look agrees.
+            with self.read() as s:
+                if queue.available_count(s, user_id, overlap) == 0:
+                    return None
         raise Conflict("too many annotators are claiming items at once; try again")
 
     def get_assignment(self, assignment_id: int, user_id: int) -> AssignmentView:
@@ -511,33 +521,69 @@ class Store:
     def import_preferences(self, records: Sequence[dict[str, Any]], source: str,
                            round_id: Optional[int] = None) -> list[int]:
         """Store labelled pairs `{"prompt", "chosen", "rejected", "prompt_meta"?, "chosen_meta"?,
-        "rejected_meta"?, "annotator"?}` as pair items (A = chosen) with a judgment 'a'.
+        "rejected_meta"?, "annotator"?, "strength"?}` as pair items (A = chosen) with a judgment 'a'.
 
         The items are not queued for annotators. Labels are attributed to a
         sign-in-less user `import:<source>` unless the record names an annotator.
+        One transaction: all or nothing.
         """
-        item_ids: list[int] = []
+        items: list[Item] = []
         with self.write() as s:
             authors: dict[str, int] = {}
+            now = utcnow()
             for record in records:
                 author = record.get("annotator") or f"import:{source}"
                 if author not in authors:
                     authors[author] = queue.import_author(s, author)
-                prompt_row = Prompt(round_id=round_id, text=record["prompt"], source=source,
-                                    meta=record.get("prompt_meta"))
-                s.add(prompt_row)
-                chosen = Response(prompt=prompt_row, text=record["chosen"], meta=record.get("chosen_meta"),
-                                  model_name=record.get("chosen_model"))
-                rejected = Response(prompt=prompt_row, text=record["rejected"], meta=record.get("rejected_meta"),
-                                    model_name=record.get("rejected_model"))
-                s.add_all([chosen, rejected])
-                item = _new_item(s, round_id, prompt_row, "pair", [chosen, rejected], None, source, queued=False)
-                assignment = Assignment(item_id=item.id, user_id=authors[author], slot=None, status="open")
-                s.add(assignment)
-                s.flush()
-                queue.record_judgment(s, assignment, Answer(choice="a", strength=record.get("strength")))
-                item_ids.append(item.id)
-        return item_ids
+                prompt = Prompt(round_id=round_id, text=record["prompt"], source=source,
+                                meta=record.get("prompt_meta"), created_at=now)
+                chosen = Response(prompt=prompt, text=record["chosen"], meta=record.get("chosen_meta"),
+                                  model_name=record.get("chosen_model"), created_at=now)
+                rejected = Response(prompt=prompt, text=record["rejected"], meta=record.get("rejected_meta"),
+                                    model_name=record.get("rejected_model"), created_at=now)
+                item = Item(round_id=round_id, prompt=prompt, kind="pair", queued=False, source=source,
+                            created_at=now, slots=[ItemResponse(position=0, response=chosen),
+                                                   ItemResponse(position=1, response=rejected)])
+                assignment = Assignment(item=item, user_id=authors[author], slot=None, status="done",
+                                        assigned_at=now, finished_at=now)
+                s.add(Judgment(item=item, assignment=assignment, user_id=authors[author], choice="a",
+                               strength=record.get("strength"), created_at=now))
+                items.append(item)
+            s.flush()
+            return [item.id for item in items]
+
+    # ---- reading judgments back -----------------------------------------------------
+    def judgment_rows(self, round_id: Optional[int] = None, include_imported: bool = True,
+                      include_gold: bool = True) -> list[dict[str, Any]]:
+        """Every judgment as a plain dict with its item, prompt, responses, annotator and ratings."""
+        return reading.judgment_rows(self, round_id, include_imported, include_gold)
+
+    def preference_records(self, round_id: Optional[int] = None, aggregate: str = "majority",
+                           ties: str = "drop", include_imported: bool = True) -> list[dict[str, Any]]:
+        """Preference pairs for reward modelling and export: `prompt`, `chosen`, `rejected`,
+        `strength`, `annotator`, `round`, `tie`, ... (see `preferences.preference_records`)."""
+        return preferences.preference_records(reading.judgment_rows(self, round_id, include_imported),
+                                              aggregate, ties)
+
+    def ranking_records(self, round_id: Optional[int] = None) -> list[dict[str, Any]]:
+        """Each ranking judgment: `prompt`, `responses` best first, `annotator`, `round`."""
+        return preferences.ranking_records(reading.judgment_rows(self, round_id))
+
+    def rating_records(self, round_id: Optional[int] = None) -> list[dict[str, Any]]:
+        """Each rated response: `prompt`, `response`, `ratings` {aspect: 1-5}, `annotator`, `round`."""
+        return preferences.rating_records(reading.judgment_rows(self, round_id))
+
+    def annotator_table(self) -> list[dict[str, Any]]:
+        """Per account: done, open, skipped, remaining, mean seconds per judgment, gold accuracy."""
+        table = reading.annotator_table(self)
+        gold = stats.gold_accuracy(reading.judgment_rows(self, include_imported=False))
+        for entry in table:
+            entry["gold"] = gold.get(entry["name"])
+        return table
+
+    def agreement(self, round_id: Optional[int] = None) -> dict[str, Any]:
+        """Agreement per item kind over the annotators' judgments (imported labels left out)."""
+        return stats.agreement_report(reading.judgment_rows(self, round_id, include_imported=False))
 
 
 def _sample_record(record: Any, index: int, allow_empty: bool = False) -> tuple[str, list[dict[str, Any]]]:
@@ -565,12 +611,9 @@ def _sample_record(record: Any, index: int, allow_empty: bool = False) -> tuple[
 
 def _new_item(s: Session, round_id: Optional[int], prompt: Prompt, kind: str, responses: list[Response],
               overlap: Optional[int], source: str, queued: bool = True) -> Item:
-    item = Item(round_id=round_id, prompt=prompt, kind=kind, overlap=overlap, queued=queued, source=source)
+    item = Item(round_id=round_id, prompt=prompt, kind=kind, overlap=overlap, queued=queued, source=source,
+                slots=[ItemResponse(position=p, response=r) for p, r in enumerate(responses)])
     s.add(item)
-    s.flush()
-    for position, response in enumerate(responses):
-        item.slots.append(ItemResponse(position=position, response=response))
-    s.flush()
     return item
 
 
@@ -618,3 +661,4 @@ def open_store(target: str | Path, *, migrate: bool = True) -> Store:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AlignloopError(f"cannot open feedback store {target}: {first}") from None
     return Store(url, write_engine, read_engine)
+

@@ -27,6 +27,7 @@ __all__ = [
     "response_logits",
     "response_tokens_and_mask",
     "sequence_logprobs",
+    "unwrap_model",
 ]
 
 
@@ -68,11 +69,26 @@ def _forward_parameters(model_class: type) -> frozenset[str]:
     return frozenset(inspect.signature(model_class.forward).parameters)
 
 
+def unwrap_model(model):
+    """The Hugging Face model inside wrappers (DDP's ``.module``, peft's base model)."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            inner = model.get_base_model()
+        elif isinstance(model, torch.nn.Module) and isinstance(getattr(model, "module", None), torch.nn.Module):
+            inner = model.module
+        else:
+            return model
+        if inner is model:
+            return model
+        model = inner
+
+
 def _model_kwargs(model, *, use_cache: bool, logits_to_keep: int = 0, cache=None) -> dict:
     """Keyword names differ across transformers versions (``cache`` replaced
     ``past_key_values`` in 5.x; ``num_logits_to_keep`` became
-    ``logits_to_keep``); pass whichever this model's forward accepts."""
-    params = _forward_parameters(type(model))
+    ``logits_to_keep``); pass whichever the underlying model's forward accepts
+    (wrappers such as peft pass keyword arguments through)."""
+    params = _forward_parameters(type(unwrap_model(model)))
     kwargs: dict = {"use_cache": use_cache}
     if cache is not None:
         kwargs["cache" if "cache" in params else "past_key_values"] = cache

@@ -41,7 +41,9 @@ _NOT_NAMES = frozenset(
     "miss sir god yes no oh hi hello please thank thanks okay ok wow look let lets what why how "
     "who where which today tomorrow yesterday monday tuesday wednesday thursday friday saturday "
     "sunday christmas i me my we us our you your it its they them their he she his her him "
-    "suddenly soon later finally at in on by with from to of for as if not".split()
+    "suddenly soon later finally at in on by with from to of for as if not mum mummy momma "
+    "mommy baby everyday everytime everything everyone whenever although imagine unfortunately "
+    "people kids lots man woman true each many".split()
 ) | COMMON_WORDS
 
 _VADER = None
@@ -72,7 +74,10 @@ def _is_name(word: str) -> bool:
         word = word[:-2]
     if word in NAMES:
         return True
-    return len(word) > 1 and word[0].isupper() and word[1:].islower() and word.lower() not in _NOT_NAMES
+    return (
+        len(word) > 1 and word.isalpha() and word[0].isupper() and word[1:].islower()
+        and word.lower() not in _NOT_NAMES
+    )
 
 
 def names(text: str) -> list[str]:
@@ -219,12 +224,19 @@ def grammar(text: str) -> float:
     return 0.5 * capitalised / len(parts) + 0.3 * max(0.0, 1.0 - 10.0 * doubled) + 0.2 * quotes
 
 
+# Words a response needs before it earns full credit for kindness, character and variety.
+SUBSTANCE_WORDS = 20
+
+
 @functools.lru_cache(maxsize=65536)
 def _scores(prompt: str, response: str) -> tuple[float, ...]:
+    # Without this, "ran ran ran" would look neutral, on character and unrepeated,
+    # and beat a fluent story that is merely unkind.
+    substance = min(1.0, len(words(response)) / SUBSTANCE_WORDS)
     return (
-        (kindness(response) + 1.0) / 2.0,
-        character_consistency(prompt, response),
-        1.0 - min(1.0, 2.0 * repetition(response)),
+        substance * min(1.0, max(0.0, 0.5 + kindness(response))),
+        substance * character_consistency(prompt, response),
+        substance * (1.0 - min(1.0, 2.0 * repetition(response))),
         proper_ending(response),
         length_score(response),
         grammar(response),
@@ -234,7 +246,12 @@ def _scores(prompt: str, response: str) -> tuple[float, ...]:
 def feature_scores(prompt: str, response: str) -> dict[str, float]:
     """Every feature as a goodness in [0, 1], higher is better, keyed by FEATURE_NAMES.
 
-    kindness is rescaled from [-1, 1]; no_repetition is 1 - min(1, 2 x repetition)
-    so that a text repeating half its 3-grams gets 0.
+    kindness k in [-1, 1] becomes clip(0.5 + k, 0, 1): stories with kind acts
+    and a happy turn score k of about 0.4 to 0.5 and unkind ones about -0.4, so
+    they land near 1 and near 0; no_repetition is
+    1 - min(1, 2 x repetition), so a text repeating half its 3-grams gets 0.
+    kindness, character and no_repetition are scaled by
+    min(1, words / SUBSTANCE_WORDS): a response too short to tell a story gets
+    little credit for them.
     """
     return dict(zip(FEATURE_NAMES, _scores(prompt, response)))

@@ -17,7 +17,7 @@ from alignloop.errors import DataError
 from alignloop.judges.features import FEATURE_NAMES, feature_scores
 
 GOLD_WEIGHTS: dict[str, float] = {
-    "kindness": 3.0,
+    "kindness": 2.5,
     "character": 2.0,
     "no_repetition": 2.0,
     "ending": 1.5,

@@ -14,13 +14,13 @@ close calls the way real annotators do. Choices are noisy:
 - Likert ratings add Gaussian noise of standard deviation 0.1 x temperature to
   each aspect on the [0, 1] scale before rounding to 1..5.
 
-With SCORE_SCALE = 20 and temperature 1, a gap of 0.05 on the [0, 1] scale is
-picked right 73% of the time (sigmoid(1)) and a gap of 0.1, typical between a
-kind and an unkind continuation, 88%. On pairs of generated continuations each
-default persona agrees with the gold judge about 73-81% of the time, and two
-personas with each other about 64-76%, near the roughly 73% agreement between
-human labellers reported for InstructGPT (Ouyang et al. 2022). A careless
-persona picks at random.
+With SCORE_SCALE = 15 and temperature 1, a quality gap of 0.05 on the [0, 1]
+scale is picked right 68% of the time (sigmoid(0.75)) and a gap of 0.1 82%;
+turning a kind story unkind costs about 0.2 for a persona that weighs like the
+gold judge (95%). On pairs of generated continuations each default persona
+agrees with the gold judge 76-81% of the time, and two personas with each other
+65-76%, near the roughly 73% agreement between human labellers reported for
+InstructGPT (Ouyang et al. 2022). A careless persona picks at random.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from alignloop.errors import ConfigError
 from alignloop.judges.features import FEATURE_NAMES, feature_scores, main_character
 from alignloop.judges.gold import GOLD_WEIGHTS
 
-SCORE_SCALE = 20.0
+SCORE_SCALE = 15.0
 # A pair is a tie when the persona's scores differ by less than this (in utility units).
 TIE_MARGIN = 0.05
 # Both responses are bad when both weighted means fall below this.
@@ -109,6 +109,7 @@ class Persona:
     temperature: float = 1.0
     careless: bool = False
     description: str = ""
+    both_bad_below: float = BOTH_BAD_BELOW
     _total: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -135,7 +136,7 @@ class Persona:
         if self.careless:
             return PairJudgment(rng.choice(("a", "b")), rng.randint(1, 3))
         qa, qb = self.quality(prompt, a), self.quality(prompt, b)
-        if qa < BOTH_BAD_BELOW and qb < BOTH_BAD_BELOW:
+        if qa < self.both_bad_below and qb < self.both_bad_below:
             return PairJudgment("both_bad", 1)
         diff = SCORE_SCALE * (qa - qb)
         if abs(diff) < TIE_MARGIN:
@@ -161,15 +162,14 @@ class Persona:
     def aspects(self, prompt: str, response: str) -> dict[str, float]:
         """Noiseless aspect values in [0, 1] behind `rate`.
 
-        helpfulness: the persona's overall quality; harmlessness: kindness
-        stretched so that the generator's unkind stories sit low and kind ones
-        high; coherence: mean of no_repetition, grammar and ending; accuracy:
+        helpfulness: the persona's overall quality; harmlessness: kindness;
+        coherence: mean of no_repetition, grammar and ending; accuracy:
         staying with the prompt's character (0.7) and a full-length answer (0.3).
         """
         g = feature_scores(prompt, response)
         return {
             "helpfulness": self.quality(prompt, response),
-            "harmlessness": min(1.0, max(0.0, (g["kindness"] - 0.2) / 0.6)),
+            "harmlessness": g["kindness"],
             "coherence": (g["no_repetition"] + g["grammar"] + g["ending"]) / 3.0,
             "accuracy": 0.7 * g["character"] + 0.3 * g["length"],
         }
@@ -179,7 +179,8 @@ class Persona:
         if self.careless:
             return {aspect: rng.randint(1, 5) for aspect in ASPECTS}
         noise = RATING_NOISE * self.temperature
-        return {name: _likert(v + rng.gauss(0.0, noise) if noise else v) for name, v in self.aspects(prompt, response).items()}
+        values = self.aspects(prompt, response)
+        return {name: _likert(v + rng.gauss(0.0, noise) if noise else v) for name, v in values.items()}
 
     def critique(self, prompt: str, response: str, rng: random.Random | None = None) -> str:
         """A one-sentence critique naming the feature that costs this persona the most."""
@@ -192,6 +193,8 @@ class Persona:
         if loss[weakest] < 0.03:
             return rng.choice(_PRAISE)
         main = main_character(prompt) or "the main character"
+        if weakest == "character" and main not in response:
+            return f"It never even mentions {main}."
         return rng.choice(_CRITIQUES[weakest]).format(main=main)
 
 
@@ -212,7 +215,8 @@ ARCHETYPES: tuple[tuple[str, str, dict[str, float]], ...] = (
 
 
 def default_personas(
-    n: int = 4, seed: int = 0, careless_share: float = 0.0, temperature: float = 1.0
+    n: int = 4, seed: int = 0, careless_share: float = 0.0, temperature: float = 1.0,
+    both_bad_below: float = BOTH_BAD_BELOW,
 ) -> list[Persona]:
     """`n` personas cycling through ARCHETYPES, weights jittered by the seed.
 
@@ -233,5 +237,5 @@ def default_personas(
         name = base if i < len(ARCHETYPES) else f"{base}-{i // len(ARCHETYPES) + 1}"
         if i in careless:
             name, description = f"careless-{name}", "picks at random"
-        personas.append(Persona(name, jittered, temperature, i in careless, description))
+        personas.append(Persona(name, jittered, temperature, i in careless, description, both_bad_below))
     return personas

@@ -1,8 +1,9 @@
 """`alignloop demo`: the whole pipeline on the built-in story task, sized for a laptop CPU.
 
-The demo is a fixed sequence of the real stages with small settings; each
-stage skips itself when already finished, so rerunning the demo after an
-interruption resumes where it stopped.
+pretrain -> SFT -> two rounds of (sample, simulated feedback, reward model,
+PPO, evaluation) -> report.html. The demo is the real stages with small
+settings; each skips itself when already finished, so rerunning the demo after
+an interruption resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from alignloop.config.base import load_config
+from alignloop.loop.config import LoopConfig
+from alignloop.loop.report import write_report
+from alignloop.loop.rounds import run_loop
 from alignloop.pretrain.config import PretrainConfig
 from alignloop.pretrain.stage import run_pretrain
 from alignloop.runs import RunDir
@@ -22,36 +26,54 @@ from alignloop.sft.config import SFTConfig
 from alignloop.sft.stage import run_sft
 
 # Sized so the whole demo fits in about 15 minutes on 2 CPU cores.
-DEMO_PRETRAIN = ["model.preset=small", "data.stories=20000", "data.seq_len=192", "train.max_steps=700",
-                 "train.batch_size=16", "train.lr=2e-3", "train.warmup_steps=50", "train.eval_every=350",
+DEMO_PRETRAIN = ["model.preset=small", "data.stories=20000", "data.seq_len=128", "train.max_steps=400",
+                 "train.batch_size=16", "train.lr=2e-3", "train.warmup_steps=30", "train.eval_every=200",
                  "train.save_every=100", "train.eval_batches=10", "tokenizer.vocab_size=4096"]
-DEMO_SFT = ["train.max_steps=150", "train.eval_every=150", "train.save_every=50", "train.lr=5e-4"]
+DEMO_SFT = ["train.max_steps=120", "train.eval_every=120", "train.save_every=60", "train.lr=5e-4",
+            "train.eval_batches=5"]
+DEMO_LOOP = ["rounds=2", "sample.n_prompts=300", "sample.k=4", "sample.pairs_per_prompt=2",
+             "sample.max_new_tokens=64", "feedback.personas=4", "reward.train.epochs=2",
+             "reward.train.stats_responses=500", "ppo.ppo.iterations=30", "ppo.ppo.rollout_prompts=64",
+             "ppo.sampling.max_new_tokens=64", "eval.prompts.limit=200", "eval.sampling.max_new_tokens=64",
+             "eval.text.blocks=32"]
+# Seconds instead of minutes: the same stages on a tiny model (used by the tests).
+FAST = {
+    "pretrain": ["model.preset=tiny", "data.stories=1500", "train.max_steps=30", "train.eval_every=30",
+                 "train.save_every=30", "train.samples=0"],
+    "sft": ["train.max_steps=6", "train.eval_every=6", "train.save_every=6", "train.samples=0"],
+    "loop": ["sample.n_prompts=8", "sample.k=2", "sample.max_new_tokens=16", "feedback.personas=2",
+             "reward.train.epochs=1", "reward.train.stats_responses=16", "ppo.ppo.iterations=2",
+             "ppo.ppo.rollout_prompts=4", "ppo.ppo.minibatches=1", "ppo.ppo.epochs=1",
+             "ppo.sampling.max_new_tokens=16", "ppo.run.sample_table_every=0", "eval.prompts.limit=8",
+             "eval.text.blocks=4", "eval.sampling.max_new_tokens=16"],
+}
 
 
-def run_demo(run: RunDir, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), fast: bool = False) -> dict:
-    """Run every demo stage in order; returns the summary figures."""
+def run_demo(run: RunDir, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), fast: bool = False
+             ) -> list[dict]:
+    """Run every demo stage in order; returns each round's evaluation."""
     started = time.monotonic()
-    pretrain_overrides = DEMO_PRETRAIN + (["train.max_steps=40", "model.preset=tiny", "data.stories=2000"] if fast else [])
-    sft_overrides = DEMO_SFT + (["train.max_steps=10"] if fast else [])
-    summary: dict = {}
+    extra = FAST if fast else {}
 
-    log("[1/2] pretraining on the built-in story corpus")
-    result = run_pretrain(run, load_config(PretrainConfig, None, pretrain_overrides), log)
-    summary["pretrain_val_loss"] = (result.val_loss if result else run.read_manifest()["stages"]["pretrain"].get("val_loss"))
-
-    log("[2/2] supervised fine-tuning on kind, well-ended stories")
-    result = run_sft(run, load_config(SFTConfig, None, sft_overrides), log)
-    summary["sft_val_loss"] = (result.val_loss if result else run.read_manifest()["stages"]["sft"].get("val_loss"))
-
-    summary["minutes"] = (time.monotonic() - started) / 60
-    _print_summary(run, summary)
-    return summary
+    log("[pretrain] a small Llama-style model on the built-in story corpus")
+    run_pretrain(run, load_config(PretrainConfig, None, DEMO_PRETRAIN + extra.get("pretrain", [])), log)
+    log("[sft] supervised fine-tuning on kind, well-ended stories")
+    run_sft(run, load_config(SFTConfig, None, DEMO_SFT + extra.get("sft", [])), log)
+    log("[loop] rounds of simulated feedback, reward model and PPO")
+    results = run_loop(run, load_config(LoopConfig, None, DEMO_LOOP + extra.get("loop", [])), log=log)
+    report = write_report(run)
+    _print_summary(run, results, (time.monotonic() - started) / 60, report)
+    return results
 
 
-def _print_summary(run: RunDir, summary: dict) -> None:
-    table = Table(title=f"alignloop demo: {run.root}")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for key, value in summary.items():
-        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-    Console(stderr=True).print(table)
+def _print_summary(run: RunDir, results: list[dict], minutes: float, report) -> None:
+    table = Table(title=f"alignloop demo ({minutes:.1f} min): policy of each round against the SFT model")
+    for column in ("round", "gold win rate", "reward-model win rate", "KL (nats)", "held-out perplexity"):
+        table.add_column(column, justify="right")
+    for number, result in enumerate(results, start=1):
+        rm = result.get("rm_win_rate")
+        table.add_row(str(number), f"{result['gold_win_rate']:.1%}", "n/a" if rm is None else f"{rm:.1%}",
+                      f"{result['kl']:.2f}", f"{result['ppl_before']:.2f} -> {result['ppl_after']:.2f}")
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(f"report: {report}")

@@ -13,6 +13,7 @@ no finished step, and loses no judgment.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from alignloop.loop.config import LoopConfig
 from alignloop.loop.report import write_report
 from alignloop.reward.stage import run_reward
 from alignloop.rl.ppo import run_ppo
-from alignloop.runs import RunDir
+from alignloop.runs import RunDir, round_stage_key
 from alignloop.sample.stage import run_sample
 from alignloop.sft.stage import start_checkpoint
 from alignloop.train.crash import crash_point
@@ -112,7 +113,7 @@ def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log) 
     run_sample(run, sample_cfg, policy, log=log)
     crash_point(f"loop:{number}:sampled")
 
-    key = f"feedback:{number:03d}"
+    key = round_stage_key("feedback", number)
     if not run.stage_done(key):
         log(f"round {number}: [2/5] feedback from {'people' if human else 'simulated annotators'}")
         run.mark_stage(key, "running")
@@ -137,7 +138,7 @@ def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log) 
     run_ppo(run, ppo_cfg, log)
     crash_point(f"loop:{number}:trained")
 
-    key = f"eval:{number:03d}"
+    key = round_stage_key("eval", number)
     eval_path = run.round_dir(number) / "eval.json"
     if not (run.stage_done(key) and eval_path.exists()):
         log(f"round {number}: [5/5] evaluation against the SFT model")
@@ -146,8 +147,6 @@ def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log) 
         eval_cfg.models.baseline = str(reference)
         result = run_eval(run, eval_cfg, checkpoint=run.round_dir(number) / "policy" / "final", log=log)
         run.mark_stage(key, "done", gold_win_rate=result.get("gold_win_rate"), kl=result.get("kl"))
-    import json
-
     return json.loads(eval_path.read_text(encoding="utf-8"))
 
 

@@ -21,10 +21,11 @@ from alignloop.feedback import open_store
 from alignloop.feedback.models import Item, Round
 from alignloop.generation.text import complete
 from alignloop.models.causal_lm import load_causal_lm
-from alignloop.runs import RunDir
+from alignloop.runs import RunDir, round_stage_key
 from alignloop.sample.config import SampleConfig
 from alignloop.stages import builtin_paths, read_prompts
 from alignloop.tokenizer import load_tokenizer
+from alignloop.train.crash import crash_point
 from alignloop.train.device import pick_device
 
 
@@ -90,12 +91,13 @@ def run_sample(run: RunDir, cfg: SampleConfig, checkpoint: Path, db: str | None 
             for record in records:
                 record.update({"model": str(checkpoint), "sampling": settings})
             atomic.write_text(samples_path, "".join(json.dumps(r) + "\n" for r in records))
+            crash_point("sample:written")
         round_id = store.round_id(number) if loaded is not None else store.create_round(
             f"round {number}", model_name=str(checkpoint), sampling=sampling_settings(cfg), number=number)
         items = store.add_samples(round_id, records, cfg.item_kind, model_name=str(checkpoint),
                                   sampling=sampling_settings(cfg), overlap=cfg.overlap,
                                   pairs_per_prompt=cfg.pairs_per_prompt, seed=cfg.seed)
-        run.mark_stage(f"sample:{number:03d}", "done", items=len(items))
+        run.mark_stage(round_stage_key("sample", number), "done", items=len(items))
         log(f"sample: round {number}: {len(items):,} {cfg.item_kind} items from {len(records):,} prompts "
             f"in {db or run.feedback_db}")
         return {"round": number, "prompts": len(records), "items": len(items), "skipped": False}

@@ -1,0 +1,128 @@
+"""Rollout speed: our batched sampler against Hugging Face ``model.generate``.
+
+Workload (fixed, so numbers compare across commits): a random-init GPT-2
+(4 layers, width 256, 4 heads, vocab 8192), 64 prompts of 16 tokens, exactly
+48 new tokens per prompt (min_new_tokens = max_new_tokens), sampling at
+temperature 1 with no top-k/top-p, on CPU in float32 with 2 torch threads.
+Both run on the same model and prompts; each gets a warm-up call, then the
+two are timed alternately (so background load hits both alike) and the
+median of ``--repeats`` runs is reported. A third timing, the weight matrix
+products alone (no attention, norms, activations, sampling or Python), is the
+ceiling any float32 sampler of this model can reach on this machine: the
+speedup over ``generate`` cannot exceed ``matmul_floor_speedup_vs_hf_generate``.
+
+Usage: ``PYTHONPATH=src python bench/rollout_speed.py [--repeats 3] [--threads 2]``
+The last line printed is one JSON object with ``ours_tokens_per_s``,
+``hf_generate_tokens_per_s`` and ``rollout_speedup_vs_hf_generate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from alignloop.generation.sampler import generate
+
+PAD, EOS = 0, 2
+
+
+def build_model(vocab_size: int) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=4, n_embd=256, n_head=4, vocab_size=vocab_size, n_positions=128,
+        bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD,
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+def linear_floor(model: GPT2LMHeadModel, batch: int, prompt_tokens: int, new_tokens: int) -> int:
+    """Only the matrix products a sampler cannot avoid, for timing.
+
+    Prefill of every prompt token through each block's four weight matrices,
+    then one row per sequence per new token, and the lm_head on one position
+    per step. No attention, norms, activations or sampling: a bound no sampler
+    running this model in float32 can beat.
+    """
+    with torch.inference_mode():
+        width = model.config.n_embd
+        for rows, steps in ((batch * prompt_tokens, 1), (batch, new_tokens - 1)):
+            x = torch.randn(rows, width)
+            for _ in range(steps):
+                for block in model.transformer.h:
+                    for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc):
+                        out = torch.addmm(layer.bias, x, layer.weight)
+                    torch.addmm(block.mlp.c_proj.bias, out, block.mlp.c_proj.weight)
+        last = torch.randn(batch, width)
+        for _ in range(new_tokens):
+            last @ model.lm_head.weight.T
+    return batch * new_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    model = build_model(args.vocab)
+    prompts = torch.randint(3, args.vocab, (args.batch, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
+    prompt_lists = prompts.tolist()
+    generator = torch.Generator().manual_seed(2)
+
+    def ours() -> int:
+        batch = generate(model, prompt_lists, max_new_tokens=args.new_tokens, eos_token_id=EOS, pad_token_id=PAD,
+                         temperature=1.0, generator=generator, min_new_tokens=args.new_tokens)
+        return int(batch.response_mask.sum())
+
+    def hf() -> int:
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True, temperature=1.0,
+                top_k=0, top_p=1.0, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                eos_token_id=EOS, pad_token_id=PAD,
+            )
+        return int(out.shape[0] * (out.shape[1] - prompts.shape[1]))
+
+    def floor() -> int:
+        return linear_floor(model, args.batch, args.prompt_tokens, args.new_tokens)
+
+    runners = (("ours", ours), ("hf", hf), ("matmul_floor", floor))
+    timings: dict[str, list[float]] = {name: [] for name, _ in runners}
+    tokens: dict[str, int] = {}
+    for name, fn in runners:
+        tokens[name] = fn()  # warm-up
+    for _ in range(args.repeats):
+        for name, fn in runners:
+            start = time.perf_counter()
+            tokens[name] = fn()
+            timings[name].append(time.perf_counter() - start)
+
+    ours_tps = tokens["ours"] / statistics.median(timings["ours"])
+    hf_tps = tokens["hf"] / statistics.median(timings["hf"])
+    floor_tps = tokens["matmul_floor"] / statistics.median(timings["matmul_floor"])
+    for name, _ in runners:
+        print(f"{name:>12}: {tokens[name]} tokens, runs " + ", ".join(f"{t:.3f}s" for t in timings[name]))
+    print(json.dumps({
+        "workload": f"gpt2 4x256 vocab {args.vocab}, {args.batch} prompts x {args.prompt_tokens} tokens, "
+                    f"{args.new_tokens} new tokens, T=1, cpu fp32, {args.threads} threads",
+        "ours_tokens_per_s": round(ours_tps, 1),
+        "hf_generate_tokens_per_s": round(hf_tps, 1),
+        "rollout_speedup_vs_hf_generate": round(ours_tps / hf_tps, 3),
+        # the weight matmuls alone: what any float32 sampler of this model is bounded by
+        "matmul_floor_tokens_per_s": round(floor_tps, 1),
+        "matmul_floor_speedup_vs_hf_generate": round(floor_tps / hf_tps, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Stage 3 commands: `alignloop reward` (train; the default) and `alignloop reward eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from alignloop.cli.common import ConfigOption, OverridesArgument, RunOption, echo, out, reporting_errors, resolve
+from alignloop.runs import RunDir
+
+
+class TrainByDefault(TyperGroup):
+    """`alignloop reward --run DIR ...` means `alignloop reward train --run DIR ...`."""
+
+    def parse_args(self, ctx, args):  # noqa: ANN001, ANN201
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["train", *args]
+        return super().parse_args(ctx, args)
+
+
+reward_app = typer.Typer(cls=TrainByDefault, no_args_is_help=True,
+                         help="Train the reward model on the feedback (default) or evaluate it (`reward eval`).")
+
+DbOption = Annotated[Optional[str], typer.Option(
+    "--db", help="Feedback store instead of RUN/feedback.db: a SQLite path or postgresql+psycopg:// URL.")]
+
+
+@reward_app.command("train")
+def train(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
+          db: DbOption = None) -> None:
+    """Train a reward model on the run's feedback store or data.path=FILE (TRL/HH/rich JSONL); rerun to resume."""
+    with reporting_errors():
+        from alignloop.reward.config import RewardConfig
+        from alignloop.reward.stage import run_reward
+
+        run_reward(RunDir(run).ensure(), resolve(RewardConfig, config, overrides), log=echo, db=db)
+
+
+@reward_app.command("eval")
+def evaluate(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
+             json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+             db: DbOption = None) -> None:
+    """Accuracy, loss, calibration (ECE) and accuracy by margin; agreement with the gold judge on the built-in task."""
+    with reporting_errors():
+        from alignloop import atomic
+        from alignloop.config.base import parse_overrides
+        from alignloop.reward.config import RewardEvalConfig
+        from alignloop.reward.stage import run_reward_eval
+
+        cfg = resolve(RewardEvalConfig, config, overrides)
+        explicit = set((parse_overrides(overrides).get("data") or {}).keys())
+        result = run_reward_eval(RunDir(run), cfg, log=echo, db=db, explicit=explicit)
+        if json_out is not None:
+            atomic.write_json(json_out, result)
+            echo(f"figures written to {json_out}")
+        else:
+            out(json.dumps(result, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(reward_app, name="reward")

@@ -1,0 +1,75 @@
+"""Commands of stage 4: RL fine-tuning (`ppo`, `grpo`, `dpo`, `bon`) and its evaluation (`eval`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from alignloop.cli.common import ConfigOption, OverridesArgument, RunOption, echo, out, reporting_errors, resolve
+from alignloop.runs import RunDir
+
+
+def ppo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None) -> None:
+    """PPO against the round's reward model with a KL penalty to the reference; rerun to resume."""
+    with reporting_errors():
+        from alignloop.rl.config import PPOConfig
+        from alignloop.rl.ppo import run_ppo
+
+        run_ppo(RunDir(run).ensure(), resolve(PPOConfig, config, overrides), log=echo)
+
+
+def grpo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None) -> None:
+    """GRPO (or RLOO with grpo.estimator=rloo): critic-free, group-relative baselines; rerun to resume."""
+    with reporting_errors():
+        from alignloop.rl.config import GRPOConfig
+        from alignloop.rl.grpo import run_grpo
+
+        run_grpo(RunDir(run).ensure(), resolve(GRPOConfig, config, overrides), log=echo)
+
+
+def dpo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None) -> None:
+    """DPO, offline, on the preference pairs of the feedback store (or a JSONL file); rerun to resume."""
+    with reporting_errors():
+        from alignloop.rl.config import DPOConfig
+        from alignloop.rl.dpo import run_dpo
+
+        run_dpo(RunDir(run).ensure(), resolve(DPOConfig, config, overrides), log=echo)
+
+
+def bon(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None) -> None:
+    """Best-of-n with the reward model on the evaluation prompts, judged against the starting policy."""
+    with reporting_errors():
+        from alignloop.rl.bon import run_bon
+        from alignloop.rl.config import BoNConfig
+
+        result = run_bon(RunDir(run).ensure(), resolve(BoNConfig, config, overrides), log=echo)
+        out(json.dumps(result))
+
+
+def evaluate(
+    run: RunOption,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Policy to evaluate (default: the "
+                                                       "newest rounds/NNN/policy/final).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")] = None,
+    config: ConfigOption = None,
+    overrides: OverridesArgument = None,
+) -> None:
+    """Win rate against SFT (gold judge and reward model), KL to the reference, perplexity before/after."""
+    with reporting_errors():
+        from alignloop.evaluation.config import EvalConfig
+        from alignloop.evaluation.stage import run_eval
+
+        result = run_eval(RunDir(run), resolve(EvalConfig, config, overrides), checkpoint, json_out, log=echo)
+        out(json.dumps(result))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the stage-4 commands to the main app."""
+    app.command("ppo")(ppo)
+    app.command("grpo")(grpo)
+    app.command("dpo")(dpo)
+    app.command("bon")(bon)
+    app.command("eval")(evaluate)

@@ -1,0 +1,52 @@
+"""Configuration of `alignloop eval`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field
+
+from alignloop.config.base import Section
+from alignloop.rl.config import PromptsConfig, SamplingConfig
+
+
+class EvalModelsConfig(Section):
+    """The models compared. Unset paths come from the run directory."""
+
+    baseline: Optional[str] = Field(
+        None, description="The model the policy is compared against. Unset: the run's sft/final, else pretrain/final.")
+    reference: Optional[str] = Field(
+        None, description="The model the KL is measured to. Unset: the baseline.")
+    reward: Optional[str] = Field(
+        None, description="Reward model for the reward-model win rate. Unset: the round's rounds/NNN/reward/final "
+                          "(skipped when there is none).")
+
+
+class HeldOutTextConfig(Section):
+    """Held-out text for the forgetting check (perplexity before and after)."""
+
+    path: Optional[str] = Field(
+        None, description="A text/JSONL corpus file. Unset: the validation split of the run's pretraining corpus.")
+    text_field: str = Field("text", description="Field holding the text in JSONL records.")
+    blocks: int = Field(64, ge=1, description="Blocks of text to measure perplexity on (the first ones).")
+    seq_len: int = Field(128, ge=8, description="Tokens per block.")
+
+
+def _eval_prompts() -> PromptsConfig:
+    return PromptsConfig(limit=200)
+
+
+class EvalConfig(Section):
+    """Everything `alignloop eval` does, field by field."""
+
+    models: EvalModelsConfig = Field(default_factory=EvalModelsConfig)
+    prompts: PromptsConfig = Field(
+        default_factory=_eval_prompts,
+        description="Held-out prompts (unset path: the built-in evaluation openings, data/stories.eval_prompts.jsonl).")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    text: HeldOutTextConfig = Field(default_factory=HeldOutTextConfig)
+    round: Optional[int] = Field(None, ge=1, description="Round whose policy is evaluated. Unset: the newest round "
+                                                         "with a policy (ignored with --checkpoint).")
+    seed: int = Field(0, description="Sampling seed (the policy and the baseline use the same one).")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")

@@ -1,0 +1,163 @@
+"""Simulated annotators working the queue through the HTTP API, exactly as people's browsers do.
+
+Each persona of `alignloop.judges.personas` gets an account (`sim-<name>`,
+origin "simulated"), signs in through `/api/login`, and loops: take the next
+assignment, judge it (pairwise choice and strength, a Plackett-Luce ranking,
+or Likert ratings), sometimes add a critique, submit. Personas run side by
+side in threads, so the store sees concurrent annotators.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import threading
+from collections.abc import Callable
+from typing import Any, Optional
+
+import httpx
+from pydantic import Field
+
+from alignloop.config.base import Section
+from alignloop.errors import AlignloopError
+from alignloop.feedback.store import Store
+from alignloop.train.crash import crash_point
+
+
+class SimulateConfig(Section):
+    """`alignloop annotate --simulated` settings (override as key=value)."""
+
+    personas: int = Field(4, ge=1, le=64, description="Number of simulated annotators (personas).")
+    noise: float = Field(1.0, ge=0.0, description="Bradley-Terry temperature: 0 is noiseless, larger is noisier.")
+    careless: float = Field(0.0, ge=0.0, le=1.0, description="Share of personas that answer at random.")
+    seed: int = Field(0, description="Seed of the personas' weights and of their noise.")
+    overlap: Optional[int] = Field(None, ge=1, le=50,
+                                   description="If set, annotators per item for the whole store before starting.")
+    max_judgments: Optional[int] = Field(None, ge=1, description="Stop each persona after this many judgments.")
+    critique_share: float = Field(0.25, ge=0.0, le=1.0, description="Share of judgments that come with a critique.")
+    rate_pairs: bool = Field(False, description="Also rate both responses of pairs on the four aspects.")
+    both_bad_below: float = Field(0.45, ge=0.0, le=1.0, description="A pair is 'both bad' when a persona rates "
+                                  "both responses below this quality (0 to 1; 0: always pick one).")
+
+
+def ensure_accounts(store: Store, names: list[str]) -> dict[str, str]:
+    """An account per simulated annotator, with a fresh random password for this run."""
+    from alignloop.web.security import hash_password
+
+    passwords = {}
+    for name in names:
+        password = secrets.token_urlsafe(18)
+        existing = store.user_by_name(name)
+        if existing is None:
+            store.add_user(name, hash_password(password), role="annotator", origin="simulated")
+        elif existing.origin != "simulated":
+            raise AlignloopError(f"user {name!r} exists and is not a simulated annotator; rename it")
+        else:
+            store.set_password_hash(existing.id, hash_password(password))
+            if not existing.active:
+                store.set_active(existing.id, True)
+        passwords[name] = password
+    return passwords
+
+
+def judgment_for(persona: Any, item: dict[str, Any], rng: random.Random, config: SimulateConfig) -> dict[str, Any]:
+    """The API body a persona submits for one item (as `/api/queue/next` shows it)."""
+    prompt, responses = item["prompt"], item["responses"]
+    texts = [r["text"] for r in responses]
+    body: dict[str, Any] = {}
+    focus = texts[0]
+    if item["kind"] == "pair":
+        verdict = persona.judge_pair(prompt, texts[0], texts[1], rng)
+        body["choice"] = verdict.choice
+        if verdict.choice in ("a", "b"):
+            body["strength"] = int(verdict.strength)
+            focus = texts[1] if verdict.choice == "a" else texts[0]  # critique the loser
+        if config.rate_pairs:
+            body["ratings"] = {str(r["id"]): persona.rate(prompt, r["text"], rng) for r in responses}
+    elif item["kind"] == "ranking":
+        order = persona.rank(prompt, texts, rng)
+        body["ranking"] = [responses[i]["id"] for i in order]
+        focus = texts[order[-1]]
+    else:
+        body["ratings"] = {str(responses[0]["id"]): persona.rate(prompt, texts[0], rng)}
+    if rng.random() < config.critique_share:
+        body["critique"] = persona.critique(prompt, focus, rng)
+    return body
+
+
+def annotate_as(base_url: str, name: str, password: str, persona: Any, config: SimulateConfig,
+                rng: random.Random, stop: threading.Event) -> int:
+    """Sign in as `name` and judge until the queue is empty (or the cap); returns the judgments made."""
+    done = 0
+    with httpx.Client(base_url=base_url, timeout=60.0) as client:
+        login = client.post("/api/login", json={"name": name, "password": password})
+        if login.status_code != 200:
+            raise AlignloopError(f"simulated annotator {name} could not sign in: {login.status_code} {login.text}")
+        client.headers["X-CSRF-Token"] = login.json()["csrf_token"]
+        while not stop.is_set() and (config.max_judgments is None or done < config.max_judgments):
+            response = client.get("/api/queue/next")
+            response.raise_for_status()
+            assignment = response.json()["assignment"]
+            if assignment is None:
+                break
+            body = judgment_for(persona, assignment["item"], rng, config)
+            sent = client.post(f"/api/assignments/{assignment['id']}/judgment", json=body)
+            if sent.status_code != 201:
+                raise AlignloopError(f"{name}: judgment refused ({sent.status_code}): {sent.text}")
+            done += 1
+            crash_point(f"annotate:{name}:{done}")
+        client.post("/api/logout")
+    return done
+
+
+def run_simulated(store: Store, config: SimulateConfig, base_url: Optional[str] = None,
+                  log: Callable[[str], None] = lambda _m: None) -> dict[str, int]:
+    """Let `config.personas` simulated annotators work the queue; returns judgments per account.
+
+    Without `base_url` the app is served on a free loopback port for the
+    duration, so the judgments still travel over HTTP.
+    """
+    from alignloop.judges.personas import default_personas
+
+    if config.overlap is not None:
+        store.set_overlap(config.overlap)
+    personas = default_personas(config.personas, seed=config.seed, careless_share=config.careless,
+                                temperature=config.noise, both_bad_below=config.both_bad_below)
+    names = [f"sim-{p.name}" for p in personas]
+    passwords = ensure_accounts(store, names)
+    if base_url is None:
+        from alignloop.web.app import create_app
+        from alignloop.web.server import background
+
+        with background(create_app(store)) as url:
+            return _run_threads(url, personas, names, passwords, config, log)
+    return _run_threads(base_url, personas, names, passwords, config, log)
+
+
+def _run_threads(base_url: str, personas: list[Any], names: list[str], passwords: dict[str, str],
+                 config: SimulateConfig, log: Callable[[str], None]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def work(index: int) -> None:
+        name = names[index]
+        try:
+            rng = random.Random(f"alignloop-simulate:{config.seed}:{index}")
+            counts[name] = annotate_as(base_url, name, passwords[name], personas[index], config, rng, stop)
+            log(f"{name}: {counts[name]} judgments")
+        except BaseException as exc:  # noqa: BLE001 - reported below, after the others stop
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=work, args=(i,), name=names[i]) for i in range(len(personas))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        error = errors[0]
+        if isinstance(error, AlignloopError):
+            raise error
+        raise AlignloopError(f"simulated annotation failed: {type(error).__name__}: {error}")
+    return counts

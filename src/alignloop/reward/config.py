@@ -1,0 +1,128 @@
+"""Configuration of `alignloop reward` and `alignloop reward eval`."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import Field
+
+from alignloop.config.base import Section
+from alignloop.train.config import TrainConfig
+
+
+class BackboneConfig(Section):
+    """What the scalar head sits on."""
+
+    path: Optional[str] = Field(
+        None, description="A local HF checkpoint: a causal LM (decoder, scored at its last token), an encoder such "
+                          "as MiniLM (pooled), or an earlier reward model (warm start). Unset: this run's sft/final, "
+                          "else pretrain/final.")
+    scratch: bool = Field(False, description="Ignore path and build a randomly initialised decoder of `preset` "
+                                             "(with the run's tokenizer, or one trained on the preference data).")
+    preset: Literal["tiny", "small", "base"] = Field("small", description="Size of a from-scratch backbone.")
+    tokenizer_vocab: int = Field(8192, ge=300, description="Vocabulary of a tokenizer trained for a scratch backbone.")
+    pooling: Literal["mean", "native"] = Field(
+        "mean", description="Encoders only: mean over tokens, or the model's own pooler (BERT's [CLS]).")
+    max_length: int = Field(512, ge=8, description="Longest prompt+response in tokens (the prompt's start is cut first).")
+
+
+class RewardDataConfig(Section):
+    """Where the preferences come from and how they are turned into training groups."""
+
+    path: Optional[str] = Field(
+        None, description="Preference JSONL (optionally .gz): TRL {prompt, chosen, rejected} plain or conversational, "
+                          "Anthropic HH {chosen, rejected} transcripts, or our rich records. Unset: the run's "
+                          "feedback store.")
+    lines: Optional[str] = Field(None, description="Use only these 1-based lines of data.path, e.g. '1-1200'.")
+    rounds: Union[Literal["all"], list[int]] = Field(
+        "all", description="Store rounds whose judgments are used: 'all' or a list of round numbers.")
+    aggregate: Literal["majority", "annotator"] = Field(
+        "majority", description="Across annotators: the majority label per pair, or every label as its own record.")
+    ties: Literal["drop", "keep"] = Field("drop", description="Ties: dropped, or trained toward equal rewards (0.5).")
+    ratings: bool = Field(False, description="Also train on Likert ratings (1-5) by regression.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of prompts held out for validation and early stopping.")
+    seed: int = Field(0, description="Seed of the split.")
+
+
+class RewardLossConfig(Section):
+    """The objective: Bradley-Terry on pairs and rankings, plus optional terms."""
+
+    margin: float = Field(0.0, ge=0, description="Margin for the strongest preference (strength 3); strength 1 gets "
+                                                 "none, 2 half (Llama 2, eq. 2). 0 disables.")
+    centering: float = Field(0.0, ge=0, description="Weight of the reward-centering term mean((r_c + r_r)^2) "
+                                                    "(Eisenstein et al. 2023; 0.01 is typical).")
+    rating_weight: float = Field(1.0, ge=0, description="Weight of the rating regression term (with data.ratings).")
+
+
+class EnsembleConfig(Section):
+    """Several reward estimates whose disagreement says which pairs are worth asking people about."""
+
+    heads: int = Field(1, ge=1, description="Scalar heads on one backbone; each sees its own bootstrap share of pairs.")
+    models: int = Field(1, ge=1, description="Whole reward models trained with different seeds (members 2..N go to "
+                                             "reward/ensemble/).")
+    bootstrap: float = Field(0.8, gt=0, le=1, description="Share of the comparisons each head trains on.")
+
+
+def _reward_train_defaults() -> "RewardTrainConfig":
+    return RewardTrainConfig()
+
+
+class RewardTrainConfig(TrainConfig):
+    """Optimisation of the reward model: the shared settings, plus epochs and early stopping.
+
+    `batch_size` counts prompt groups (a pair, or a ranking of K responses) per micro-batch.
+    """
+
+    max_steps: int = Field(100000, ge=1, description="Upper bound on optimizer steps (epochs usually decide).")
+    epochs: Optional[float] = Field(2.0, gt=0, description="Passes over the training groups; sets the step count.")
+    patience: int = Field(3, ge=0, description="Stop after this many evaluations without a better validation "
+                                               "accuracy (0: never stop early). The best model is the one kept.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps before cosine decay (at most a fifth of the run).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices.")
+    beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
+    batch_size: int = Field(16, ge=1, description="Prompt groups (pairs or rankings) per micro-batch.")
+    eval_every: int = Field(50, ge=1, description="Validate every N steps (and at the end).")
+    eval_batches: int = Field(1000, ge=1, description="Validation micro-batches per evaluation (at most).")
+    save_every: int = Field(50, ge=1, description="Write a resumable checkpoint every N steps.")
+    stats_responses: int = Field(2000, ge=2, description="Responses scored for reward_stats.json (mean, std).")
+    samples: int = Field(0, ge=0, description="Unused by the reward stage.")
+
+
+class GoldEvalConfig(Section):
+    """Agreement with the gold judge on fresh pairs sampled from the policy (built-in task only)."""
+
+    pairs: int = Field(500, ge=0, description="Fresh pairs to sample and judge (0 disables).")
+    policy: Optional[str] = Field(None, description="Checkpoint to sample from. Unset: this run's sft/final.")
+    prompts: Optional[str] = Field(None, description="Prompt file. Unset: the run's built-in eval prompts.")
+    max_new_tokens: int = Field(64, ge=1, description="Length of each sampled response.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    seed: int = Field(1234, description="Sampling seed (differs from training data's).")
+
+
+class RewardConfig(Section):
+    """Everything `alignloop reward` does, field by field."""
+
+    round: Optional[int] = Field(None, ge=1, description="Round to write rounds/NNN/reward/ into. Unset: the newest "
+                                                         "round in the store, or 1.")
+    model: BackboneConfig = Field(default_factory=BackboneConfig)
+    data: RewardDataConfig = Field(default_factory=RewardDataConfig)
+    loss: RewardLossConfig = Field(default_factory=RewardLossConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    train: RewardTrainConfig = Field(default_factory=_reward_train_defaults)
+
+
+class RewardEvalConfig(Section):
+    """Everything `alignloop reward eval` does."""
+
+    round: Optional[int] = Field(None, ge=1, description="Round whose reward model is evaluated. Unset: the newest "
+                                                         "round with a reward model.")
+    model: Optional[str] = Field(None, description="A reward-model checkpoint instead of the run's.")
+    data: RewardDataConfig = Field(default_factory=lambda: RewardDataConfig(val_fraction=0.1))
+    split: Literal["auto", "val", "all"] = Field(
+        "auto", description="Which preference records to score: the validation split training held out (same seed "
+                            "and fraction), or all of them. auto: all of data.path when given, else the store's val.")
+    batch_size: int = Field(32, ge=1, description="Sequences per forward pass.")
+    bins: int = Field(10, ge=2, description="Bins of the expected calibration error.")
+    gold: GoldEvalConfig = Field(default_factory=GoldEvalConfig)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")

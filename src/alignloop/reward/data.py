@@ -1,0 +1,495 @@
+"""Preference data for the reward model: reading it, grouping it by prompt, and batching it.
+
+Sources:
+- a JSONL file (optionally gzip), one record a line, format told per line:
+  TRL `{"prompt", "chosen", "rejected"}` (plain strings or conversational
+  message lists, or an implicit prompt), Anthropic HH `{"chosen", "rejected"}`
+  transcripts, or our rich records (`{"prompt", "responses", "kind", "choice" |
+  "ranking" | "ratings", "annotator", ...}` as `alignloop feedback export
+  --format rich` writes them);
+- the run's feedback store.
+
+Records that cannot be used (not UTF-8, not JSON, a missing field, an empty
+response, chosen identical to rejected) are skipped and counted by reason;
+only a source with nothing usable is an error.
+
+Everything becomes `PromptGroup`s: one prompt, its distinct responses, and the
+comparisons between them (pairs, ties, rankings, ratings). A batch encodes
+every response of its groups once, however many comparisons it enters: a
+ranking of K responses gives C(K,2) pairs for K forward passes (InstructGPT,
+Ouyang et al. 2022, section 3.5).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+
+from alignloop.errors import DataError
+from alignloop.reward.model import pad_batch
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+RATING_LOW, RATING_HIGH = 1.0, 5.0
+
+
+# ---- plain preference records ---------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """`chosen` preferred to `rejected` (or as good, when `tie`), with the annotator's strength 1-3."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    strength: Optional[float] = None
+    tie: bool = False
+
+
+@dataclass
+class Ranking:
+    """Responses to one prompt, best first."""
+
+    prompt: str
+    responses: list[str]
+
+
+@dataclass
+class Rating:
+    """A Likert rating of one response, mapped onto [0, 1]."""
+
+    prompt: str
+    response: str
+    score: float
+
+
+@dataclass
+class Preferences:
+    """Everything read from one source, with the count of records skipped and why."""
+
+    comparisons: list[Comparison] = field(default_factory=list)
+    rankings: list[Ranking] = field(default_factory=list)
+    ratings: list[Rating] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.comparisons) + len(self.rankings) + len(self.ratings)
+
+    def skipped_summary(self) -> str:
+        if not self.skipped:
+            return ""
+        total = sum(self.skipped.values())
+        reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+        return f"skipped {total} record{'s' if total != 1 else ''} of {self.source}: {reasons}"
+
+
+class SkipRecord(Exception):
+    """A record that cannot be used; its message is the reason it is counted under."""
+
+
+def _text(value: Any, name: str) -> str:
+    if value is None:
+        raise SkipRecord(f"missing {name}")
+    if not isinstance(value, str):
+        raise SkipRecord(f"{name} not text")
+    return value
+
+
+def _nonempty(value: str, name: str) -> str:
+    if not value.strip():
+        raise SkipRecord(f"empty {name}")
+    return value
+
+
+def _messages_text(messages: list) -> str:
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+
+
+def _common_prefix(a: Sequence, b: Sequence) -> int:
+    n = 0
+    while n < len(a) and n < len(b) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _check_pair(prompt: str, chosen: str, rejected: str, strength: Any = None, tie: Any = False) -> Comparison:
+    _nonempty(chosen, "chosen")
+    _nonempty(rejected, "rejected")
+    if chosen.strip() == rejected.strip():
+        raise SkipRecord("chosen identical to rejected")
+    if strength is not None and not isinstance(strength, (int, float)):
+        strength = None
+    return Comparison(prompt, chosen, rejected, strength, bool(tie))
+
+
+def split_hh(transcript_a: str, transcript_b: str) -> tuple[str, str, str]:
+    """(prompt, reply a, reply b) of two HH transcripts: the dialogue up to the last shared
+    `Assistant:`, then the two final replies without the space that follows it."""
+    shared = transcript_a[:_common_prefix(transcript_a, transcript_b)]
+    cut = shared.rfind(ASSISTANT)
+    if cut < 0:
+        return "", transcript_a, transcript_b
+    cut += len(ASSISTANT)
+    prompt = transcript_a[:cut]
+    reply_a, reply_b = transcript_a[cut:], transcript_b[cut:]
+    return prompt, reply_a[1:] if reply_a.startswith(" ") else reply_a, reply_b[1:] if reply_b.startswith(" ") else reply_b
+
+
+def pair_record(obj: dict) -> Comparison:
+    """A TRL or HH line as a comparison; `SkipRecord` says why it cannot be used."""
+    chosen, rejected, prompt = obj.get("chosen"), obj.get("rejected"), obj.get("prompt")
+    if chosen is None or rejected is None:
+        raise SkipRecord("missing chosen or rejected")
+    strength, tie = obj.get("strength"), obj.get("tie", False)
+    if _is_messages(chosen) and _is_messages(rejected) and (prompt is None or _is_messages(prompt)):
+        if prompt is None:  # implicit prompt: the shared leading messages
+            cut = _common_prefix(chosen, rejected)
+            prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
+        return _check_pair(_messages_text(prompt), _messages_text(chosen), _messages_text(rejected), strength, tie)
+    chosen, rejected = _text(chosen, "chosen"), _text(rejected, "rejected")
+    if prompt is None:
+        if chosen.startswith(HUMAN) or ASSISTANT in chosen:
+            prompt, chosen, rejected = split_hh(chosen, rejected)
+        else:
+            cut = _common_prefix(chosen, rejected)
+            prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
+    return _check_pair(_text(prompt, "prompt"), chosen, rejected, strength, tie)
+
+
+def rich_row(obj: dict, line: int) -> dict:
+    """A rich record as a judgment row of `alignloop.feedback.preferences` (ids by position if absent)."""
+    prompt = _text(obj.get("prompt"), "prompt")
+    responses = obj.get("responses")
+    if not isinstance(responses, list) or not responses:
+        raise SkipRecord("missing responses")
+    clean = []
+    for position, response in enumerate(responses):
+        if isinstance(response, str):
+            response = {"text": response}
+        if not isinstance(response, dict) or not isinstance(response.get("text"), str):
+            raise SkipRecord("response not text")
+        clean.append({**response, "id": response.get("id", position)})
+    kind = obj.get("kind") or ("ranking" if obj.get("ranking") else "pair" if obj.get("choice") else "rating")
+    if kind == "pair" and len(clean) != 2:
+        raise SkipRecord("pair without two responses")
+    if kind in ("pair", "ranking") and any(not r["text"].strip() for r in clean):
+        raise SkipRecord("empty response")
+    if kind == "pair" and clean[0]["text"].strip() == clean[1]["text"].strip():
+        raise SkipRecord("chosen identical to rejected")
+    ratings = obj.get("ratings") or {}
+    return {"kind": kind, "prompt": prompt, "responses": clean, "choice": obj.get("choice"),
+            "strength": obj.get("strength"), "ranking": obj.get("ranking"),
+            "ratings": {int(k) if str(k).lstrip("-").isdigit() else k: v for k, v in ratings.items()},
+            "annotator": obj.get("annotator") or "unknown", "round": obj.get("round"),
+            "item_id": obj.get("item_id", f"line-{line}")}
+
+
+def parse_lines(spec: Optional[str]) -> Optional[tuple[int, int]]:
+    """'1-1200' -> (1, 1200); '5' -> (5, 5); None -> None."""
+    if spec is None:
+        return None
+    try:
+        first, _, last = str(spec).partition("-")
+        bounds = (int(first), int(last) if last else int(first))
+    except ValueError:
+        raise DataError(f"data.lines must look like 1-1200, not {spec!r}") from None
+    if bounds[0] < 1 or bounds[1] < bounds[0]:
+        raise DataError(f"data.lines {spec!r} is not a range of 1-based line numbers")
+    return bounds
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise DataError(f"preference file {path} does not exist")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path} is a damaged gzip file ({exc})") from None
+    return raw
+
+
+def read_preference_file(path: Path | str, lines: Optional[str] = None, aggregate: str = "majority",
+                         ties: str = "drop", ratings: bool = False) -> Preferences:
+    """Every usable record of a preference JSONL file; unusable ones are counted in `.skipped`."""
+    from alignloop.feedback import preferences as store_preferences
+
+    path = Path(path)
+    bounds = parse_lines(lines)
+    out = Preferences(source=str(path))
+    rich_rows: list[dict] = []
+    for number, raw_line in enumerate(_read_bytes(path).split(b"\n"), start=1):
+        if bounds and not bounds[0] <= number <= bounds[1]:
+            continue
+        if not raw_line.strip():
+            continue
+        try:
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SkipRecord("not UTF-8") from None
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                raise SkipRecord("not valid JSON") from None
+            if not isinstance(obj, dict):
+                raise SkipRecord("not a JSON object")
+            if "responses" in obj:
+                rich_rows.append(rich_row(obj, number))
+            else:
+                comparison = pair_record(obj)
+                if comparison.tie and ties == "drop":
+                    raise SkipRecord("tie (data.ties=drop)")
+                out.comparisons.append(comparison)
+        except SkipRecord as reason:
+            out.skipped[str(reason)] += 1
+    if rich_rows:
+        _add_rows(out, rich_rows, aggregate, ties, ratings, store_preferences)
+    if not len(out):
+        why = f" ({out.skipped_summary()})" if out.skipped else ""
+        raise DataError(f"{path} holds no usable preference records{why}")
+    return out
+
+
+def _add_rows(out: Preferences, rows: list[dict], aggregate: str, ties: str, ratings: bool, prefs) -> None:
+    """Judgment rows (store or rich file) to comparisons, rankings and ratings."""
+    pair_rows = [r for r in rows if r["kind"] == "pair"]
+    ranking_rows = [r for r in rows if r["kind"] == "ranking"]
+    # Majority applies to rankings through their pairs; "every label" keeps each ranking whole.
+    if aggregate == "majority":
+        pair_rows = pair_rows + ranking_rows
+    else:
+        for record in prefs.ranking_records(ranking_rows):
+            if any(not text.strip() for text in record["responses"]) or len(set(record["responses"])) < 2:
+                out.skipped["ranking with empty or identical responses"] += 1
+                continue
+            out.rankings.append(Ranking(record["prompt"], list(record["responses"])))
+    for record in prefs.preference_records(pair_rows, aggregate, ties):
+        try:
+            out.comparisons.append(_check_pair(record["prompt"], record["chosen"], record["rejected"],
+                                               record.get("strength"), record.get("tie")))
+        except SkipRecord as reason:
+            out.skipped[str(reason)] += 1
+    if ratings:
+        for record in prefs.rating_records(rows):
+            scores = [float(v) for v in record["ratings"].values() if isinstance(v, (int, float))]
+            if scores and record["response"].strip():
+                mean = sum(scores) / len(scores)
+                out.ratings.append(Rating(record["prompt"], record["response"],
+                                          (mean - RATING_LOW) / (RATING_HIGH - RATING_LOW)))
+
+
+def read_store(db: str, rounds: Any = "all", aggregate: str = "majority", ties: str = "drop",
+               ratings: bool = False) -> Preferences:
+    """The judgments of a feedback store (all rounds, or the listed round numbers)."""
+    from alignloop.feedback import open_store
+    from alignloop.feedback import preferences as store_preferences
+
+    with open_store(db) as store:
+        rows = store.judgment_rows()
+    if rounds != "all":
+        wanted = set(rounds)
+        rows = [r for r in rows if r.get("round") in wanted]
+    out = Preferences(source=f"the feedback store {db}")
+    _add_rows(out, rows, aggregate, ties, ratings, store_preferences)
+    if not len(out):
+        which = "" if rounds == "all" else f" in rounds {sorted(rounds)}"
+        raise DataError(f"the feedback store {db} holds no usable judgments{which}; annotate some first "
+                        f"(`alignloop sample`, then `alignloop serve` or `alignloop annotate --simulated`)")
+    return out
+
+
+# ---- grouping by prompt -----------------------------------------------------------------
+
+@dataclass
+class PromptGroup:
+    """One prompt, its distinct responses, and the comparisons among them (indices into `responses`)."""
+
+    prompt: str
+    responses: list[str] = field(default_factory=list)
+    pairs: list[tuple[int, int, float]] = field(default_factory=list)  # (better, worse, strength or nan)
+    ties: list[tuple[int, int]] = field(default_factory=list)
+    rankings: list[list[int]] = field(default_factory=list)  # best first
+    ratings: list[tuple[int, float]] = field(default_factory=list)  # (response, score in [0, 1])
+
+    def index(self, response: str) -> int:
+        try:
+            return self.responses.index(response)
+        except ValueError:
+            self.responses.append(response)
+            return len(self.responses) - 1
+
+    @property
+    def n_comparisons(self) -> int:
+        return len(self.pairs) + len(self.ties) + sum(len(r) * (len(r) - 1) // 2 for r in self.rankings)
+
+
+def group_by_prompt(preferences: Preferences) -> list[PromptGroup]:
+    """Merge every record on the same prompt into one group, in order of first appearance."""
+    groups: dict[str, PromptGroup] = {}
+
+    def group(prompt: str) -> PromptGroup:
+        if prompt not in groups:
+            groups[prompt] = PromptGroup(prompt)
+        return groups[prompt]
+
+    for c in preferences.comparisons:
+        g = group(c.prompt)
+        a, b = g.index(c.chosen), g.index(c.rejected)
+        if c.tie:
+            g.ties.append((a, b))
+        else:
+            g.pairs.append((a, b, float("nan") if c.strength is None else float(c.strength)))
+    for r in preferences.rankings:
+        g = group(r.prompt)
+        g.rankings.append([g.index(text) for text in r.responses])
+    for r in preferences.ratings:
+        g = group(r.prompt)
+        g.ratings.append((g.index(r.response), r.score))
+    return list(groups.values())
+
+
+def split_groups(groups: list[PromptGroup], val_fraction: float, seed: int
+                 ) -> tuple[list[PromptGroup], list[PromptGroup]]:
+    """(train, validation) by prompt, so no prompt is on both sides; the same seed gives the same split."""
+    order = list(range(len(groups)))
+    random.Random(seed).shuffle(order)
+    n_val = int(round(len(groups) * val_fraction))
+    if val_fraction > 0 and n_val == 0 and len(groups) > 1:
+        n_val = 1
+    val = sorted(order[:n_val])
+    train = sorted(order[n_val:])
+    return [groups[i] for i in train], [groups[i] for i in val]
+
+
+# ---- tokenized groups and batches -----------------------------------------------------------
+
+@dataclass
+class EncodedGroup:
+    group: PromptGroup
+    encodings: list[dict[str, list[int]]]
+    uid: int  # stable id (position in the source), for per-head bootstrap choices
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(e["input_ids"]) for e in self.encodings)
+
+
+def encode_groups(groups: Sequence[PromptGroup], encode: Callable[[str, str], dict[str, list[int]]],
+                  first_uid: int = 0) -> list[EncodedGroup]:
+    """Tokenize every response of every group once."""
+    return [EncodedGroup(g, [encode(g.prompt, r) for r in g.responses], first_uid + i) for i, g in enumerate(groups)]
+
+
+def strength_margin(strength: torch.Tensor, scale: float) -> torch.Tensor:
+    """Margin from preference strength 1-3: 0 for 1, scale/2 for 2, scale for 3; 0 when unknown.
+
+    Llama 2 (Touvron et al. 2023, eq. 2) adds a larger margin for clearer preferences.
+    """
+    margin = (strength - 1.0).clamp(min=0.0, max=2.0) * (scale / 2.0)
+    return torch.where(torch.isnan(strength), torch.zeros_like(margin), margin)
+
+
+def collate_groups(groups: Sequence[EncodedGroup], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One batch: every response once (dynamic padding), and index tensors for the comparisons."""
+    encodings, pairs, ties, rankings, ratings, uids = [], [], [], [], [], []
+    for g in groups:
+        base = len(encodings)
+        encodings.extend(g.encodings)
+        pairs.extend((base + a, base + b, s, g.uid) for a, b, s in g.group.pairs)
+        ties.extend((base + a, base + b, g.uid) for a, b in g.group.ties)
+        rankings.extend(([base + i for i in r], g.uid) for r in g.group.rankings)
+        ratings.extend((base + i, score, g.uid) for i, score in g.group.ratings)
+    batch = pad_batch(encodings, pad_token_id)
+    batch["pair_index"] = torch.tensor([[a, b] for a, b, _, _ in pairs], dtype=torch.long).reshape(-1, 2)
+    batch["pair_strength"] = torch.tensor([s for _, _, s, _ in pairs], dtype=torch.float32)
+    batch["pair_uid"] = torch.tensor([u for *_, u in pairs], dtype=torch.long)
+    batch["tie_index"] = torch.tensor([[a, b] for a, b, _ in ties], dtype=torch.long).reshape(-1, 2)
+    batch["tie_uid"] = torch.tensor([u for *_, u in ties], dtype=torch.long)
+    width = max((len(r) for r, _ in rankings), default=0)
+    ranking_index = torch.zeros((len(rankings), width), dtype=torch.long)
+    ranking_mask = torch.zeros((len(rankings), width), dtype=torch.long)
+    for row, (indices, _) in enumerate(rankings):
+        ranking_index[row, :len(indices)] = torch.tensor(indices, dtype=torch.long)
+        ranking_mask[row, :len(indices)] = 1
+    batch["ranking_index"], batch["ranking_mask"] = ranking_index, ranking_mask
+    batch["ranking_uid"] = torch.tensor([u for _, u in rankings], dtype=torch.long)
+    batch["rating_index"] = torch.tensor([i for i, _, _ in ratings], dtype=torch.long)
+    batch["rating_target"] = torch.tensor([s for _, s, _ in ratings], dtype=torch.float32)
+    batch["rating_uid"] = torch.tensor([u for *_, u in ratings], dtype=torch.long)
+    return batch
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: random.Random,
+                         mega: int = 32) -> list[list[int]]:
+    """Batches of indices with similar lengths (less padding), in random order.
+
+    Shuffle, cut into mega-batches of `mega * batch_size`, sort each by length,
+    cut into batches, then shuffle the batches: randomness stays, padding goes.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    span = batch_size * mega
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start:start + span], key=lambda i: lengths[i], reverse=True)
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+class PreferenceBatches:
+    """Training batches addressed by index (epoch after epoch), so a resumed run sees the same data."""
+
+    def __init__(self, groups: list[EncodedGroup], batch_size: int, pad_token_id: int, seed: int,
+                 length_grouped: bool = True):
+        if not groups:
+            raise DataError("no training preferences left after the validation split; lower data.val_fraction")
+        self.groups = groups
+        self.batch_size = batch_size
+        self.pad_token_id = pad_token_id
+        self.seed = seed
+        self.length_grouped = length_grouped
+        self.lengths = [g.tokens for g in groups]
+        self._epochs: dict[int, list[list[int]]] = {}
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return (len(self.groups) + self.batch_size - 1) // self.batch_size
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._epochs:
+            rng = random.Random(self.seed * 1_000_003 + epoch)
+            if self.length_grouped:
+                self._epochs = {epoch: length_grouped_order(self.lengths, self.batch_size, rng)}
+            else:
+                order = list(range(len(self.groups)))
+                rng.shuffle(order)
+                self._epochs = {epoch: [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]}
+        return self._epochs[epoch]
+
+    def train_batch(self, index: int) -> dict[str, torch.Tensor]:
+        epoch, position = divmod(index, self.batches_per_epoch)
+        return collate_groups([self.groups[i] for i in self._epoch(epoch)[position]], self.pad_token_id)
+
+
+def fixed_batches(groups: list[EncodedGroup], batch_size: int, pad_token_id: int) -> Iterable[dict[str, torch.Tensor]]:
+    """Evaluation batches: sorted by length (least padding), always the same."""
+    order = sorted(range(len(groups)), key=lambda i: groups[i].tokens)
+    for start in range(0, len(order), batch_size):
+        yield collate_groups([groups[i] for i in order[start:start + batch_size]], pad_token_id)

@@ -1,0 +1,74 @@
+"""Reward ensembles, and the pairs they disagree on most: what people should judge next.
+
+An ensemble is every head of every member: `rounds/NNN/reward/final/` (with
+`ensemble.heads` heads) plus `rounds/NNN/reward/ensemble/member-KK/final/`
+(with `ensemble.models` > 1). For a pair of responses each estimate gives
+P(a preferred) = sigmoid(r_a - r_b); the spread of those probabilities across
+estimates is the ensemble's uncertainty about the pair. Asking people about
+the most uncertain pairs first is uncertainty sampling for active learning
+(Settles 2009, section 3.1; for reward ensembles see Gleave & Irving 2022,
+"Uncertainty estimation for language reward models").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from alignloop.errors import CheckpointError
+from alignloop.reward.model import RewardModel, load_reward_model
+
+
+class RewardEnsemble:
+    """Several reward models (each with one or more heads) scored together."""
+
+    def __init__(self, members: list[RewardModel]):
+        if not members:
+            raise CheckpointError("a reward ensemble needs at least one model")
+        self.members = members
+
+    @property
+    def size(self) -> int:
+        return sum(m.num_heads for m in self.members)
+
+    def score_texts(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+        """Every estimate's reward of each response, shape [B, size]."""
+        return torch.cat([m.score_texts(prompts, responses, batch_size, all_heads=True) for m in self.members],
+                         dim=1)
+
+    def preference_probabilities(self, prompts: list[str], a: list[str], b: list[str],
+                                 batch_size: int = 32) -> torch.Tensor:
+        """sigmoid(r_a - r_b) for each pair and each estimate, shape [B, size]."""
+        return torch.sigmoid(self.score_texts(prompts, a, batch_size) - self.score_texts(prompts, b, batch_size))
+
+
+def ensemble_members(reward_dir: Path | str) -> list[Path]:
+    """The checkpoints of a round's reward ensemble: `final/` then `ensemble/member-*/final/`."""
+    reward_dir = Path(reward_dir)
+    found = [reward_dir / "final"] if (reward_dir / "final").exists() else []
+    found += sorted(p / "final" for p in (reward_dir / "ensemble").glob("member-*") if (p / "final").exists())
+    return found
+
+
+def load_ensemble(reward_dir: Path | str, device: Optional[torch.device | str] = None) -> RewardEnsemble:
+    """Every member of the reward ensemble in `rounds/NNN/reward/`."""
+    paths = ensemble_members(reward_dir)
+    if not paths:
+        raise CheckpointError(f"no reward model in {reward_dir} (expected final/ or ensemble/member-*/final/)")
+    return RewardEnsemble([load_reward_model(p, device) for p in paths])
+
+
+def disagreement(probabilities: torch.Tensor) -> torch.Tensor:
+    """Standard deviation across estimates (dim 1) of P(a preferred): 0 when all agree, at most 0.5."""
+    if probabilities.shape[1] < 2:
+        return torch.zeros(probabilities.shape[0])
+    return probabilities.std(dim=1, unbiased=False)
+
+
+def most_uncertain(probabilities: torch.Tensor, k: int) -> list[int]:
+    """Indices of the `k` pairs with the largest disagreement, most uncertain first (ties: lower index first)."""
+    spread = disagreement(probabilities)
+    order = sorted(range(len(spread)), key=lambda i: (-float(spread[i]), i))
+    return order[:k]

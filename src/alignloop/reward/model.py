@@ -1,0 +1,435 @@
+"""The reward model: a pretrained backbone with a scalar head, saved in Hugging Face format.
+
+On disk a reward model is an `AutoModelForSequenceClassification` checkpoint
+(config.json, model.safetensors, tokenizer files) plus `reward_stats.json`,
+the mean and standard deviation of its rewards on a reference set, which PPO
+uses to normalise rewards. A reward model trained by TRL's RewardTrainer is
+the same kind of checkpoint, so it loads here too.
+
+How a sequence gets one number:
+
+- decoder backbones (ours, Llama, GPT-2, ...) read `<bos> prompt response <eos>`
+  and are scored at the last non-pad token (InstructGPT, Ouyang et al. 2022,
+  section 3.5). The position is found from the attention mask, so left and
+  right padding give the same reward, and a tokenizer whose pad token is its
+  EOS token does not confuse it.
+- encoder backbones (BERT, MiniLM, ...) read the pair `[CLS] prompt [SEP]
+  response [SEP]` and pool their output: the mean over real tokens (how
+  sentence-transformers' MiniLM was trained) for models we build, or the
+  model's own head (e.g. BERT's [CLS] pooler) for checkpoints made elsewhere.
+
+With `num_labels = N > 1` the checkpoint is an ensemble of N heads on one
+backbone: the reward is their mean and their spread measures disagreement
+(see `alignloop.reward.ensemble`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from alignloop.errors import CheckpointError
+from alignloop.models.causal_lm import check_checkpoint_dir
+
+STATS_FILE = "reward_stats.json"
+# Extra keys we keep in the checkpoint's config.json (HF configs carry unknown attributes through save/load).
+POOLING_KEY = "alignloop_pooling"
+MAX_LENGTH_KEY = "alignloop_max_length"
+DEFAULT_MAX_LENGTH = 512
+
+
+@dataclass
+class RewardStats:
+    """Mean and standard deviation of rewards on a reference set (for normalisation in PPO)."""
+
+    mean: float = 0.0
+    std: float = 1.0
+    n: int = 0
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "n": self.n}
+
+    @classmethod
+    def from_rewards(cls, rewards: torch.Tensor) -> "RewardStats":
+        values = rewards.detach().double().flatten()
+        if values.numel() < 2:
+            return cls(float(values.mean()) if values.numel() else 0.0, 1.0, int(values.numel()))
+        std = float(values.std())
+        return cls(float(values.mean()), std if std > 1e-8 else 1.0, int(values.numel()))
+
+
+def read_stats(path: Path) -> RewardStats:
+    """The `reward_stats.json` of a checkpoint; mean 0 and std 1 when there is none."""
+    file = Path(path) / STATS_FILE
+    if not file.exists():
+        return RewardStats()
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        stats = RewardStats(float(data["mean"]), float(data["std"]), int(data.get("n", 0)))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{file} is corrupt: expected {{\"mean\", \"std\", \"n\"}}") from None
+    if not (math.isfinite(stats.mean) and math.isfinite(stats.std) and stats.std > 0):
+        raise CheckpointError(f"{file} has an invalid mean or std ({stats.mean}, {stats.std})")
+    return stats
+
+
+def config_is_decoder(config) -> bool:
+    """Whether a transformers config describes a decoder (causal LM) rather than a bidirectional encoder.
+
+    Encoders are the architectures that have a masked-LM head (BERT, RoBERTa, DistilBERT, MiniLM...).
+    """
+    explicit = getattr(config, "alignloop_is_decoder", None)
+    if explicit is not None:
+        return bool(explicit)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def encode_decoder_pair(tokenizer, prompt: str, response: str, max_length: int) -> dict[str, list[int]]:
+    """`<bos> prompt response <eos>` as the policy sees it (`alignloop.data.formatting`), cut to fit.
+
+    Over-long inputs lose the start of the prompt first (the reward is read at the end), then the
+    end of the response, whose EOS is kept so the scored position is still "the reply is over".
+    """
+    from alignloop.data.formatting import encode_prompt, encode_response
+
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    response_ids = encode_response(tokenizer, prompt, response)
+    keep_prompt = min(len(prompt_ids), max(1, max_length // 4))
+    if len(response_ids) > max_length - keep_prompt:
+        cut = max_length - keep_prompt
+        response_ids = response_ids[: cut - 1] + response_ids[-1:]
+    room = max_length - len(response_ids)
+    if len(prompt_ids) > room:
+        head = prompt_ids[:1] if prompt_ids and prompt_ids[0] == tokenizer.bos_token_id else []
+        prompt_ids = head + prompt_ids[len(prompt_ids) - (room - len(head)):] if room > len(head) else head[:room]
+    return {"input_ids": prompt_ids + response_ids}
+
+
+def encode_decoder_group(tokenizer, prompt: str, responses: Sequence[str], max_length: int
+                         ) -> tuple[list[int], list[list[int]]]:
+    """(prompt ids, [response ids]) for reading one prompt once with all its responses (`pack_groups`).
+
+    Cut as `encode_decoder_pair` cuts: responses keep their start and EOS, the prompt loses its start,
+    so that prompt + the longest response fits `max_length`.
+    """
+    from alignloop.data.formatting import encode_prompt, encode_response
+
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    keep_prompt = min(len(prompt_ids), max(1, max_length // 4))
+    cut = max_length - keep_prompt
+    response_ids = []
+    for response in responses:
+        ids = encode_response(tokenizer, prompt, response)
+        response_ids.append(ids[: cut - 1] + ids[-1:] if len(ids) > cut else ids)
+    room = max_length - max(len(r) for r in response_ids)
+    if len(prompt_ids) > room:
+        head = prompt_ids[:1] if prompt_ids and prompt_ids[0] == tokenizer.bos_token_id else []
+        prompt_ids = head + prompt_ids[len(prompt_ids) - (room - len(head)):] if room > len(head) else head[:room]
+    return prompt_ids, response_ids
+
+
+def pack_groups(groups: Sequence[tuple[list[int], list[list[int]]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One row per prompt: `prompt r_1 r_2 ... r_K`, each response seeing only the prompt and itself.
+
+    A decoder then reads every prompt once instead of once per response (InstructGPT's "each
+    response once per prompt", taken one step further for the shared prompt). Each response's
+    positions continue from the prompt's end, so its hidden states equal those of `prompt r_i`
+    read alone; the reward is read at each response's last token (`score_row`, `score_col`).
+    The attention mask is 4D (batch, 1, query, key); padding rows attend to themselves only.
+    """
+    width = max(len(p) + sum(len(r) for r in rs) for p, rs in groups)
+    n = len(groups)
+    ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    allowed = torch.zeros((n, width, width), dtype=torch.bool)
+    causal = torch.tril(torch.ones((width, width), dtype=torch.bool))
+    rows, cols = [], []
+    for row, (prompt, responses) in enumerate(groups):
+        p = len(prompt)
+        ids[row, :p] = torch.tensor(prompt, dtype=torch.long)
+        positions[row, :p] = torch.arange(p)
+        allowed[row, :p, :p] = causal[:p, :p]
+        start = p
+        for response in responses:
+            end = start + len(response)
+            ids[row, start:end] = torch.tensor(response, dtype=torch.long)
+            positions[row, start:end] = torch.arange(p, p + len(response))
+            allowed[row, start:end, :p] = True
+            allowed[row, start:end, start:end] = causal[: end - start, : end - start]
+            rows.append(row)
+            cols.append(end - 1)
+            start = end
+        pad = torch.arange(start, width)
+        allowed[row, pad, pad] = True
+    return {"input_ids": ids, "position_ids": positions, "packed_mask": allowed.unsqueeze(1),
+            "score_row": torch.tensor(rows, dtype=torch.long), "score_col": torch.tensor(cols, dtype=torch.long)}
+
+
+def encode_encoder_pair(tokenizer, prompt: str, response: str, max_length: int) -> dict[str, list[int]]:
+    """The pair (prompt, response) with the tokenizer's special tokens, cut to fit.
+
+    The prompt loses its start first (in a dialogue the latest turns matter most); a response that
+    alone would not fit keeps its beginning.
+    """
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    room = max_length - specials - min(8, max_length // 4)
+    encoded = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+    if len(encoded["input_ids"]) > room:
+        response = response[: encoded["offset_mapping"][max(room, 1) - 1][1]]
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        pair = tokenizer(prompt, response, truncation="only_first", max_length=max_length)
+    finally:
+        tokenizer.truncation_side = side
+    out = {"input_ids": list(pair["input_ids"])}
+    if "token_type_ids" in pair:
+        out["token_type_ids"] = list(pair["token_type_ids"])
+    return out
+
+
+def pad_batch(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad tokenized examples to the longest one (dynamic padding)."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    types = torch.zeros((len(examples), width), dtype=torch.long) if "token_type_ids" in examples[0] else None
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        ids[row, :n] = torch.tensor(example["input_ids"], dtype=torch.long)
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = torch.tensor(example["token_type_ids"], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, for left or right padding alike."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(dim=-1)
+
+
+def masked_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the hidden states over real tokens (sentence-transformers' pooling)."""
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class RewardModel(nn.Module):
+    """A sequence-classification checkpoint read as a scalar reward r(prompt, response)."""
+
+    def __init__(self, model, tokenizer, stats: Optional[RewardStats] = None):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stats = stats or RewardStats()
+        config = model.config
+        self.is_decoder = config_is_decoder(config)
+        self.max_length = int(getattr(config, MAX_LENGTH_KEY, None) or DEFAULT_MAX_LENGTH)
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if limit:
+            self.max_length = min(self.max_length, int(limit))
+        self.pooling = "last" if self.is_decoder else (getattr(config, POOLING_KEY, None) or "native")
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token is None:
+                raise CheckpointError("the reward model's tokenizer has neither a pad nor an eos token")
+            tokenizer.pad_token = tokenizer.eos_token
+        if config.pad_token_id is None:
+            config.pad_token_id = tokenizer.pad_token_id
+
+    @property
+    def _head(self) -> Optional[nn.Linear]:
+        """The scalar head, when it is a plain linear layer we can apply to pooled states (else None:
+        the model's own forward is used)."""
+        head = getattr(self.model, "score" if self.is_decoder else "classifier", None)
+        return head if isinstance(head, nn.Linear) else None
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.model.config.num_labels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def heads(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The reward of every head, shape [B, num_heads]."""
+        if self._head is None or self.pooling == "native":
+            kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            if self.is_decoder:
+                # HF finds the scored position from pad ids; position ids from the mask make padding harmless.
+                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits.float()
+        backbone = getattr(self.model, self.model.base_model_prefix)
+        if self.is_decoder:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)[0]
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            pooled = hidden[rows, last_token_index(attention_mask)]
+        else:
+            kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[0]
+            pooled = masked_mean_pool(hidden, attention_mask)
+        return self._head(pooled).float()
+
+    @property
+    def can_pack(self) -> bool:
+        """Whether `packed_heads` applies: a decoder whose head we call ourselves."""
+        return self.is_decoder and self._head is not None
+
+    def packed_heads(self, input_ids: torch.Tensor, position_ids: torch.Tensor, packed_mask: torch.Tensor,
+                     score_row: torch.Tensor, score_col: torch.Tensor) -> torch.Tensor:
+        """Rewards [responses, heads] of a `pack_groups` batch, in the order the responses were packed."""
+        backbone = getattr(self.model, self.model.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=packed_mask, position_ids=position_ids)[0]
+        return self._head(hidden[score_row, score_col]).float()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One reward per sequence, shape [B] (the mean of the heads for an ensemble)."""
+        return self.heads(input_ids, attention_mask, token_type_ids).mean(dim=-1)
+
+    def encode(self, prompt: str, response: str) -> dict[str, list[int]]:
+        """Token ids of one (prompt, response), the way this model reads it."""
+        if self.is_decoder:
+            return encode_decoder_pair(self.tokenizer, prompt, response, self.max_length)
+        return encode_encoder_pair(self.tokenizer, prompt, response, self.max_length)
+
+    def collate(self, examples: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        return pad_batch(examples, self.tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def score_texts(self, prompts: list[str], responses: list[str], batch_size: int = 32,
+                    all_heads: bool = False) -> torch.Tensor:
+        """Rewards of `responses` to `prompts`, shape [B] (or [B, heads] with `all_heads`), on the CPU."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        was_training = self.training
+        self.eval()
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        # Similar lengths together: less padding; results go back to the caller's order.
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+        out = torch.zeros((len(encoded), self.num_heads))
+        device = self.device
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in self.collate([encoded[i] for i in chosen]).items()}
+            out[chosen] = self.heads(**batch).float().cpu()
+        self.train(was_training)
+        return out if all_heads else out.mean(dim=-1)
+
+    def normalise(self, rewards: torch.Tensor) -> torch.Tensor:
+        """(r - mean) / std with the reference-set statistics of `reward_stats.json`."""
+        return (rewards - self.stats.mean) / self.stats.std
+
+    def save(self, directory: Path | str) -> None:
+        """Write the checkpoint (HF format), tokenizer and `reward_stats.json` into `directory`."""
+        from alignloop import atomic
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.config.architectures = [type(self.model).__name__]
+        self.model.save_pretrained(str(directory), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(directory))
+        atomic.write_json(directory / STATS_FILE, self.stats.to_json())
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def _load_tokenizer(path: Path):
+    from alignloop.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(path)
+    # load_tokenizer pads on the left for sampling; our batches are padded by `pad_batch` anyway.
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_reward_model(path: Path | str, device: Optional[torch.device | str] = None) -> RewardModel:
+    """Open a reward-model checkpoint (ours or TRL's); a one-line `CheckpointError` if it cannot be read.
+
+    `device`: where to put it (default: CUDA when available, else CPU). The model is in eval mode.
+    """
+    from alignloop.train.device import pick_device
+
+    path = check_checkpoint_dir(path)
+    transformers = _quiet_transformers()
+    try:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # safetensors, json and transformers errors all mean "not a reward model here"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"reward model {path} is corrupt or unreadable: {first[:200]}") from None
+    reward = RewardModel(model, _load_tokenizer(path), read_stats(path))
+    reward.to(pick_device("auto") if device is None else torch.device(device))
+    return reward.eval()
+
+
+def build_reward_model(backbone: Path | str, num_heads: int = 1, max_length: int = DEFAULT_MAX_LENGTH,
+                       pooling: str = "mean", tokenizer_path: Path | str | None = None) -> RewardModel:
+    """A reward model on a local HF checkpoint: a causal LM (ours), an encoder (MiniLM) or a reward model.
+
+    A fresh scalar head (or `num_heads` heads) is put on the backbone; a checkpoint that already is a
+    reward model with as many heads keeps its head (warm start across rounds). `pooling` applies to
+    encoders: "mean" over tokens, or "native" (the model's own pooler, e.g. BERT's [CLS]).
+    """
+    path = check_checkpoint_dir(backbone)
+    transformers = _quiet_transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        previous_heads = int(getattr(config, "num_labels", 0)) if getattr(config, "architectures", None) and any(
+            a.endswith("ForSequenceClassification") for a in config.architectures) else 0
+        config.num_labels = num_heads
+        config.problem_type = "regression"
+        config.id2label = {i: f"reward_{i}" for i in range(num_heads)}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+        setattr(config, MAX_LENGTH_KEY, max_length)
+        if not config_is_decoder(config):
+            setattr(config, POOLING_KEY, getattr(config, POOLING_KEY, None) if previous_heads else pooling)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            str(path), config=config, local_files_only=True,
+            ignore_mismatched_sizes=bool(previous_heads and previous_heads != num_heads))
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot build a reward model on {path}: {first[:200]}") from None
+    tokenizer = _load_tokenizer(Path(tokenizer_path) if tokenizer_path else path)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    return RewardModel(model, tokenizer)
+
+
+def build_scratch_reward_model(tokenizer, preset: str = "small", max_length: int = DEFAULT_MAX_LENGTH,
+                               num_heads: int = 1) -> RewardModel:
+    """A randomly initialised Llama-style decoder of one of our presets, with a scalar head."""
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+    from alignloop.models.causal_lm import PRESETS
+
+    _quiet_transformers()
+    size = PRESETS[preset]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=size["hidden"], intermediate_size=size["mlp"],
+        num_hidden_layers=size["layers"], num_attention_heads=size["heads"], num_key_value_heads=size["heads"],
+        max_position_embeddings=max_length, tie_word_embeddings=False, rms_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, num_labels=num_heads, problem_type="regression")
+    setattr(config, MAX_LENGTH_KEY, max_length)
+    tokenizer.padding_side = "right"
+    return RewardModel(AutoModelForSequenceClassification.from_config(config), tokenizer)

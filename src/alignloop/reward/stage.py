@@ -1,0 +1,282 @@
+"""`alignloop reward` and `alignloop reward eval`: preferences -> `rounds/NNN/reward/final/` -> figures.
+
+Rerunning `alignloop reward` resumes from the newest checkpoint; after the
+stage finished with the same inputs (config, backbone, data) it does nothing.
+If the inputs changed (new annotations in the store, say) it starts over.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from alignloop import atomic
+from alignloop.errors import CheckpointError, DataError
+from alignloop.reward.config import RewardConfig, RewardDataConfig, RewardEvalConfig
+from alignloop.reward.data import (
+    Preferences,
+    PreferenceBatches,
+    encode_groups,
+    group_by_prompt,
+    read_preference_file,
+    read_store,
+    split_groups,
+)
+from alignloop.reward.model import RewardModel, build_reward_model, build_scratch_reward_model, load_reward_model
+from alignloop.reward.train import RewardTrainResult, train_reward_model
+from alignloop.runs import RunDir, hash_inputs
+from alignloop.train.checkpoints import latest_checkpoint, load_training_state
+
+STAGE = "reward"
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def store_location(run: RunDir, db: Optional[str]) -> str:
+    return db or str(run.feedback_db)
+
+
+def newest_store_round(target: str) -> Optional[int]:
+    """The highest round number in the store, or None (no store, or no rounds)."""
+    if "://" not in target and not Path(target).exists():
+        return None
+    from alignloop.feedback import open_store
+
+    with open_store(target) as store:
+        numbers = [r["number"] for r in store.rounds()]
+    return max(numbers) if numbers else None
+
+
+def resolve_round(run: RunDir, wanted: Optional[int], db: Optional[str]) -> int:
+    """The round to write into: the one asked for, else the newest in the store, else 1."""
+    if wanted is not None:
+        return wanted
+    return newest_store_round(store_location(run, db)) or 1
+
+
+def reward_dir(run: RunDir, round_number: int) -> Path:
+    return run.round_dir(round_number) / STAGE
+
+
+def read_preferences(run: RunDir, data: RewardDataConfig, db: Optional[str]) -> Preferences:
+    """Preferences from `data.path`, else from the run's feedback store."""
+    if data.path:
+        return read_preference_file(data.path, data.lines, data.aggregate, data.ties, data.ratings)
+    target = store_location(run, db)
+    if "://" not in target and not Path(target).exists():
+        raise DataError(f"no preference data: set data.path=FILE, or collect feedback into {target} first "
+                        f"(`alignloop sample --run {run.root}` then `alignloop annotate`)")
+    return read_store(target, data.rounds, data.aggregate, data.ties, data.ratings)
+
+
+def default_backbone(run: RunDir) -> Path:
+    for candidate in (run.final("sft"), run.final("pretrain")):
+        if candidate.exists():
+            return candidate
+    raise CheckpointError(f"no backbone for the reward model: {run.root} has no sft/final or pretrain/final; "
+                          f"set model.path=CHECKPOINT (e.g. a MiniLM directory) or model.scratch=true")
+
+
+def _scratch_tokenizer(run: RunDir, prefs: Preferences, cfg: RewardConfig, out_dir: Path, log: Log):
+    from alignloop.tokenizer import load_tokenizer, train_tokenizer
+
+    if (run.tokenizer / "tokenizer_config.json").exists():
+        return load_tokenizer(run.tokenizer)
+    texts = [c.prompt + " " + c.chosen + " " + c.rejected for c in prefs.comparisons]
+    texts += [r.prompt + " " + " ".join(r.responses) for r in prefs.rankings]
+    log(f"{STAGE}: training a byte-level BPE tokenizer (vocab {cfg.model.tokenizer_vocab}) on the preference texts")
+    tokenizer = train_tokenizer(texts, cfg.model.tokenizer_vocab)
+    target = out_dir / "tokenizer"
+    with atomic.atomic_directory(target) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+    return load_tokenizer(target)
+
+
+def _new_reward_model(run: RunDir, cfg: RewardConfig, prefs: Preferences, out_dir: Path, log: Log
+                      ) -> tuple[RewardModel, str]:
+    heads = cfg.ensemble.heads
+    if cfg.model.scratch:
+        tokenizer = _scratch_tokenizer(run, prefs, cfg, out_dir, log)
+        torch.manual_seed(cfg.train.seed)
+        return build_scratch_reward_model(tokenizer, cfg.model.preset, cfg.model.max_length, heads), \
+            f"a from-scratch {cfg.model.preset} decoder"
+    backbone = Path(cfg.model.path) if cfg.model.path else default_backbone(run)
+    torch.manual_seed(cfg.train.seed)  # the fresh head's initial weights depend on the seed alone
+    reward = build_reward_model(backbone, heads, cfg.model.max_length, cfg.model.pooling)
+    return reward, str(backbone)
+
+
+def _inputs_hash(run: RunDir, cfg: RewardConfig, db: Optional[str]) -> str:
+    backbone = "scratch" if cfg.model.scratch else (cfg.model.path or str(default_backbone(run)))
+    backbone_path = Path(backbone) / "model.safetensors"
+    data = Path(cfg.data.path) if cfg.data.path else store_location(run, db)
+    return hash_inputs(cfg, backbone, backbone_path if backbone_path.exists() else None,
+                       Path(data) if "://" not in str(data) else str(data))
+
+
+def _train_one(run: RunDir, cfg: RewardConfig, prefs: Preferences, stage_dir: Path, seed_offset: int,
+               log: Log) -> RewardTrainResult:
+    """Train (or resume) one reward model into `stage_dir/final`."""
+    groups = group_by_prompt(prefs)
+    train_groups, val_groups = split_groups(groups, cfg.data.val_fraction, cfg.data.seed)
+    checkpoint = latest_checkpoint(stage_dir)
+    state = None
+    if checkpoint is not None:
+        reward = build_reward_model(checkpoint, cfg.ensemble.heads, cfg.model.max_length, cfg.model.pooling)
+        state = load_training_state(checkpoint)
+        source = str(checkpoint)
+    else:
+        reward, source = _new_reward_model(run, cfg, prefs, stage_dir, log)
+    train_cfg = cfg.train.model_copy(update={"seed": cfg.train.seed + seed_offset})
+    encoded_train = encode_groups(train_groups, reward.encode)
+    encoded_val = encode_groups(val_groups, reward.encode, first_uid=len(encoded_train))
+    batches = PreferenceBatches(encoded_train, train_cfg.batch_size, reward.tokenizer.pad_token_id, train_cfg.seed)
+    n_train = sum(g.group.n_comparisons for g in encoded_train)
+    n_val = sum(g.group.n_comparisons for g in encoded_val)
+    kind = "decoder, last token" if reward.is_decoder else f"encoder, {reward.pooling} pooling"
+    log(f"{STAGE}: {n_train:,} training comparisons on {len(encoded_train):,} prompts, {n_val:,} validation "
+        f"comparisons on {len(encoded_val):,} prompts; backbone {source} ({kind}), {reward.num_heads} head(s)")
+    return train_reward_model(stage=STAGE, stage_dir=stage_dir, reward=reward, data=batches, val_groups=encoded_val,
+                              cfg=train_cfg, loss_cfg=cfg.loss, bootstrap=cfg.ensemble.bootstrap,
+                              resume_state=state, stats_groups=encoded_train + encoded_val, log=log)
+
+
+def run_reward(run: RunDir, cfg: RewardConfig, log: Log = _stderr, db: Optional[str] = None
+               ) -> Optional[RewardTrainResult]:
+    """Train (or resume, or skip if finished) the reward model of a round; returns None when skipped."""
+    round_number = resolve_round(run, cfg.round, db)
+    stage_dir = reward_dir(run, round_number)
+    manifest_key = f"{STAGE}:{round_number:03d}"
+    inputs = _inputs_hash(run, cfg, db)
+    final = stage_dir / "final"
+    if run.stage_done(manifest_key, inputs) and final.exists():
+        log(f"{STAGE}: already finished ({final}); nothing to do")
+        return None
+    previous = run.read_manifest()["stages"].get(manifest_key, {})
+    if previous.get("inputs_hash") not in (None, inputs) and stage_dir.exists():
+        log(f"{STAGE}: the config, backbone or data changed since {stage_dir} was written; starting over")
+        for name in ("checkpoints", "best", "ensemble", "tokenizer"):
+            shutil.rmtree(stage_dir / name, ignore_errors=True)
+    prefs = read_preferences(run, cfg.data, db)
+    if prefs.skipped:
+        log(f"{STAGE}: {prefs.skipped_summary()}")
+    run.record_config(STAGE, cfg)
+    run.mark_stage(manifest_key, "running", inputs)
+
+    result = _train_one(run, cfg, prefs, stage_dir, 0, log)
+    for member in range(2, cfg.ensemble.models + 1):
+        log(f"{STAGE}: ensemble member {member} of {cfg.ensemble.models}")
+        _train_one(run, cfg, prefs, stage_dir / "ensemble" / f"member-{member:02d}", member - 1, log)
+    run.mark_stage(manifest_key, "done", inputs, final=str(final), val_accuracy=result.val_accuracy,
+                   round=round_number)
+    accuracy = f"; validation accuracy {result.val_accuracy:.4f}" if result.val_accuracy is not None else ""
+    log(f"{STAGE}: done in {result.wall_s:.0f}s ({result.pairs_per_s:.1f} pairs/s){accuracy}; model in {final}")
+    return result
+
+
+# ---- evaluation ---------------------------------------------------------------------------
+
+def newest_reward_round(run: RunDir) -> Optional[int]:
+    rounds = sorted((run.root / "rounds").glob(f"[0-9][0-9][0-9]/{STAGE}/final")) \
+        if (run.root / "rounds").exists() else []
+    return int(rounds[-1].parent.parent.name) if rounds else None
+
+
+def _eval_data_config(run: RunDir, cfg: RewardEvalConfig, explicit: set[str]) -> RewardDataConfig:
+    """The data settings of evaluation: those training used (for the same split), unless given."""
+    recorded = run.read_configs().get(STAGE, {}).get("data") if not cfg.data.path else None
+    if not recorded:
+        return cfg.data
+    merged = {**recorded, **{k: v for k, v in cfg.data.model_dump().items() if k in explicit}}
+    return RewardDataConfig.model_validate(merged)
+
+
+def _gold_pairs(run: RunDir, cfg: RewardEvalConfig, log: Log) -> Optional[tuple[list[str], list[str], list[str]]]:
+    """Fresh pairs sampled from the policy on the built-in task's evaluation prompts, or None."""
+    from alignloop.stages import builtin_paths, read_prompts
+
+    prompt_file = Path(cfg.gold.prompts) if cfg.gold.prompts else builtin_paths(run)["eval_prompts"]
+    if cfg.gold.pairs == 0 or not prompt_file.exists():
+        return None
+    policy = Path(cfg.gold.policy) if cfg.gold.policy else run.final("sft")
+    if not policy.exists():
+        log(f"{STAGE} eval: no policy at {policy} to sample gold pairs from; skipping the gold check")
+        return None
+    from alignloop.generation.text import complete
+    from alignloop.models.causal_lm import load_causal_lm
+    from alignloop.tokenizer import load_tokenizer
+    from alignloop.train.device import pick_device
+
+    prompts = read_prompts(prompt_file)
+    prompts = (prompts * (cfg.gold.pairs // len(prompts) + 1))[: cfg.gold.pairs]
+    model = load_causal_lm(policy).to(pick_device(cfg.device)).eval()
+    tokenizer = load_tokenizer(policy)
+    log(f"{STAGE} eval: sampling {len(prompts)} fresh pairs from {policy} for the gold judge")
+    a = complete(model, tokenizer, prompts, max_new_tokens=cfg.gold.max_new_tokens,
+                 temperature=cfg.gold.temperature, seed=cfg.gold.seed, batch_size=64)
+    b = complete(model, tokenizer, prompts, max_new_tokens=cfg.gold.max_new_tokens,
+                 temperature=cfg.gold.temperature, seed=cfg.gold.seed + 1, batch_size=64)
+    return prompts, a, b
+
+
+def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: Optional[str] = None,
+                    explicit: Optional[set[str]] = None) -> dict[str, Any]:
+    """Accuracy, loss, ECE and accuracy by margin of a reward model (and gold agreement on the built-in task).
+
+    `explicit`: the data.* keys the user set, which win over those recorded by training.
+    """
+    from alignloop.reward.evaluate import gold_agreement, preference_metrics, score_groups
+
+    if cfg.model:
+        path = Path(cfg.model)
+        round_number = cfg.round
+    else:
+        round_number = cfg.round or newest_reward_round(run)
+        if round_number is None:
+            raise CheckpointError(f"no reward model in {run.root}; run `alignloop reward --run {run.root}` first "
+                                  f"or pass model=PATH")
+        path = reward_dir(run, round_number) / "final"
+    reward = load_reward_model(path, device=None if cfg.device == "auto" else cfg.device)
+    result: dict[str, Any] = {"model": str(path)}
+
+    data = _eval_data_config(run, cfg, explicit or set())
+    has_store = "://" in store_location(run, db) or Path(store_location(run, db)).exists()
+    if data.path or has_store:
+        prefs = read_preferences(run, data, db)
+        if prefs.skipped:
+            log(f"{STAGE} eval: {prefs.skipped_summary()}")
+        groups = group_by_prompt(prefs)
+        split = cfg.split if cfg.split != "auto" else ("all" if cfg.data.path else "val")
+        if split == "val":
+            _, groups = split_groups(groups, data.val_fraction, data.seed)
+        encoded = encode_groups(groups, reward.encode)
+        chosen, rejected, strength = score_groups(reward, encoded, cfg.batch_size)
+        figures = preference_metrics(chosen, rejected, strength, cfg.bins)
+        result.update(figures)
+        result["data"] = prefs.source
+        result["split"] = split
+        result["skipped"] = dict(prefs.skipped)
+        if figures["n"]:
+            log(f"{STAGE} eval: accuracy {figures['accuracy']:.4f}, loss {figures['loss']:.4f}, "
+                f"ECE {figures['ece']:.4f} on {figures['n']} pairs ({split} split of {prefs.source})")
+
+    pairs = _gold_pairs(run, cfg, log)
+    if pairs is not None:
+        gold = gold_agreement(reward, *pairs, batch_size=cfg.batch_size, bins=cfg.bins)
+        result["gold"] = gold
+        log(f"{STAGE} eval: agreement with the gold judge {gold['accuracy']:.4f} on {gold['n']} fresh pairs "
+            f"({gold['gold_ties_skipped']} gold ties left out)")
+        if "accuracy" not in result:
+            result.update({k: gold[k] for k in ("accuracy", "loss", "ece", "n")})
+    if "accuracy" not in result:
+        raise DataError("nothing to evaluate on: give data.path=FILE, or collect feedback in the run's store")
+    if round_number is not None and not cfg.model:
+        atomic.write_json(reward_dir(run, round_number) / "eval.json", result)
+    return result

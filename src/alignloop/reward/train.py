@@ -1,0 +1,204 @@
+"""The reward model's training loop: batch, score, loss, backward, clip, step, log, validate, checkpoint.
+
+Read it top to bottom like the language-model loop it mirrors
+(`alignloop.train.lm_loop`): batches are a pure function of the step, so a
+resumed run sees the data the uninterrupted one would have; checkpoints carry
+the optimizer, RNG and early-stopping state. Validation accuracy decides early
+stopping, and the best model so far is kept in `best/`, which becomes `final/`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from alignloop.errors import TrainingError
+from alignloop.reward.config import RewardLossConfig, RewardTrainConfig
+from alignloop.reward.data import MODEL_INPUTS, EncodedGroup, PreferenceBatches
+from alignloop.reward.evaluate import preference_metrics, score_groups
+from alignloop.reward.model import RewardModel, RewardStats
+from alignloop.reward.objective import batch_objective
+from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
+from alignloop.train.crash import crash_point
+from alignloop.train.device import autocast, pick_device
+from alignloop.train.lm_loop import make_optimizer
+from alignloop.train.metrics import MetricsLog
+from alignloop.train.progress import training_progress
+from alignloop.train.schedule import learning_rate
+
+
+@dataclass
+class RewardTrainResult:
+    steps: int
+    val_accuracy: Optional[float]
+    best_step: Optional[int]
+    pairs_per_s: float
+    wall_s: float
+    stopped_early: bool
+
+
+def total_steps(cfg: RewardTrainConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps: `epochs` passes (rounded up) capped by `max_steps`."""
+    if cfg.epochs is None:
+        return cfg.max_steps
+    return max(1, min(cfg.max_steps, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum)))
+
+
+def reward_stats(reward: RewardModel, groups: Sequence[EncodedGroup], limit: int, batch_size: int = 32) -> RewardStats:
+    """Mean and std of the rewards of (up to `limit`) responses in `groups`: the normalisation for PPO."""
+    from alignloop.reward.data import pad_batch
+
+    encodings = [e for g in groups for e in g.encodings][:limit]
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]["input_ids"]))
+    was_training = reward.training
+    reward.eval()
+    values = []
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = pad_batch([encodings[i] for i in order[start:start + batch_size]], reward.tokenizer.pad_token_id)
+            values.append(reward(**{k: v.to(reward.device) for k, v in batch.items()}).float().cpu())
+    reward.train(was_training)
+    return RewardStats.from_rewards(torch.cat(values)) if values else RewardStats()
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _status(loss: float, accuracy: Optional[float], lr: float, pairs_per_s: float) -> str:
+    acc = f"  acc {accuracy:.3f}" if accuracy is not None else ""
+    return f"loss {loss:.4f}{acc}  lr {lr:.2e}  {pairs_per_s:,.1f} pairs/s"
+
+
+def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data: PreferenceBatches,
+                       val_groups: Sequence[EncodedGroup], cfg: RewardTrainConfig, loss_cfg: RewardLossConfig,
+                       bootstrap: float = 1.0, resume_state: Optional[dict[str, Any]] = None,
+                       stats_groups: Sequence[EncodedGroup] = (), final_dir: Optional[Path] = None,
+                       log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> RewardTrainResult:
+    """Train `reward` on `data`, validating on `val_groups`; write the best model with its stats to `final_dir`."""
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    reward.to(device)
+    reward.train()
+    optimizer = make_optimizer(reward.model, cfg)
+    max_steps = total_steps(cfg, data.batches_per_epoch)
+    start_step, best_accuracy, best_step, stale = 0, -1.0, None, 0
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        restore_rng_state(resume_state["rng"])
+        start_step = int(resume_state["step"])
+        best_accuracy = float(resume_state.get("best_accuracy", -1.0))
+        best_step = resume_state.get("best_step")
+        stale = int(resume_state.get("stale_evals", 0))
+        if resume_state.get("stopped_early"):
+            max_steps = start_step  # it had stopped early: only the final model is left to write
+        log(f"{stage}: resuming from step {start_step}")
+    else:
+        torch.manual_seed(cfg.seed)
+    # Epochs set the run's length, so warmup is capped at a fifth of it to leave room for the peak.
+    warmup = min(cfg.warmup_steps, max_steps // 5)
+    metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start_step if resume_state else None)
+    best_dir = stage_dir / "best"
+    final_dir = final_dir or stage_dir / "final"
+
+    started = time.monotonic()
+    window_pairs, window_start, pairs_seen = 0, time.monotonic(), 0
+    val_accuracy: Optional[float] = None
+    stopped_early, step = False, start_step
+    interactive = sys.stderr.isatty()
+    with training_progress(stage) as progress:
+        task = progress.add_task(stage, total=max_steps, completed=start_step, status="")
+        for step in range(start_step, max_steps):
+            lr = learning_rate(step, max_steps, cfg.lr, warmup, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss, step_figures = 0.0, []
+            for micro in range(cfg.grad_accum):
+                batch = _to(data.train_batch(step * cfg.grad_accum + micro), device)
+                with autocast(device):
+                    rewards = reward.heads(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+                loss, figures = batch_objective(rewards.float(), batch, margin=loss_cfg.margin,
+                                                centering=loss_cfg.centering, rating_weight=loss_cfg.rating_weight,
+                                                bootstrap=bootstrap)
+                loss = loss / cfg.grad_accum
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"{stage}: loss became {float(loss)} at step {step + 1}; lower train.lr "
+                                        f"(the last checkpoint in {stage_dir / 'checkpoints'} is intact)")
+                loss.backward()
+                step_loss += float(loss.detach())
+                step_figures.append(figures)
+                window_pairs += int(figures["pairs"])
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(reward.model.parameters(), cfg.grad_clip or float("inf")))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+
+            accuracies = [f["accuracy"] for f in step_figures if "accuracy" in f]
+            accuracy = sum(accuracies) / len(accuracies) if accuracies else None
+            if done % cfg.log_every == 0 or done == max_steps:
+                elapsed = max(time.monotonic() - window_start, 1e-9)
+                pairs_per_s = window_pairs / elapsed
+                pairs_seen += window_pairs
+                window_pairs, window_start = 0, time.monotonic()
+                metrics.log(done, loss=step_loss, accuracy=accuracy, lr=lr, grad_norm=grad_norm,
+                            pairs_per_s=pairs_per_s, epoch=round(done * cfg.grad_accum / data.batches_per_epoch, 3))
+                progress.update(task, completed=done, status=_status(step_loss, accuracy, lr, pairs_per_s))
+                if not interactive and (done % (cfg.log_every * 10) == 0 or done == max_steps):
+                    log(f"{stage} step {done}/{max_steps}  {_status(step_loss, accuracy, lr, pairs_per_s)}")
+
+            out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
+            last = done == max_steps or out_of_time
+            if val_groups and (done % cfg.eval_every == 0 or last):
+                chosen, rejected, strength = score_groups(reward, val_groups[: cfg.eval_batches * cfg.batch_size],
+                                                          cfg.batch_size)
+                figures = preference_metrics(chosen, rejected, strength)
+                val_accuracy = figures["accuracy"]
+                metrics.log(done, val_accuracy=val_accuracy, val_loss=figures["loss"], val_ece=figures["ece"],
+                            val_n=figures["n"])
+                log(f"{stage} step {done}: validation accuracy {val_accuracy:.4f}, loss {figures['loss']:.4f}, "
+                    f"ECE {figures['ece']:.4f} on {figures['n']} pairs")
+                if val_accuracy is not None and val_accuracy > best_accuracy:
+                    best_accuracy, best_step, stale = val_accuracy, done, 0
+                    save_final(best_dir, reward.model, reward.tokenizer)
+                else:
+                    stale += 1
+                    if cfg.patience and stale >= cfg.patience:
+                        log(f"{stage}: no better validation accuracy in {stale} evaluations; stopping early "
+                            f"(best {best_accuracy:.4f} at step {best_step})")
+                        stopped_early = True
+            if done % cfg.save_every == 0 or last or stopped_early:
+                save_training_checkpoint(stage_dir, done, reward.model, reward.tokenizer, optimizer,
+                                         keep_last=cfg.keep_last,
+                                         extra_state={"best_accuracy": best_accuracy, "best_step": best_step,
+                                                      "stale_evals": stale, "stopped_early": stopped_early})
+                crash_point(f"{stage}:saved:{done}")
+            if out_of_time:
+                log(f"{stage}: stopping at step {done} after {cfg.max_minutes} minutes (train.max_minutes)")
+                break
+            if stopped_early:
+                break
+    metrics.close()
+    wall = time.monotonic() - started
+
+    if best_step is not None and best_dir.exists() and best_step != step + 1:
+        from safetensors.torch import load_file
+
+        state = load_file(str(best_dir / "model.safetensors"))
+        reward.model.load_state_dict(state, strict=False)
+        log(f"{stage}: keeping the best model (step {best_step}, validation accuracy {best_accuracy:.4f})")
+    reward.stats = reward_stats(reward, stats_groups or val_groups, cfg.stats_responses, cfg.batch_size)
+    from alignloop.atomic import atomic_directory
+
+    with atomic_directory(final_dir) as tmp:
+        reward.save(tmp)
+    return RewardTrainResult(steps=step + 1 if max_steps > start_step else start_step,
+                             val_accuracy=best_accuracy if best_step is not None else val_accuracy,
+                             best_step=best_step, pairs_per_s=pairs_seen / max(wall, 1e-9), wall_s=wall,
+                             stopped_early=stopped_early)

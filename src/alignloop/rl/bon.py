@@ -1,0 +1,111 @@
+"""`alignloop bon`: best-of-n sampling with the reward model, the baseline every RL method must beat.
+
+For each prompt, sample n responses from the policy (one batch, the shared
+sampler) and keep the one the reward model scores highest. No training; the
+distribution of the kept response is at most log n - (n - 1) / n nats (KL)
+from the policy's (Stiennon et al. 2020, appendix G.3; Beirami et al. 2024
+show it is an upper bound), the number reported as `kl`.
+
+The stage writes `rounds/NNN/bon/samples.jsonl` (every prompt's best
+response and its score) and `rounds/NNN/bon/eval.json`: the same win rates as
+`alignloop eval` (gold judge and reward model) against one sample of the
+baseline (SFT) model, on the evaluation prompts by default.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from alignloop import atomic
+from alignloop.data.formatting import decode_response
+from alignloop.models.causal_lm import load_causal_lm
+from alignloop.rl.config import BoNConfig
+from alignloop.rl.inputs import load_prompts, prompts_path, resolve_models, resolve_round
+from alignloop.rl.rollout import RewardScorer, encode_prompts, make_sampler, sample
+from alignloop.runs import RunDir
+from alignloop.tokenizer import load_tokenizer
+from alignloop.train.device import pick_device
+
+
+def best_of_n_kl(n: int) -> float:
+    """log n - (n - 1) / n: the KL (in nats) of best-of-n from the sampling policy."""
+    return math.log(n) - (n - 1) / n
+
+
+@torch.no_grad()
+def best_of_n(policy, tokenizer, scorer: RewardScorer, prompts: list[str], n: int, sampling, max_prompt_tokens: int,
+              generator: torch.Generator) -> list[dict[str, Any]]:
+    """For each prompt: the highest-scoring of n sampled responses, its score and the mean score of the n."""
+    prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_tokens)
+    sampler = make_sampler(sampling, tokenizer)
+    chosen: list[dict[str, Any]] = []
+    # Whole groups per batch, so a prompt's n candidates are scored together.
+    per_batch = max(1, sampling.batch_size // n)
+    for start in range(0, len(prompts), per_batch):
+        group_prompts = prompts[start:start + per_batch]
+        repeated_ids = [ids for ids in prompt_ids[start:start + per_batch] for _ in range(n)]
+        repeated = [p for p in group_prompts for _ in range(n)]
+        batch = sample(policy, tokenizer, sampler, repeated_ids, generator, max(sampling.batch_size, n))
+        responses = [decode_response(tokenizer, r) for r in batch.response_token_lists()]
+        scores = scorer.score(batch, repeated, responses).float().cpu().view(len(group_prompts), n)
+        best = scores.argmax(-1)
+        for g, prompt in enumerate(group_prompts):
+            k = int(best[g])
+            chosen.append({"prompt": prompt, "response": responses[g * n + k], "score": float(scores[g, k]),
+                           "mean_score": float(scores[g].mean()), "n": n})
+    return chosen
+
+
+def run_bon(run: RunDir, cfg: BoNConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+            ) -> dict[str, Any]:
+    """Best-of-n on the evaluation prompts (by default), judged against the baseline; writes rounds/NNN/bon/."""
+    from alignloop.evaluation.stage import judge_pairs, sample_responses, write_samples
+    from alignloop.reward.model import load_reward_model
+
+    started = time.monotonic()
+    round_number = resolve_round(run, cfg.run.round)
+    paths = resolve_models(run, cfg.models, round_number)
+    prompt_file = prompts_path(run, cfg.prompts, "eval_prompts")
+    prompts = load_prompts(run, cfg.prompts, "eval_prompts")
+    device = pick_device(cfg.run.device)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    tokenizer = load_tokenizer(paths.policy)
+    policy = load_causal_lm(paths.policy).to(device).eval()
+    reward_model = load_reward_model(paths.reward, device)
+    scorer = RewardScorer(reward_model, tokenizer, batch_size=cfg.sampling.batch_size)
+    log(f"bon: best of {cfg.bon.n} from {paths.policy} by {paths.reward} on {len(prompts)} prompts from {prompt_file}")
+
+    generator = torch.Generator(device=device).manual_seed(cfg.run.seed)
+    chosen = best_of_n(policy, tokenizer, scorer, prompts, cfg.bon.n, cfg.sampling, cfg.prompts.max_tokens, generator)
+    # The baseline is one plain sample of the starting policy (the reference), as `alignloop eval` draws it.
+    reference_tokenizer = load_tokenizer(paths.reference)
+    reference = policy if paths.reference == paths.policy else load_causal_lm(paths.reference).to(device).eval()
+    _, baseline = sample_responses(reference, reference_tokenizer, prompts, cfg.sampling, cfg.prompts.max_tokens,
+                                   cfg.run.seed)
+    judged, rows = judge_pairs(prompts, [c["response"] for c in chosen], baseline, reward_model,
+                               cfg.sampling.batch_size)
+    folder = Path(run.round_dir(round_number)) / "bon"
+    result = {
+        "n": len(prompts),
+        "best_of": cfg.bon.n,
+        **judged,
+        "kl": best_of_n_kl(cfg.bon.n),
+        "kl_note": "analytic upper bound log n - (n-1)/n",
+        "policy": str(paths.policy),
+        "reward_model": str(paths.reward),
+        "prompts": str(prompt_file),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    atomic.write_json(folder / "eval.json", result)
+    write_samples(folder / "samples.jsonl", chosen)
+    write_samples(folder / "eval_samples.jsonl", rows)
+    log(f"bon: gold win rate {result['gold_win_rate']:.1%}, reward-model win rate {result['rm_win_rate']:.1%} "
+        f"against one sample of {paths.reference}; written to {folder}")
+    return result

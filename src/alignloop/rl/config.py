@@ -1,0 +1,218 @@
+"""Configuration of stage 4: `alignloop ppo`, `grpo`, `dpo` and `bon`, field by field.
+
+The sections are shared: every method names its models the same way
+(`models.*`), reads prompts the same way (`prompts.*`), samples the same way
+(`sampling.*`) and shapes the reward-model score the same way (`reward.*`).
+Each method then has its own section of algorithm settings (`ppo.*`,
+`grpo.*`, `dpo.*`, `bon.*`) and the loop settings of `run.*`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from alignloop.config.base import Section
+
+
+class RLModelsConfig(Section):
+    """Which checkpoints play which part. Unset paths come from the run directory."""
+
+    policy: Optional[str] = Field(
+        None, description="Checkpoint the policy starts from. Unset: the run's sft/final, else pretrain/final.")
+    reference: Optional[str] = Field(
+        None, description="Frozen reference for the KL penalty. Unset: the same checkpoint the policy starts "
+                          "from (later rounds of the loop pass the SFT model here while the policy moves on).")
+    reward: Optional[str] = Field(
+        None, description="Reward-model checkpoint (frozen). Unset: the round's rounds/NNN/reward/final.")
+    critic: Literal["reward", "policy"] = Field(
+        "reward", description="PPO only: the critic starts from the reward model (backbone and head) or from the "
+                              "policy (backbone, new zero head). Falls back to the policy when the reward model "
+                              "has another tokenizer or is not a decoder.")
+
+
+class PromptsConfig(Section):
+    """The prompts the policy writes responses to."""
+
+    path: Optional[str] = Field(
+        None, description="JSONL (see `field`) or a text file with one prompt per line. Unset: the built-in "
+                          "story openings of the run (data/stories.prompts.jsonl).")
+    field: str = Field("prompt", description="Field holding the prompt in JSONL records.")
+    limit: Optional[int] = Field(None, ge=1, description="Use at most this many prompts (the first ones).")
+    max_tokens: int = Field(64, ge=1, description="Longer prompts keep their last this-many tokens (BOS first).")
+
+
+class SamplingConfig(Section):
+    """How responses are sampled (the same sampler for rollouts, best-of-n and evaluation)."""
+
+    max_new_tokens: int = Field(48, ge=1, description="Longest response in tokens; longer ones are cut.")
+    min_new_tokens: int = Field(0, ge=0, description="EOS cannot be sampled before this many tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature; log-probs use the same one.")
+    top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens (0: all).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold (1: off).")
+    batch_size: int = Field(64, ge=1, description="Prompts sampled together in one batch.")
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens ({self.min_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})")
+        return self
+
+
+class RewardShapingConfig(Section):
+    """From a reward-model score to the reward the policy maximises."""
+
+    normalise: bool = Field(
+        True, description="Use (score - mean) / std with the reward model's reward_stats.json, so a KL coefficient "
+                          "means the same for every reward model.")
+    clip: Optional[float] = Field(
+        5.0, gt=0, description="Clip the (normalised) score to [-clip, clip] before the KL penalty is added.")
+    missing_eos_penalty: float = Field(
+        1.0, ge=0, description="Subtracted from the score of a response cut at max_new_tokens without EOS.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="Per-token KL estimate in the penalty: k1 = log pi - log pi_ref (unbiased), k3 = "
+                          "(r - 1) - log r with r = pi_ref / pi (never negative, lower variance).")
+    kl_coef: float = Field(0.05, ge=0, description="Initial (or fixed) KL coefficient beta.")
+    adaptive_kl: bool = Field(
+        True, description="Adapt beta towards kl_target (Ziegler et al. 2019); false keeps beta = kl_coef.")
+    kl_target: float = Field(4.0, gt=0, description="Adaptive controller: wanted KL per response, in nats.")
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive controller: horizon in responses (larger = slower).")
+
+
+class PPOAlgorithmConfig(Section):
+    """The PPO update (Schulman et al. 2017), with the details of Huang et al. 2022 ('37 implementation details')."""
+
+    iterations: int = Field(100, ge=1, description="Rollout + update iterations to run in all.")
+    rollout_prompts: int = Field(64, ge=1, description="Prompts (one response each) per iteration.")
+    epochs: int = Field(4, ge=1, description="Passes over each iteration's rollouts.")
+    minibatches: int = Field(4, ge=1, description="Optimizer steps per epoch (the rollouts are split this many ways).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated within one minibatch.")
+    lr: float = Field(3e-5, gt=0, description="Policy learning rate (AdamW, constant after warmup).")
+    critic_lr: float = Field(1e-4, gt=0, description="Critic learning rate.")
+    warmup_iterations: int = Field(0, ge=0, description="Linear learning-rate warmup, in iterations.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip each model's gradient norm to this (0 disables).")
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    clip_range: float = Field(0.2, gt=0, description="PPO ratio clip epsilon.")
+    value_clip: Optional[float] = Field(0.2, gt=0, description="Clip new values to old values +- this (unset: off).")
+    whiten_advantages: bool = Field(True, description="Normalise advantages to mean 0, std 1 over response tokens.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus in the policy loss.")
+    target_kl: Optional[float] = Field(
+        None, gt=0, description="Stop an iteration's epochs early when a minibatch's approximate KL to the "
+                                "rollout policy exceeds this (unset: never).")
+
+
+class RunLoopConfig(Section):
+    """Bookkeeping of a training run: round, seed, device, checkpoints, logging."""
+
+    round: Optional[int] = Field(
+        None, ge=1, description="Round whose folder (rounds/NNN) gets the outputs. Unset: the newest round with a "
+                                "reward model, else 1.")
+    seed: int = Field(0, description="Seed of the prompt order, the sampling and the new heads.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
+    save_every: int = Field(20, ge=1, description="Write a resumable checkpoint every N iterations (and at the end).")
+    keep_last: int = Field(2, ge=1, description="Resumable checkpoints to keep.")
+    log_every: int = Field(1, ge=1, description="Log metrics every N iterations.")
+    sample_table_every: int = Field(
+        10, ge=0, description="Write a table of samples (prompt, response, score) every N iterations (0: never).")
+    sample_table_rows: int = Field(4, ge=1, description="Rows in each sample table.")
+    max_minutes: Optional[float] = Field(None, gt=0, description="Stop cleanly after this much wall time.")
+
+
+class PPOConfig(Section):
+    """Everything `alignloop ppo` does."""
+
+    models: RLModelsConfig = Field(default_factory=RLModelsConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    reward: RewardShapingConfig = Field(default_factory=RewardShapingConfig)
+    ppo: PPOAlgorithmConfig = Field(default_factory=PPOAlgorithmConfig)
+    run: RunLoopConfig = Field(default_factory=RunLoopConfig)
+
+
+class GRPOAlgorithmConfig(Section):
+    """Critic-free policy gradient with group baselines: GRPO (Shao et al. 2024) or RLOO (Ahmadian et al. 2024)."""
+
+    estimator: Literal["grpo", "rloo"] = Field(
+        "grpo", description="grpo: advantage = (r - group mean) / group std; rloo: r - mean of the other k-1.")
+    group_size: int = Field(8, ge=2, description="Responses sampled per prompt (the group).")
+    iterations: int = Field(100, ge=1, description="Rollout + update iterations to run in all.")
+    rollout_prompts: int = Field(16, ge=1, description="Prompts per iteration (each sampled group_size times).")
+    epochs: int = Field(1, ge=1, description="Passes over each iteration's rollouts.")
+    minibatches: int = Field(2, ge=1, description="Optimizer steps per epoch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated within one minibatch.")
+    lr: float = Field(3e-5, gt=0, description="Learning rate (AdamW, constant after warmup).")
+    warmup_iterations: int = Field(0, ge=0, description="Linear learning-rate warmup, in iterations.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 disables).")
+    clip_range: float = Field(0.2, gt=0, description="Ratio clip epsilon.")
+    kl_in_loss: bool = Field(
+        True, description="Add beta * KL(k3) to the loss, as GRPO does; false puts the KL penalty into the "
+                          "reward instead (as RLOO does), with reward.kl_* settings.")
+    scale_by_std: bool = Field(True, description="grpo: divide by the group's std (Dr. GRPO sets this false).")
+
+
+class GRPOConfig(Section):
+    """Everything `alignloop grpo` does."""
+
+    models: RLModelsConfig = Field(default_factory=RLModelsConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    reward: RewardShapingConfig = Field(
+        default_factory=lambda: RewardShapingConfig(kl_estimator="k3", adaptive_kl=False, kl_coef=0.05))
+    grpo: GRPOAlgorithmConfig = Field(default_factory=GRPOAlgorithmConfig)
+    run: RunLoopConfig = Field(default_factory=RunLoopConfig)
+
+
+class PreferenceDataConfig(Section):
+    """Preference pairs for DPO: the run's feedback store, or a file."""
+
+    path: Optional[str] = Field(
+        None, description='JSONL of {"prompt", "chosen", "rejected"} (TRL\'s format). Unset: the run\'s feedback '
+                          'store (majority vote per pair, ties dropped).')
+    store: Optional[str] = Field(None, description="Feedback store path or URL. Unset: the run's feedback.db.")
+    feedback_round: Optional[int] = Field(None, ge=1, description="Only this round's judgments (unset: all).")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of pairs held out to report accuracy on.")
+    max_len: int = Field(160, ge=8, description="Longest prompt + response in tokens (the prompt is cut first).")
+
+
+class DPOAlgorithmConfig(Section):
+    """Direct preference optimisation (Rafailov et al. 2023)."""
+
+    beta: float = Field(0.1, gt=0, description="Strength of the implicit KL constraint.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO: assumed share of flipped labels.")
+    epochs: int = Field(2, ge=1, description="Passes over the preference pairs.")
+    batch_size: int = Field(16, ge=1, description="Pairs per optimizer step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW, warmup then cosine).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 disables).")
+
+
+class DPOConfig(Section):
+    """Everything `alignloop dpo` does."""
+
+    models: RLModelsConfig = Field(default_factory=RLModelsConfig)
+    data: PreferenceDataConfig = Field(default_factory=PreferenceDataConfig)
+    dpo: DPOAlgorithmConfig = Field(default_factory=DPOAlgorithmConfig)
+    run: RunLoopConfig = Field(default_factory=lambda: RunLoopConfig(save_every=100, log_every=5))
+
+
+class BoNSettings(Section):
+    """Best-of-n: sample n responses, keep the one the reward model scores highest."""
+
+    n: int = Field(16, ge=1, description="Responses sampled per prompt.")
+
+
+class BoNConfig(Section):
+    """Everything `alignloop bon` does: best-of-n responses to prompts (default: the evaluation prompts)."""
+
+    models: RLModelsConfig = Field(default_factory=RLModelsConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    bon: BoNSettings = Field(default_factory=BoNSettings)
+    run: RunLoopConfig = Field(default_factory=RunLoopConfig)

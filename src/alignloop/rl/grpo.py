@@ -1,0 +1,185 @@
+"""`alignloop grpo`: critic-free policy optimisation with group baselines (GRPO, or RLOO as an option).
+
+Each iteration samples `group_size` responses to each of `rollout_prompts`
+prompts with the shared rollout code (same sampler, same reward shaping as
+PPO), then replaces PPO's critic by a baseline computed inside each prompt's
+group:
+
+- GRPO (Shao et al. 2024, DeepSeekMath §4.1): A = (r - mean(group)) / std(group);
+  the KL to the reference is a loss term beta * KL_k3(pi || pi_ref) on every
+  token, not a reward penalty.
+- RLOO (Ahmadian et al. 2024): A = r - mean of the other k-1 responses'
+  rewards, with the KL penalty in the reward, beta * sum_t KL_t (set
+  `grpo.kl_in_loss=false`).
+
+Every token of a response gets the response's advantage. The loss is PPO's
+clipped surrogate, averaged over tokens (one epoch makes it plain REINFORCE
+with a baseline: the ratio is 1 throughout the first minibatch).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from alignloop.errors import TrainingError
+from alignloop.models.causal_lm import load_causal_lm
+from alignloop.rl.advantages import masked_mean
+from alignloop.rl.config import GRPOConfig
+from alignloop.rl.inputs import load_prompts, prompts_path, resolve_models, resolve_round
+from alignloop.rl.kl import kl_penalty
+from alignloop.rl.losses import group_advantages, ppo_policy_loss
+from alignloop.rl.ppo import chunks, clip_gradients, policy_forward
+from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
+from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, train_loop
+from alignloop.runs import RunDir, round_stage_key, hash_inputs
+from alignloop.tokenizer import load_tokenizer
+from alignloop.train.checkpoints import latest_checkpoint
+from alignloop.train.device import autocast, pick_device
+
+STAGE = "grpo"
+
+
+def stage_key(round_number: int) -> str:
+    return round_stage_key(STAGE, round_number)
+
+
+def grpo_state(policy, reference, scorer: RewardScorer, tokenizer, cfg: GRPOConfig) -> RLState:
+    """The optimizer, KL controller and sampling generator of a critic-free run."""
+    return new_state(policy, reference, scorer, tokenizer, lr=cfg.grpo.lr, weight_decay=cfg.grpo.weight_decay,
+                     shaping=cfg.reward, seed=cfg.run.seed)
+
+
+def grpo_update(state: RLState, exp: Experience, cfg: GRPOConfig, beta: float) -> dict[str, float]:
+    """`epochs` x `minibatches` steps of the clipped surrogate (+ beta * KL_k3 when `kl_in_loss`)."""
+    algo = cfg.grpo
+    device = exp.input_ids.device
+    totals: dict[str, float] = {}
+    count = 0
+    order_generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+    for _epoch in range(algo.epochs):
+        permutation = torch.randperm(len(exp), generator=order_generator)
+        for minibatch_rows in chunks(permutation, algo.minibatches):
+            minibatch_tokens = float(exp.response_mask[minibatch_rows.to(device)].sum().clamp(min=1))
+            state.policy_optimizer.zero_grad(set_to_none=True)
+            step: dict[str, float] = {}
+            for micro_rows in chunks(minibatch_rows, algo.grad_accum):
+                micro = exp.select(micro_rows)
+                weight = float(micro.response_mask.sum()) / minibatch_tokens
+                with autocast(device):
+                    logprobs, entropy = policy_forward(state.policy, micro, cfg.sampling.temperature)
+                    policy_loss, pg_stats = ppo_policy_loss(logprobs, micro.logprobs, micro.advantages,
+                                                            micro.response_mask, algo.clip_range)
+                    kl = masked_mean(kl_penalty(logprobs, micro.ref_logprobs, "k3"), micro.response_mask)
+                    loss = policy_loss + (beta * kl if algo.kl_in_loss else 0.0)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"{STAGE}: the loss became {float(loss)}; lower grpo.lr")
+                (loss * weight).backward()
+                for name, value in (("policy_loss", policy_loss), ("kl_loss", kl),
+                                    ("entropy", masked_mean(entropy, micro.response_mask)),
+                                    ("clipfrac", pg_stats["clipfrac"]), ("approx_kl", pg_stats["approx_kl"]),
+                                    ("ratio", pg_stats["ratio"])):
+                    step[name] = step.get(name, 0.0) + float(value.detach()) * weight
+            step["policy_grad_norm"] = clip_gradients(state.policy, algo.grad_clip)
+            state.policy_optimizer.step()
+            for name, value in step.items():
+                totals[name] = totals.get(name, 0.0) + value
+            count += 1
+    return {name: value / max(count, 1) for name, value in totals.items()}
+
+
+def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]], cfg: GRPOConfig
+                   ) -> tuple[Experience, dict[str, float]]:
+    """Sample a group per prompt, score, compute group advantages, update; returns experience and statistics."""
+    group = cfg.grpo.group_size
+    started = time.perf_counter()
+    exp = make_experience(policy=state.policy, reference=state.reference, critic=None, scorer=state.scorer,
+                          tokenizer=state.tokenizer, sampler=make_sampler(cfg.sampling, state.tokenizer),
+                          prompts=[p for p in prompts for _ in range(group)],
+                          prompt_ids=[ids for ids in prompt_ids for _ in range(group)],
+                          generator=state.generator, shaping=cfg.reward, batch_size=cfg.sampling.batch_size)
+    experience_seconds = time.perf_counter() - started
+    mask = exp.response_mask
+    beta = state.kl_controller.beta
+    kl_per_response = ((exp.logprobs - exp.ref_logprobs) * mask).sum(-1)
+    sequence_rewards = exp.rewards
+    if not cfg.grpo.kl_in_loss:
+        penalty = (kl_penalty(exp.logprobs, exp.ref_logprobs, cfg.reward.kl_estimator) * mask).sum(-1)
+        sequence_rewards = sequence_rewards - beta * penalty
+    scale = cfg.grpo.scale_by_std if cfg.grpo.estimator == "grpo" else False
+    advantages = group_advantages(sequence_rewards, group, cfg.grpo.estimator, scale=scale)
+    exp.advantages = advantages.unsqueeze(-1) * mask
+
+    update_started = time.perf_counter()
+    update = grpo_update(state, exp, cfg, beta)
+    update_seconds = time.perf_counter() - update_started
+    mean_kl = float(kl_per_response.mean())
+    state.kl_controller.update(mean_kl, len(exp))
+    grouped = exp.scores.view(-1, group)
+    tokens = float(mask.sum())
+    stats = {
+        "score": float(exp.scores.mean()),
+        "reward": float(exp.rewards.mean()),
+        "reward_with_kl": float(sequence_rewards.mean()),
+        "kl": mean_kl,
+        "kl_coef": beta,
+        **update,
+        "group_score_std": float(grouped.std(-1).mean()),
+        "response_length": float(exp.response_lengths.mean()),
+        "eos_rate": float(exp.ended_with_eos.float().mean()),
+        "rollout_tokens_per_s": tokens / max(exp.rollout_seconds, 1e-9),
+        "update_tokens_per_s": tokens * cfg.grpo.epochs / max(update_seconds, 1e-9),
+        "rollout_s": exp.rollout_seconds,
+        "experience_s": experience_seconds,
+        "update_s": update_seconds,
+    }
+    return exp, stats
+
+
+def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+             ) -> LoopResult | None:
+    """Run (or resume, or skip if finished) GRPO/RLOO in a round; the policy goes to rounds/NNN/grpo/final."""
+    from alignloop.reward.model import load_reward_model
+
+    round_number = resolve_round(run, cfg.run.round)
+    paths = resolve_models(run, cfg.models, round_number)
+    prompt_file = prompts_path(run, cfg.prompts)
+    prompts = load_prompts(run, cfg.prompts)
+    stage_dir = run.round_dir(round_number) / STAGE
+    final = stage_dir / "final"
+    inputs = hash_inputs(cfg, str(paths.policy), str(paths.reference), str(paths.reward), prompt_file)
+    if run.stage_done(stage_key(round_number), inputs) and final.exists():
+        log(f"{STAGE}: round {round_number} already finished ({final}); nothing to do")
+        return None
+    run.record_config(STAGE, cfg)
+
+    device = pick_device(cfg.run.device)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    checkpoint = latest_checkpoint(stage_dir)
+    source = checkpoint or paths.policy
+    tokenizer = load_tokenizer(source)
+    torch.manual_seed(cfg.run.seed)
+    policy = load_causal_lm(source).to(device)
+    reference = load_causal_lm(paths.reference).to(device)
+    scorer = RewardScorer(load_reward_model(paths.reward, device), tokenizer, batch_size=cfg.sampling.batch_size)
+    state = grpo_state(policy, reference, scorer, tokenizer, cfg)
+    start = restore_checkpoint(state, checkpoint) if checkpoint is not None else 0
+    if start:
+        log(f"{STAGE}: resuming round {round_number} from iteration {start}")
+    log(f"{STAGE}: round {round_number}: {cfg.grpo.estimator} with groups of {cfg.grpo.group_size}; policy {source}, "
+        f"reward model {paths.reward}, {len(prompts):,} prompts")
+
+    run.mark_stage(stage_key(round_number), "running", inputs)
+    result = train_loop(stage=STAGE, state=state, prompts=prompts,
+                        iteration_fn=lambda st, p, ids: grpo_iteration(st, p, ids, cfg),
+                        iterations=cfg.grpo.iterations, rollout_prompts=cfg.grpo.rollout_prompts,
+                        warmup=cfg.grpo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens, loop=cfg.run,
+                        stage_dir=stage_dir, final=final, start=start, log=log)
+    run.mark_stage(stage_key(round_number), "done", inputs, final=str(final), score=result.last.get("score"),
+                   kl=result.last.get("kl"))
+    log(f"{STAGE}: done in {result.wall_s:.0f}s; policy in {final}")
+    return result

@@ -1,0 +1,88 @@
+"""Where stage 4 finds its inputs in a run directory: the round, the models, the prompts.
+
+Defaults (each overridable in the config):
+- round: the newest `rounds/NNN/` that holds a reward model, else 1;
+- policy start: the run's `sft/final`, else `pretrain/final`;
+- reference: the same checkpoint as the policy start;
+- reward model: the round's `rounds/NNN/reward/final`;
+- prompts: the built-in story openings (`data/stories.prompts.jsonl`);
+  evaluation prompts: `data/stories.eval_prompts.jsonl`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from alignloop.errors import CheckpointError, DataError
+from alignloop.models.causal_lm import check_checkpoint_dir
+from alignloop.rl.config import PromptsConfig, RLModelsConfig
+from alignloop.runs import RunDir
+from alignloop.stages import builtin_paths, read_prompts
+
+
+def reward_dir(run: RunDir, round_number: int) -> Path:
+    return run.round_dir(round_number) / "reward" / "final"
+
+
+def resolve_round(run: RunDir, requested: Optional[int]) -> int:
+    """The round to work in: the requested one, else the newest with a reward model, else 1."""
+    if requested is not None:
+        return requested
+    rounds = run.root / "rounds"
+    numbers = sorted(int(p.name) for p in rounds.glob("[0-9][0-9][0-9]") if p.name.isdigit()) \
+        if rounds.is_dir() else []
+    for number in reversed(numbers):
+        if reward_dir(run, number).exists():
+            return number
+    return numbers[-1] if numbers else 1
+
+
+def default_start(run: RunDir) -> Path:
+    """The run's SFT model, else its pretrained model."""
+    for candidate in (run.final("sft"), run.final("pretrain")):
+        if candidate.exists():
+            return candidate
+    raise CheckpointError(f"no policy to start from in {run.root}: neither sft/final nor pretrain/final exists; "
+                          f"run `alignloop sft --run {run.root}` first or set models.policy")
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """The checkpoints of one stage-4 run, resolved and checked."""
+
+    policy: Path
+    reference: Path
+    reward: Optional[Path]
+
+
+def resolve_models(run: RunDir, cfg: RLModelsConfig, round_number: int, need_reward: bool = True) -> ModelPaths:
+    """Fill unset model paths from the run directory and check that each is a readable checkpoint."""
+    policy = Path(cfg.policy) if cfg.policy else default_start(run)
+    reference = Path(cfg.reference) if cfg.reference else policy
+    reward = None
+    if need_reward:
+        reward = Path(cfg.reward) if cfg.reward else reward_dir(run, round_number)
+        if not reward.exists():
+            raise CheckpointError(f"no reward model at {reward}; run `alignloop reward --run {run.root}` first "
+                                  f"or set models.reward")
+        check_checkpoint_dir(reward)
+    return ModelPaths(check_checkpoint_dir(policy), check_checkpoint_dir(reference), reward)
+
+
+def prompts_path(run: RunDir, cfg: PromptsConfig, kind: str = "prompts") -> Path:
+    """The prompt file: the configured one, else the built-in set of this kind (prompts or eval_prompts)."""
+    if cfg.path:
+        return Path(cfg.path)
+    path = builtin_paths(run)[kind]
+    if not path.exists():
+        raise DataError(f"no prompts: {path} does not exist (it is written by `alignloop pretrain` on the "
+                        f"built-in corpus); set prompts.path")
+    return path
+
+
+def load_prompts(run: RunDir, cfg: PromptsConfig, kind: str = "prompts", limit: Optional[int] = None) -> list[str]:
+    """The prompts of a stage-4 run (see `prompts_path`), at most `limit` (or `cfg.limit`)."""
+    cap = min(x for x in (limit, cfg.limit) if x is not None) if (limit or cfg.limit) else None
+    return read_prompts(prompts_path(run, cfg, kind), cfg.field, cap)

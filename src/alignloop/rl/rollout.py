@@ -1,0 +1,289 @@
+"""Making experience: sample responses, score them, and record what the update needs.
+
+Shared by PPO, GRPO/RLOO and best-of-n. One call to `make_experience`:
+
+1. samples a response per prompt with the shared sampler (KV cache, left
+   padding, per-row stop at EOS), which also returns each token's log-prob
+   under the policy that sampled it;
+2. scores each (prompt, response) with the frozen reward model: by token ids
+   when the reward model reads the policy's tokenizer (no decode/re-encode
+   round trip), else by text;
+3. shapes the score: normalised with the reward model's statistics, clipped,
+   and penalised when the response was cut at the length limit without EOS;
+4. computes the frozen reference's log-probs (for the KL penalty) and, for
+   PPO, the critic's values, with one forward pass each.
+
+Everything is per response token, [B, T], with `response_mask` 1 on response
+tokens up to and including EOS: prompt tokens and padding are never in it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field, fields, replace
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from alignloop.data.formatting import decode_response, encode_prompt
+from alignloop.generation.logprobs import sequence_logprobs
+from alignloop.generation.sampler import RolloutBatch, Sampler
+from alignloop.rl.config import RewardShapingConfig, SamplingConfig
+from alignloop.train.device import autocast
+
+
+# ---------------------------------------------------------------------------
+# Prompts
+
+
+def encode_prompts(tokenizer, prompts: list[str], max_tokens: int) -> list[list[int]]:
+    """Token ids of each prompt (BOS first); a long prompt keeps BOS and its last tokens."""
+    encoded = []
+    for prompt in prompts:
+        ids = encode_prompt(tokenizer, prompt)
+        if len(ids) > max_tokens:
+            head = ids[:1] if tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id else []
+            ids = head + ids[len(ids) - (max_tokens - len(head)):]
+        encoded.append(ids)
+    return encoded
+
+
+def prompt_indices(iteration: int, batch: int, n_prompts: int, seed: int) -> list[int]:
+    """Which prompts iteration `iteration` uses: a pure function of the iteration, so resuming is exact.
+
+    The prompts are visited in a shuffled order, reshuffled (with a seed
+    derived from the pass number) each time they have all been used.
+    """
+    out = []
+    start = iteration * batch
+    for position in range(start, start + batch):
+        epoch, offset = divmod(position, n_prompts)
+        order = list(range(n_prompts))
+        random.Random(f"alignloop-prompts:{seed}:{epoch}").shuffle(order)
+        out.append(order[offset])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Scoring
+
+
+def same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers turn text into the same ids (vocabulary, BOS/EOS, and a probe sentence)."""
+    if a is b:
+        return True
+    probe = 'Once upon a time, Tom said: "Hello!" It was 3 o\'clock.'
+    return (a.get_vocab() == b.get_vocab() and a.bos_token_id == b.bos_token_id
+            and a.eos_token_id == b.eos_token_id
+            and a.encode(probe, add_special_tokens=False) == b.encode(probe, add_special_tokens=False))
+
+
+class RewardScorer:
+    """The frozen reward model, fed the policy's rollouts the cheapest correct way."""
+
+    def __init__(self, reward_model, policy_tokenizer, batch_size: int = 64):
+        self.reward_model = reward_model
+        self.policy_tokenizer = policy_tokenizer
+        self.batch_size = batch_size
+        # By ids only for a decoder that reads exactly what the policy wrote:
+        # `<bos> prompt response <eos>`, the layout reward training used.
+        self.by_ids = bool(reward_model.is_decoder) and same_tokenizer(reward_model.tokenizer, policy_tokenizer)
+
+    @torch.no_grad()
+    def score(self, batch: RolloutBatch, prompts: list[str], responses: list[str]) -> Tensor:
+        """Raw reward-model scores [B] (float32, on the rollout's device)."""
+        device = batch.input_ids.device
+        if not self.by_ids:
+            return self.reward_model.score_texts(prompts, responses, batch_size=self.batch_size).to(device)
+        rm_device = self.reward_model.device
+        limit = self.reward_model.max_length
+        scores = []
+        for start in range(0, len(batch), self.batch_size):
+            ids = batch.input_ids[start:start + self.batch_size]
+            mask = batch.attention_mask[start:start + self.batch_size]
+            if ids.shape[1] > limit:  # the score is read at the end: drop the oldest prompt tokens
+                ids, mask = ids[:, -limit:], mask[:, -limit:]
+            with autocast(rm_device):
+                scores.append(self.reward_model(ids.to(rm_device), mask.to(rm_device)).float())
+        return torch.cat(scores).to(device)
+
+
+def shape_scores(scores: Tensor, ended_with_eos: Tensor, reward_model, cfg: RewardShapingConfig) -> Tensor:
+    """The sequence-level reward: normalise, clip to [-clip, clip], then subtract the no-EOS penalty.
+
+    The penalty comes after the clip so that a cut-off response is always
+    worse than the same response scored at the clip boundary.
+    """
+    rewards = reward_model.normalise(scores) if cfg.normalise else scores.clone()
+    if cfg.clip is not None:
+        rewards = rewards.clamp(-cfg.clip, cfg.clip)
+    return rewards - cfg.missing_eos_penalty * (~ended_with_eos.bool()).to(rewards.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Forward passes over a rollout
+
+
+@torch.no_grad()
+def rollout_logprobs(model, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, temperature: float,
+                     batch_size: int) -> Tensor:
+    """Per-token log-probs [B, T] of a rollout's responses under `model`, in chunks, no grad."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, input_ids.shape[0], batch_size):
+            with autocast(input_ids.device):
+                out.append(sequence_logprobs(model, input_ids[start:start + batch_size],
+                                             attention_mask[start:start + batch_size], prompt_length, temperature))
+    finally:
+        model.train(was_training)
+    return torch.cat(out).float()
+
+
+@torch.no_grad()
+def rollout_values(critic, input_ids: Tensor, attention_mask: Tensor, prompt_length: int, batch_size: int) -> Tensor:
+    """The critic's values [B, T] of a rollout's response positions, in chunks, no grad."""
+    out = []
+    for start in range(0, input_ids.shape[0], batch_size):
+        with autocast(input_ids.device):
+            out.append(critic(input_ids[start:start + batch_size], attention_mask[start:start + batch_size],
+                              prompt_length))
+    return torch.cat(out).float()
+
+
+# ---------------------------------------------------------------------------
+# Experience
+
+
+@dataclass
+class Experience:
+    """One iteration's rollouts and everything the update reads. Shapes: B rows, P prompt width, T response width.
+
+    - input_ids, attention_mask [B, P+T]: left-padded prompt then right-padded response.
+    - response_mask [B, T] float: 1 on response tokens up to and including EOS.
+    - logprobs [B, T]: log-probs of the sampled tokens under the policy that sampled them.
+    - ref_logprobs [B, T]: the same tokens under the frozen reference.
+    - values [B, T] or None: the critic's values (PPO only).
+    - scores [B]: raw reward-model scores; rewards [B]: after `shape_scores`.
+    - ended_with_eos [B] bool.
+    - The update fills token_rewards, advantages and returns ([B, T]).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    prompt_length: int
+    response_mask: Tensor
+    logprobs: Tensor
+    ref_logprobs: Tensor
+    values: Optional[Tensor]
+    scores: Tensor
+    rewards: Tensor
+    ended_with_eos: Tensor
+    prompts: list[str]
+    responses: list[str]
+    rollout_seconds: float = 0.0
+    token_rewards: Optional[Tensor] = None
+    advantages: Optional[Tensor] = None
+    returns: Optional[Tensor] = None
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def response_ids(self) -> Tensor:
+        return self.input_ids[:, self.prompt_length:]
+
+    @property
+    def response_lengths(self) -> Tensor:
+        return self.response_mask.sum(-1)
+
+    def select(self, rows: Tensor) -> "Experience":
+        """The rows `rows` (a minibatch), columns trimmed to the longest selected response."""
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == len(self):
+                picked[f.name] = value[rows.to(value.device)]
+            elif isinstance(value, list):
+                picked[f.name] = [value[i] for i in rows.tolist()]
+        width = int(picked["response_mask"].sum(-1).max().clamp(min=1))
+        for name in ("input_ids", "attention_mask"):
+            picked[name] = picked[name][:, : self.prompt_length + width]
+        for name in ("response_mask", "logprobs", "ref_logprobs", "values", "token_rewards", "advantages",
+                     "returns"):
+            if picked.get(name) is not None:
+                picked[name] = picked[name][:, :width]
+        return replace(self, **picked)
+
+
+def make_sampler(cfg: SamplingConfig, tokenizer) -> Sampler:
+    """The shared sampler, bound to the configured settings and the tokenizer's EOS/pad ids."""
+    return Sampler(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id, temperature=cfg.temperature, top_k=cfg.top_k,
+                   top_p=cfg.top_p, min_new_tokens=cfg.min_new_tokens)
+
+
+def sample(policy, tokenizer, sampler: Sampler, prompt_ids: list[list[int]], generator: torch.Generator,
+           batch_size: int) -> RolloutBatch:
+    """Sample one response per prompt, in batches of `batch_size`, joined into one `RolloutBatch`."""
+    device = next(policy.parameters()).device
+    parts = []
+    for start in range(0, len(prompt_ids), batch_size):
+        with autocast(device):
+            parts.append(sampler(policy, prompt_ids[start:start + batch_size], generator=generator))
+    return join_rollouts(parts, tokenizer.pad_token_id)
+
+
+def join_rollouts(parts: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """Concatenate rollout batches: prompts left-padded to the widest, responses right-padded to the longest."""
+    if len(parts) == 1:
+        return parts[0]
+    prompt_width = max(p.prompt_length for p in parts)
+    response_width = max(p.response_ids.shape[1] for p in parts)
+
+    def pad(tensor: Tensor, left: int, right: int, value) -> Tensor:
+        return torch.nn.functional.pad(tensor, (left, right), value=value)
+
+    ids, masks, responses, response_masks, logprobs, eos = [], [], [], [], [], []
+    for p in parts:
+        left, right = prompt_width - p.prompt_length, response_width - p.response_ids.shape[1]
+        prompt_ids, prompt_mask = p.input_ids[:, :p.prompt_length], p.attention_mask[:, :p.prompt_length]
+        response_ids = pad(p.response_ids, 0, right, pad_token_id)
+        response_mask = pad(p.response_mask, 0, right, 0)
+        ids.append(torch.cat([pad(prompt_ids, left, 0, pad_token_id), response_ids], dim=1))
+        masks.append(torch.cat([pad(prompt_mask, left, 0, 0), response_mask], dim=1))
+        responses.append(response_ids)
+        response_masks.append(response_mask)
+        logprobs.append(pad(p.logprobs, 0, right, 0.0))
+        eos.append(p.ended_with_eos)
+    return RolloutBatch(input_ids=torch.cat(ids), attention_mask=torch.cat(masks), prompt_length=prompt_width,
+                        response_ids=torch.cat(responses), response_mask=torch.cat(response_masks),
+                        logprobs=torch.cat(logprobs), ended_with_eos=torch.cat(eos))
+
+
+def make_experience(*, policy, reference, critic, scorer: RewardScorer, tokenizer, sampler: Sampler,
+                    prompts: list[str], prompt_ids: list[list[int]], generator: torch.Generator,
+                    shaping: RewardShapingConfig, batch_size: int) -> Experience:
+    """Sample, score, shape, and run the reference (and critic) over one batch of prompts."""
+    started = time.perf_counter()
+    batch = sample(policy, tokenizer, sampler, prompt_ids, generator, batch_size)
+    rollout_seconds = time.perf_counter() - started
+    responses = [decode_response(tokenizer, ids) for ids in batch.response_token_lists()]
+    scores = scorer.score(batch, prompts, responses)
+    rewards = shape_scores(scores, batch.ended_with_eos, scorer.reward_model, shaping)
+    ref_logprobs = rollout_logprobs(reference, batch.input_ids, batch.attention_mask, batch.prompt_length,
+                                    sampler.temperature, batch_size)
+    values = None
+    if critic is not None:
+        values = rollout_values(critic, batch.input_ids, batch.attention_mask, batch.prompt_length, batch_size)
+    mask = batch.response_mask.float()
+    return Experience(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, prompt_length=batch.prompt_length,
+        response_mask=mask, logprobs=batch.logprobs * mask, ref_logprobs=ref_logprobs * mask,
+        values=None if values is None else values * mask, scores=scores.float(), rewards=rewards.float(),
+        ended_with_eos=batch.ended_with_eos, prompts=list(prompts), responses=responses,
+        rollout_seconds=rollout_seconds)

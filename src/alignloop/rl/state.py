@@ -1,0 +1,190 @@
+"""What an online RL run (PPO, GRPO/RLOO) carries from one iteration to the next, and its loop.
+
+`RLState` holds the models, the optimizers, the KL controller and the
+sampling generator; `save_checkpoint` / `restore_checkpoint` write and read all
+of it (with the RNG states) so a resumed run continues exactly where the
+killed one was. `train_loop` is the outer loop both methods share: pick the
+iteration's prompts, call the method's iteration function, log, write sample
+tables and checkpoints, then the final policy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from alignloop.errors import TrainingError
+from alignloop.rl.config import RewardShapingConfig, RunLoopConfig
+from alignloop.rl.kl import AdaptiveKLController, FixedKLController
+from alignloop.rl.rollout import Experience, RewardScorer, encode_prompts, prompt_indices
+from alignloop.train.checkpoints import load_training_state, restore_rng_state, save_final, save_training_checkpoint
+from alignloop.train.crash import crash_point
+from alignloop.train.metrics import MetricsLog
+
+
+def make_kl_controller(cfg: RewardShapingConfig) -> AdaptiveKLController | FixedKLController:
+    """Adaptive (Ziegler et al. 2019) or fixed beta, from the `reward` section."""
+    if cfg.adaptive_kl:
+        return AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    return FixedKLController(cfg.kl_coef)
+
+
+def make_adam(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; `peak_lr` is kept in the group for warmup (and saved with it)."""
+    # eps 1e-5 as in the PPO reference implementations (Huang et al. 2022, detail 3).
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, eps=1e-5,
+                                  weight_decay=weight_decay)
+    for group in optimizer.param_groups:
+        group["peak_lr"] = lr
+    return optimizer
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode and no gradients: the reference and the reward model never change."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+@dataclass
+class RLState:
+    """The moving parts of an online RL run. `critic` and its optimizer are None for critic-free methods."""
+
+    policy: Any
+    reference: Any
+    scorer: RewardScorer
+    tokenizer: Any
+    policy_optimizer: torch.optim.Optimizer
+    kl_controller: AdaptiveKLController | FixedKLController
+    generator: torch.Generator
+    critic: Optional[Any] = None
+    critic_optimizer: Optional[torch.optim.Optimizer] = None
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.policy_optimizer, self.critic_optimizer) if o is not None]
+
+
+def new_state(policy, reference, scorer: RewardScorer, tokenizer, *, lr: float, weight_decay: float,
+              shaping: RewardShapingConfig, seed: int, critic=None, critic_lr: float | None = None) -> RLState:
+    """Fresh optimizers, KL controller and generator around the given models; dropout off everywhere.
+
+    Dropout stays off in every pass (eval mode), so the log-probs the sampler
+    records and those the update recomputes are the same function: the ratio
+    starts at exactly 1.
+    """
+    device = next(policy.parameters()).device
+    policy.eval()
+    freeze(reference)
+    freeze(scorer.reward_model)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    critic_optimizer = None
+    if critic is not None:
+        critic.eval()
+        critic_optimizer = make_adam(critic, critic_lr or lr, weight_decay)
+    return RLState(policy=policy, reference=reference, scorer=scorer, tokenizer=tokenizer,
+                   policy_optimizer=make_adam(policy, lr, weight_decay), kl_controller=make_kl_controller(shaping),
+                   generator=generator, critic=critic, critic_optimizer=critic_optimizer)
+
+
+def save_checkpoint(state: RLState, stage_dir: Path, step: int, keep_last: int) -> Path:
+    """A resumable checkpoint: policy (+ critic), optimizers, KL controller, generator and RNG states."""
+    extra = {"kl_controller": state.kl_controller.state_dict(), "generator": state.generator.get_state()}
+    if state.critic_optimizer is not None:
+        extra["critic_optimizer"] = state.critic_optimizer.state_dict()
+    return save_training_checkpoint(stage_dir, step, state.policy, state.tokenizer, state.policy_optimizer,
+                                    keep_last=keep_last, extra_state=extra,
+                                    extra_models={"critic": state.critic} if state.critic is not None else None)
+
+
+def restore_checkpoint(state: RLState, checkpoint: Path) -> int:
+    """Load what `save_checkpoint` wrote into `state` (whose policy and critic came from `checkpoint`); the step."""
+    saved = load_training_state(checkpoint)
+    state.policy_optimizer.load_state_dict(saved["optimizer"])
+    if state.critic_optimizer is not None:
+        state.critic_optimizer.load_state_dict(saved["critic_optimizer"])
+    state.kl_controller.load_state_dict(saved["kl_controller"])
+    state.generator.set_state(saved["generator"])
+    restore_rng_state(saved["rng"])
+    return int(saved["step"])
+
+
+def set_learning_rates(state: RLState, iteration: int, warmup: int) -> None:
+    """Linear warmup over `warmup` iterations, then each optimizer's constant peak rate."""
+    scale = min(1.0, (iteration + 1) / warmup) if warmup else 1.0
+    for optimizer in state.optimizers():
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * scale
+
+
+def sample_rows(exp: Experience, rows: int) -> list[dict[str, Any]]:
+    """The first `rows` samples of an iteration: prompt, response, raw score, KL (k1, summed)."""
+    kl = ((exp.logprobs - exp.ref_logprobs) * exp.response_mask).sum(-1)
+    return [{"prompt": exp.prompts[i], "response": exp.responses[i], "score": round(float(exp.scores[i]), 4),
+             "kl": round(float(kl[i]), 4), "eos": bool(exp.ended_with_eos[i])} for i in range(min(rows, len(exp)))]
+
+
+@dataclass
+class LoopResult:
+    final_dir: Path
+    iterations: int
+    last: dict[str, float]
+    wall_s: float
+
+
+IterationFn = Callable[[RLState, list[str], list[list[int]]], tuple[Experience, dict[str, float]]]
+
+
+def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: IterationFn, iterations: int,
+               rollout_prompts: int, warmup: int, max_prompt_tokens: int, loop: RunLoopConfig, stage_dir: Path,
+               final: Path, start: int, log: Callable[[str], None]) -> LoopResult:
+    """Iterations `start`..`iterations`: rollout + update, log, sample tables, checkpoints; then `final`.
+
+    The prompts of an iteration are a pure function of its number
+    (`prompt_indices`), so a resumed run sees the same prompts the
+    uninterrupted one would have.
+    """
+    prompt_ids = encode_prompts(state.tokenizer, prompts, max_prompt_tokens)
+    metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start if start else None)
+    samples = MetricsLog(stage_dir / "samples.jsonl", resume_step=start if start else None, tensorboard=False)
+    started = time.monotonic()
+    stats: dict[str, float] = {}
+    done = start
+    try:
+        for iteration in range(start, iterations):
+            set_learning_rates(state, iteration, warmup)
+            rows = prompt_indices(iteration, rollout_prompts, len(prompts), loop.seed)
+            exp, stats = iteration_fn(state, [prompts[i] for i in rows], [prompt_ids[i] for i in rows])
+            done = iteration + 1
+            if not all(math.isfinite(stats[k]) for k in ("policy_loss",) if k in stats):
+                raise TrainingError(f"{stage}: the loss became non-finite at iteration {done}; lower the learning "
+                                    f"rate (the last checkpoint in {stage_dir / 'checkpoints'} is intact)")
+
+            if done % loop.log_every == 0 or done == iterations:
+                metrics.log(done, **stats)
+                log(f"{stage} it {done}/{iterations}  score {stats['score']:+.3f}  kl {stats['kl']:.2f}  "
+                    f"beta {stats['kl_coef']:.3f}  entropy {stats['entropy']:.2f}  clipfrac {stats['clipfrac']:.3f}  "
+                    f"len {stats['response_length']:.1f}  {stats['rollout_tokens_per_s']:,.0f} rollout tok/s")
+            if loop.sample_table_every and (done % loop.sample_table_every == 0 or done == iterations):
+                for row in sample_rows(exp, loop.sample_table_rows):
+                    samples.log(done, **row)
+                    log(f"  sample [{row['score']:+.2f}] {row['prompt']} | {row['response']}")
+
+            out_of_time = loop.max_minutes is not None and (time.monotonic() - started) / 60 >= loop.max_minutes
+            if done % loop.save_every == 0 or done == iterations or out_of_time:
+                save_checkpoint(state, stage_dir, done, loop.keep_last)
+                crash_point(f"{stage}:saved:{done}")
+            if out_of_time:
+                log(f"{stage}: stopping at iteration {done} after {loop.max_minutes} minutes (run.max_minutes)")
+                break
+    finally:
+        metrics.close()
+        samples.close()
+    save_final(final, state.policy, state.tokenizer)
+    return LoopResult(final_dir=final, iterations=done, last=stats, wall_s=time.monotonic() - started)

@@ -1,0 +1,147 @@
+"""What every route depends on: the store, the signed-in user, their role, and the CSRF check.
+
+Deny by default: `AuthGate` (an ASGI middleware) resolves the session cookie
+once per request and turns away every request without a valid session except
+to the few public paths (login, invite sign-up, static files), with 401 for
+the JSON API and a redirect to the login page for HTML. Routers then require a
+role (`require_user`, `require_admin`), and `csrf_protect`, applied to the
+whole app, checks a CSRF token on every state-changing request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import quote
+
+import anyio.to_thread
+from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse, RedirectResponse
+
+from alignloop.feedback.store import Store, UserInfo
+from alignloop.web.security import same_token
+
+SESSION_COOKIE = "alignloop_session"
+LOGIN_CSRF_COOKIE = "alignloop_login_csrf"
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+PUBLIC_PATHS = frozenset({"/login", "/api/login", "/healthz", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/static/", "/invite/")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Auth:
+    user: UserInfo
+    csrf_token: str
+    session_token: str
+
+
+class NotSignedIn(Exception):
+    pass
+
+
+class Forbidden(Exception):
+    def __init__(self, detail: str = "forbidden"):
+        super().__init__(detail)
+        self.detail = detail
+
+
+def is_api(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def login_redirect(path: str) -> RedirectResponse:
+    target = "/login" if path in ("/", "/logout") else f"/login?next={quote(path, safe='/')}"
+    return RedirectResponse(target, status_code=303)
+
+
+class AuthGate:
+    """Resolve the session cookie into `request.state.auth`; refuse non-public paths without one."""
+
+    def __init__(self, app, store: Store):  # noqa: ANN001
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope, receive, send):  # noqa: ANN001
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        token = HTTPConnection(scope).cookies.get(SESSION_COOKIE)
+        auth = None
+        if token and len(token) < 200:
+            found = await anyio.to_thread.run_sync(self.store.session_user, token)
+            if found is not None:
+                auth = Auth(user=found[0], csrf_token=found[1], session_token=token)
+        scope.setdefault("state", {})["auth"] = auth
+        path = scope["path"]
+        if auth is None and not is_public(path):
+            if is_api(path):
+                response = JSONResponse({"detail": "not signed in"}, status_code=401,
+                                        headers={"WWW-Authenticate": "Cookie"})
+            else:
+                response = login_redirect(path)
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def optional_auth(request: Request) -> Optional[Auth]:
+    return getattr(request.state, "auth", None)
+
+
+def require_user(request: Request) -> Auth:
+    """Any signed-in, active account (annotators and admins both annotate)."""
+    auth = optional_auth(request)
+    if auth is None:
+        raise NotSignedIn()
+    return auth
+
+
+def require_admin(auth: Auth = Depends(require_user)) -> Auth:
+    if not auth.user.is_admin:
+        raise Forbidden("admins only")
+    return auth
+
+
+async def _submitted_token(request: Request) -> Optional[str]:
+    header = request.headers.get(CSRF_HEADER)
+    if header:
+        return header
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form()
+        value = form.get(CSRF_FIELD)
+        return value if isinstance(value, str) else None
+    return None
+
+
+async def csrf_protect(request: Request) -> None:
+    """Applied to every route: state-changing requests must prove they come from our own pages.
+
+    Signed in: the session's CSRF token, in the `X-CSRF-Token` header (API) or
+    the `csrf_token` form field (HTML). Signing in: the JSON API requires a JSON
+    body (which a cross-site form cannot send); the HTML forms carry the token
+    that is also in a SameSite=Strict cookie (double submit).
+    """
+    if request.method in SAFE_METHODS:
+        return
+    path = request.url.path
+    auth = optional_auth(request)
+    if path == "/api/login":
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            raise Forbidden("sign in through the API with a JSON body")
+        return
+    if auth is None or path == "/login" or path.startswith("/invite/"):
+        expected = request.cookies.get(LOGIN_CSRF_COOKIE)
+    else:
+        expected = auth.csrf_token
+    if not same_token(await _submitted_token(request), expected):
+        raise Forbidden("missing or wrong CSRF token; reload the page and try again")

@@ -1,0 +1,164 @@
+"""PPO's experience, through the real sampler, reward model, reference and critic on a tiny model.
+
+- at initialisation (policy = reference, dropout off) the KL is 0 and the ratio pi/pi_old is 1 on the
+  first minibatch, within 1e-5;
+- masks cover response tokens up to EOS only, never prompt or padding;
+- the score lands on the last response token, the KL penalty on every response token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from alignloop.data.formatting import encode_prompt, encode_response
+from alignloop.generation.sampler import RolloutBatch
+from alignloop.models.causal_lm import load_causal_lm
+from alignloop.reward.model import load_reward_model
+from alignloop.rl.config import PPOConfig
+from alignloop.rl.critic import critic_from_policy, critic_from_reward_model
+from alignloop.rl.ppo import compute_advantages, policy_forward, ppo_state, ppo_update, shape_token_rewards
+from alignloop.rl.rollout import RewardScorer, encode_prompts, make_experience, make_sampler, prompt_indices
+from alignloop.tokenizer import load_tokenizer
+from conftest import RL_PROMPTS
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def likely_eos(model, tokenizer, logit: float = 3.0):
+    """Make EOS a likely next token everywhere (so responses end at different lengths).
+
+    The output embedding of EOS is moved along the mean final hidden state, which raises
+    EOS's logit by about `logit` in every state.
+    """
+    ids = torch.tensor([encode_prompt(tokenizer, " ".join(RL_PROMPTS))])
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+        direction = hidden.mean(0)
+        model.get_output_embeddings().weight[tokenizer.eos_token_id] += logit * direction / direction.square().sum()
+    return model
+
+
+@pytest.fixture
+def parts(rl_run_template):
+    """Policy (= reference weights), reference, reward model, tokenizer, config for a short rollout."""
+    torch.manual_seed(0)
+    start = rl_run_template / "pretrain" / "final"
+    tokenizer = load_tokenizer(start)
+    policy = likely_eos(load_causal_lm(start), tokenizer)
+    reference = load_causal_lm(start)
+    reference.load_state_dict(policy.state_dict())
+    reward_model = load_reward_model(rl_run_template / "rounds" / "001" / "reward" / "final", "cpu")
+    cfg = PPOConfig.model_validate({"sampling": {"max_new_tokens": 10, "batch_size": 8},
+                                    "ppo": {"epochs": 2, "minibatches": 2, "grad_accum": 2}})
+    return policy, reference, reward_model, tokenizer, cfg
+
+
+def experience(policy, reference, reward_model, tokenizer, cfg, critic, seed=0):
+    scorer = RewardScorer(reward_model, tokenizer)
+    generator = torch.Generator().manual_seed(seed)
+    prompts = RL_PROMPTS
+    return make_experience(policy=policy, reference=reference, critic=critic, scorer=scorer, tokenizer=tokenizer,
+                           sampler=make_sampler(cfg.sampling, tokenizer), prompts=prompts,
+                           prompt_ids=encode_prompts(tokenizer, prompts, 64), generator=generator,
+                           shaping=cfg.reward, batch_size=cfg.sampling.batch_size)
+
+
+def test_kl_is_zero_and_ratio_is_one_at_initialisation(parts, rl_run_template):
+    policy, reference, reward_model, tokenizer, cfg = parts
+    critic = critic_from_reward_model(rl_run_template / "rounds" / "001" / "reward" / "final")
+    exp = experience(policy, reference, reward_model, tokenizer, cfg, critic)
+    mask = exp.response_mask
+    assert mask.sum() > 0
+    # KL = 0: the reference recomputes, in one full forward, what the sampler recorded step by step.
+    assert (exp.logprobs - exp.ref_logprobs).abs().max() < 1e-5
+    assert abs(float(((exp.logprobs - exp.ref_logprobs) * mask).sum(-1).mean())) < 1e-5
+
+    # Ratio = 1 on the first minibatch: the training forward (with grad) of the first minibatch.
+    state = ppo_state(policy, reference, critic, RewardScorer(reward_model, tokenizer), tokenizer, cfg)
+    first = exp.select(torch.arange(4))
+    logprobs, entropy = policy_forward(state.policy, first, cfg.sampling.temperature)
+    assert logprobs.requires_grad
+    ratio = torch.exp(logprobs.detach() - first.logprobs)
+    assert ((ratio - 1).abs() * first.response_mask).max() < 1e-5
+    assert (entropy * first.response_mask).sum() > 0
+
+    # ... and the same check as the update logs it, on its own first minibatch.
+    shape_token_rewards(exp, cfg, state.kl_controller.beta)
+    compute_advantages(exp, cfg)
+    stats = ppo_update(state, exp, cfg)
+    assert stats["ratio_dev"] < 1e-5
+    assert stats["epochs_run"] == 2 and stats["minibatch_steps"] == 4
+    assert math.isfinite(stats["policy_loss"]) and math.isfinite(stats["value_loss"])
+
+
+def test_masks_cover_response_tokens_only_and_score_lands_on_the_last(parts, rl_run_template):
+    policy, reference, reward_model, tokenizer, cfg = parts
+    critic = critic_from_policy(rl_run_template / "pretrain" / "final")
+    exp = experience(policy, reference, reward_model, tokenizer, cfg, critic)
+    mask = exp.response_mask
+    lengths = mask.sum(-1).long()
+    # Different prompt lengths (left padding) and responses that stop at EOS at different lengths.
+    assert len(set(len(p) for p in encode_prompts(tokenizer, RL_PROMPTS, 64))) > 1
+    assert exp.ended_with_eos.any() and len(set(lengths.tolist())) > 1
+
+    response = exp.response_ids
+    for row in range(len(exp)):
+        n = int(lengths[row])
+        assert mask[row, :n].eq(1).all() and mask[row, n:].eq(0).all()  # contiguous, from the first token
+        if exp.ended_with_eos[row]:
+            assert response[row, n - 1] == tokenizer.eos_token_id
+        assert response[row, n:].eq(tokenizer.pad_token_id).all()
+    # Prompt columns are never in the response mask; the attention mask agrees on the response part.
+    assert torch.equal(exp.attention_mask[:, exp.prompt_length:].float(), mask)
+    prompt_mask = exp.attention_mask[:, :exp.prompt_length]
+    assert (prompt_mask == 0).any()  # left padding exists
+    for name in ("logprobs", "ref_logprobs", "values"):
+        assert getattr(exp, name)[mask == 0].eq(0).all(), name
+    assert exp.values[mask == 1].eq(0).all()  # a critic from the policy starts with a zero head
+
+    beta = 0.5
+    kl = shape_token_rewards(exp, cfg, beta)
+    rewards = exp.token_rewards
+    assert rewards[mask == 0].eq(0).all()
+    for row in range(len(exp)):
+        last = int(lengths[row]) - 1
+        expected = -beta * kl[row, :last + 1]
+        expected[last] += exp.rewards[row]
+        assert torch.allclose(rewards[row, :last + 1], expected, atol=1e-6)
+
+    # The shaped reward: normalised with reward_stats.json (mean 0.1, std 2), clipped, -1 without EOS.
+    expected_rewards = ((exp.scores - 0.1) / 2.0).clamp(-5, 5) - (~exp.ended_with_eos).float()
+    assert torch.allclose(exp.rewards, expected_rewards, atol=1e-6)
+
+
+def test_scoring_by_ids_equals_scoring_by_text(rl_run_template):
+    tokenizer = load_tokenizer(rl_run_template / "pretrain" / "final")
+    reward_model = load_reward_model(rl_run_template / "rounds" / "001" / "reward" / "final", "cpu")
+    scorer = RewardScorer(reward_model, tokenizer)
+    assert scorer.by_ids
+    pairs = [("Tom went to the park.", "Tom saw a dog. The end."), ("Mia", "was happy."),
+             ("Ben saw a kite.", "The kite was very nice. Ben was happy. The end.")]
+    prompts = [encode_prompt(tokenizer, p) for p, _ in pairs]
+    responses = [encode_response(tokenizer, p, r) for p, r in pairs]
+    width_p, width_r = max(map(len, prompts)), max(map(len, responses))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width_p - len(p)) + p + r + [pad] * (width_r - len(r))
+                        for p, r in zip(prompts, responses)])
+    mask = torch.tensor([[0] * (width_p - len(p)) + [1] * (len(p) + len(r)) + [0] * (width_r - len(r))
+                         for p, r in zip(prompts, responses)])
+    batch = RolloutBatch(input_ids=ids, attention_mask=mask, prompt_length=width_p, response_ids=ids[:, width_p:],
+                         response_mask=mask[:, width_p:], logprobs=torch.zeros(3, width_r),
+                         ended_with_eos=torch.ones(3, dtype=torch.bool))
+    by_ids = scorer.score(batch, [p for p, _ in pairs], [r for _, r in pairs])
+    by_text = reward_model.score_texts([p for p, _ in pairs], [r for _, r in pairs])
+    assert torch.allclose(by_ids, by_text, atol=1e-5)
+
+
+def test_prompt_order_is_a_function_of_the_iteration():
+    seen = [i for it in range(4) for i in prompt_indices(it, 5, 10, seed=3)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))  # each pass covers all
+    assert seen[:10] != seen[10:20]  # reshuffled each pass
+    assert prompt_indices(2, 5, 10, seed=3) == seen[10:15]

@@ -1,0 +1,137 @@
+"""Reward-model losses and metrics, pinned to numbers worked out by hand.
+
+Notation in the comments: sp(x) = -log sigmoid(x) = log(1 + e^-x);
+sp(0) = log 2 = 0.6931472, sp(0.5) = 0.4740770, sp(1) = 0.3132617,
+sp(2) = 0.1269280, sp(-2) = 2 + sp(2) = 2.1269280.
+"""
+
+import pytest
+import torch
+
+from alignloop.reward.losses import (
+    bradley_terry_loss,
+    expected_calibration_error,
+    normalize_ratings,
+    preference_accuracy,
+    ranking_loss,
+    ranking_pairs,
+    rating_regression_loss,
+    reward_centering_loss,
+    soft_label_loss,
+)
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def test_bradley_terry_without_margin():
+    # pairs differ by 1 and 0: (sp(1) + sp(0)) / 2 = (0.3132617 + 0.6931472) / 2
+    loss = bradley_terry_loss(t(1.0, 0.0), t(0.0, 0.0))
+    assert loss.item() == pytest.approx(0.5032044, abs=1e-6)
+
+
+def test_bradley_terry_margin_is_subtracted_from_the_difference():
+    # margin 0.5 on the first pair: (sp(1 - 0.5) + sp(0)) / 2 = (0.4740770 + 0.6931472) / 2
+    loss = bradley_terry_loss(t(1.0, 0.0), t(0.0, 0.0), margin=t(0.5, 0.0))
+    assert loss.item() == pytest.approx(0.5836121, abs=1e-6)
+    # A float margin applies to every pair: sp(1 - 1) = log 2.
+    assert bradley_terry_loss(t(1.0), t(0.0), margin=1.0).item() == pytest.approx(0.6931472, abs=1e-6)
+
+
+def test_bradley_terry_gradient_pushes_chosen_up_and_rejected_down():
+    chosen, rejected = t(0.0).requires_grad_(), t(0.0).requires_grad_()
+    bradley_terry_loss(chosen, rejected).backward()
+    # d sp(c - r) / dc = -sigmoid(-(c - r)) = -0.5 at c = r.
+    assert chosen.grad.item() == pytest.approx(-0.5)
+    assert rejected.grad.item() == pytest.approx(0.5)
+
+
+def test_ranking_pairs_lists_every_pair_once_best_first():
+    better, worse = ranking_pairs(3)
+    assert better.tolist() == [0, 0, 1]
+    assert worse.tolist() == [1, 2, 2]
+    assert len(ranking_pairs(5)[0]) == 10  # C(5, 2)
+
+
+def test_ranking_loss_averages_the_three_pairs_of_a_ranking_of_three():
+    # rewards 2 > 1 > 0 in rank order: pair differences 1, 2, 1
+    # (sp(1) + sp(2) + sp(1)) / 3 = (0.3132617 + 0.1269280 + 0.3132617) / 3
+    assert ranking_loss(t(2.0, 1.0, 0.0).unsqueeze(0)).item() == pytest.approx(0.2511505, abs=1e-6)
+
+
+def test_ranking_loss_with_explicit_ranks():
+    # response 2 is best (rank 0), response 0 worst: the same three pairs as above.
+    loss = ranking_loss(t(0.0, 1.0, 2.0).unsqueeze(0), ranks=torch.tensor([[2, 1, 0]]))
+    assert loss.item() == pytest.approx(0.2511505, abs=1e-6)
+
+
+def test_ranking_loss_mask_handles_prompts_with_fewer_responses():
+    # Prompt 1 ranks three responses (0.2511505 as above); prompt 2 only two
+    # (one pair, difference 1: sp(1) = 0.3132617); its third slot is padding
+    # whatever its value. Each prompt weighs the same: (0.2511505 + 0.3132617) / 2.
+    rewards = torch.tensor([[2.0, 1.0, 0.0], [1.0, 0.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert ranking_loss(rewards, mask=mask).item() == pytest.approx(0.2822061, abs=1e-6)
+
+
+def test_ranking_loss_ties_form_no_pair():
+    # responses 0 and 1 tie for first: only the pairs (0, 2) and (1, 2), each difference 1: sp(1).
+    loss = ranking_loss(t(1.0, 1.0, 0.0).unsqueeze(0), ranks=torch.tensor([[0, 0, 1]]))
+    assert loss.item() == pytest.approx(0.3132617, abs=1e-6)
+
+
+def test_ranking_loss_of_two_is_bradley_terry():
+    chosen, rejected = t(0.3, -1.0, 2.0), t(0.1, 0.5, 2.5)
+    pairs = torch.stack([chosen, rejected], dim=1)
+    assert ranking_loss(pairs).item() == pytest.approx(bradley_terry_loss(chosen, rejected).item(), abs=1e-6)
+
+
+def test_soft_label_tie_target():
+    # equal rewards and target 0.5: BCE(0.5, 0.5) = log 2
+    assert soft_label_loss(t(0.0), t(0.0), 0.5).item() == pytest.approx(0.6931472, abs=1e-6)
+    # difference 2, target 0.5: 0.5 * sp(2) + 0.5 * sp(-2) = 0.5 * (0.1269280 + 2.1269280)
+    assert soft_label_loss(t(2.0), t(0.0), t(0.5)).item() == pytest.approx(1.1269280, abs=1e-6)
+
+
+def test_soft_label_with_target_one_is_bradley_terry():
+    chosen, rejected = t(1.0, 0.0), t(0.0, 0.0)
+    assert soft_label_loss(chosen, rejected, 1.0).item() == pytest.approx(0.5032044, abs=1e-6)
+
+
+def test_rating_regression_normalised_and_masked():
+    # Likert 1..5 -> (r - 1) / 4
+    assert normalize_ratings(t(1.0, 3.0, 5.0), 1, 5).tolist() == [0.0, 0.5, 1.0]
+    # ((0.5 - 1)^2 + (0 - 0)^2) / 2 = 0.125; the masked third rating is ignored
+    loss = rating_regression_loss(t(0.5, 0.0, 1.0), t(1.0, 0.0, 0.0), mask=torch.tensor([1, 1, 0]))
+    assert loss.item() == pytest.approx(0.125)
+    with pytest.raises(ValueError):
+        normalize_ratings(t(1.0), 5, 5)
+
+
+def test_reward_centering():
+    # ((1 + -1)^2 + (-1 + 3)^2) / 2 = (0 + 4) / 2
+    assert reward_centering_loss(t(1.0, -1.0), t(-1.0, 3.0)).item() == pytest.approx(2.0)
+
+
+def test_preference_accuracy_counts_ties_as_half():
+    # win, loss, tie, win: (1 + 0 + 0.5 + 1) / 4
+    assert preference_accuracy(t(1.0, 2.0, 3.0, 0.0), t(0.0, 3.0, 3.0, -1.0)).item() == pytest.approx(0.625)
+
+
+def test_expected_calibration_error_by_hand():
+    # bins of width 0.1:
+    #   [0.0, 0.1): p 0.05, label 0           -> 1 * |0 - 0.05|     = 0.05
+    #   [0.1, 0.2): p 0.15, 0.12, labels 1, 0 -> 2 * |0.5 - 0.135|  = 0.73
+    #   [0.8, 0.9): p 0.85, label 1           -> 1 * |1 - 0.85|     = 0.15
+    #   [0.9, 1.0]: p 0.95, label 1           -> 1 * |1 - 0.95|     = 0.05
+    # ECE = (0.05 + 0.73 + 0.15 + 0.05) / 5 = 0.196
+    probs = t(0.05, 0.15, 0.12, 0.95, 0.85)
+    labels = t(0.0, 1.0, 0.0, 1.0, 1.0)
+    assert expected_calibration_error(probs, labels).item() == pytest.approx(0.196, abs=1e-6)
+
+
+def test_expected_calibration_error_is_zero_when_calibrated():
+    assert expected_calibration_error(t(0.5, 0.5, 0.5, 0.5), t(1.0, 0.0, 1.0, 0.0)).item() == pytest.approx(0.0)
+    # p = 1.0 falls in the last bin, not past it
+    assert expected_calibration_error(t(1.0), t(1.0)).item() == pytest.approx(0.0)

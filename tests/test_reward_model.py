@@ -1,0 +1,142 @@
+"""The reward model: scalar at the last real token (any padding), encoders pooled, save and load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from reward_helpers import tiny_decoder, tiny_encoder
+
+from alignloop.errors import CheckpointError
+from alignloop.reward.model import (
+    RewardStats,
+    build_reward_model,
+    last_token_index,
+    load_reward_model,
+    masked_mean_pool,
+    pad_batch,
+)
+
+PROMPTS = ["Tom found a cat (1).", "Mia found a kite (2)."]
+RESPONSES = ["Tom was happy. The end.", "kite kite kite kite kite kite."]
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(tmp_path_factory):
+    return tiny_decoder(tmp_path_factory.mktemp("decoder"))
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    return tiny_encoder(tmp_path_factory.mktemp("encoder"))
+
+
+def test_last_token_index_and_mean_pool_by_hand():
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 0]])
+    assert last_token_index(mask).tolist() == [2, 3, 0]
+    hidden = torch.tensor([[[1.0], [3.0], [5.0], [100.0]]])
+    assert masked_mean_pool(hidden, torch.tensor([[1, 1, 1, 0]])).item() == pytest.approx(3.0)
+
+
+def test_decoder_reward_ignores_padding_side_and_batch(decoder_dir):
+    reward = build_reward_model(decoder_dir).eval()
+    assert reward.is_decoder and reward.num_heads == 1
+    encoded = [reward.encode(p, r) for p, r in zip(PROMPTS, RESPONSES)]
+    assert encoded[0]["input_ids"][0] == reward.tokenizer.bos_token_id
+    assert encoded[0]["input_ids"][-1] == reward.tokenizer.eos_token_id
+    right = pad_batch(encoded, reward.tokenizer.pad_token_id)
+    width = right["input_ids"].shape[1]
+    left_ids = torch.full_like(right["input_ids"], reward.tokenizer.pad_token_id)
+    left_mask = torch.zeros_like(right["attention_mask"])
+    for row, e in enumerate(encoded):
+        left_ids[row, width - len(e["input_ids"]):] = torch.tensor(e["input_ids"])
+        left_mask[row, width - len(e["input_ids"]):] = 1
+    with torch.no_grad():
+        r_right = reward(right["input_ids"], right["attention_mask"])
+        r_left = reward(left_ids, left_mask)
+        alone = torch.cat([reward(**pad_batch([e], 0)) for e in encoded])
+    assert r_right.shape == (2,)
+    assert torch.allclose(r_right, r_left, atol=1e-5)
+    assert torch.allclose(r_right, alone, atol=1e-5)
+    # score_texts goes through the same path, in the caller's order.
+    assert torch.allclose(reward.score_texts(PROMPTS[::-1], RESPONSES[::-1]), r_right.flip(0), atol=1e-5)
+
+
+def test_pad_equal_to_eos_still_scores_the_eos(tmp_path):
+    # With pad == eos, HF's own pooling would skip the final EOS; the mask-based index must not.
+    directory = tiny_decoder(tmp_path / "pad_eos", pad_is_eos=True)
+    reward = build_reward_model(directory).eval()
+    encoded = [reward.encode(p, r) for p, r in zip(PROMPTS, RESPONSES)]
+    batch = pad_batch(encoded, reward.tokenizer.pad_token_id)
+    with torch.no_grad():
+        pooled = reward(**batch)
+        backbone = reward.model.model(input_ids=batch["input_ids"][:1, :len(encoded[0]["input_ids"])])[0]
+        expected = reward.model.score(backbone[0, -1]).squeeze()
+    assert pooled[0].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_save_load_round_trip_with_stats(decoder_dir, tmp_path):
+    reward = build_reward_model(decoder_dir, max_length=64)
+    reward.stats = RewardStats(mean=2.0, std=4.0, n=10)
+    reward.save(tmp_path / "rm")
+    assert json.loads((tmp_path / "rm" / "reward_stats.json").read_text()) == {"mean": 2.0, "std": 4.0, "n": 10}
+    loaded = load_reward_model(tmp_path / "rm", device="cpu")
+    assert loaded.max_length == 64 and loaded.stats.std == 4.0
+    assert torch.allclose(loaded.score_texts(PROMPTS, RESPONSES), reward.eval().score_texts(PROMPTS, RESPONSES),
+                          atol=1e-5)
+    assert loaded.normalise(torch.tensor([6.0, 2.0])).tolist() == [1.0, 0.0]
+    # A warm start from a reward model keeps its trained head.
+    again = build_reward_model(tmp_path / "rm")
+    assert torch.equal(again.model.score.weight, loaded.model.score.weight)
+
+
+def test_missing_stats_mean_zero_std_one_and_bad_dirs(decoder_dir, tmp_path):
+    reward = build_reward_model(decoder_dir)
+    reward.save(tmp_path / "rm")
+    (tmp_path / "rm" / "reward_stats.json").unlink()
+    assert load_reward_model(tmp_path / "rm", "cpu").stats == RewardStats(0.0, 1.0, 0)
+    (tmp_path / "rm" / "reward_stats.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="reward_stats.json"):
+        load_reward_model(tmp_path / "rm", "cpu")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_reward_model(tmp_path / "nowhere")
+
+
+def test_encoder_backbone_pools_and_pairs(encoder_dir, tmp_path):
+    reward = build_reward_model(encoder_dir, max_length=16)
+    assert not reward.is_decoder and reward.pooling == "mean"
+    encoded = reward.encode("tom found a cat " * 10, "tom was happy. the end.")
+    ids = encoded["input_ids"]
+    assert len(ids) == 16  # cut to fit, the prompt's start going first
+    assert ids[0] == reward.tokenizer.cls_token_id and ids.count(reward.tokenizer.sep_token_id) == 2
+    assert encoded["token_type_ids"][-1] == 1
+    response_ids = reward.tokenizer("tom was happy. the end.", add_special_tokens=False)["input_ids"]
+    assert ids[-1 - len(response_ids):-1] == response_ids  # the response is whole
+    scores = reward.score_texts(PROMPTS, RESPONSES)
+    reward.save(tmp_path / "enc")
+    loaded = load_reward_model(tmp_path / "enc", "cpu")
+    assert loaded.pooling == "mean"
+    assert torch.allclose(loaded.score_texts(PROMPTS, RESPONSES), scores, atol=1e-5)
+
+
+def test_checkpoint_made_elsewhere_uses_its_own_head(encoder_dir, tmp_path):
+    # A sequence-classification checkpoint without our keys (as TRL writes them) is scored by its own forward.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(encoder_dir), num_labels=1)
+    model.save_pretrained(str(tmp_path / "trl"))
+    AutoTokenizer.from_pretrained(str(encoder_dir)).save_pretrained(str(tmp_path / "trl"))
+    reward = load_reward_model(tmp_path / "trl", "cpu")
+    assert reward.pooling == "native"
+    batch = reward.tokenizer(PROMPTS, RESPONSES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.eval()(**batch).logits.squeeze(-1)
+    assert torch.allclose(reward.score_texts(PROMPTS, RESPONSES), expected, atol=1e-5)
+
+
+def test_heads_ensemble_mean(decoder_dir):
+    reward = build_reward_model(decoder_dir, num_heads=3).eval()
+    heads = reward.score_texts(PROMPTS, RESPONSES, all_heads=True)
+    assert heads.shape == (2, 3)
+    assert torch.allclose(reward.score_texts(PROMPTS, RESPONSES), heads.mean(dim=1), atol=1e-6)

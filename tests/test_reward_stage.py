@@ -1,0 +1,143 @@
+"""`alignloop reward` end to end: CLI train + eval --json, bad input, exact resume, store, gold, ensembles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+from reward_helpers import good_bad_pairs, tiny_decoder, tiny_encoder, write_jsonl
+from safetensors.torch import load_file
+
+from alignloop.config.base import load_config
+from alignloop.reward.config import RewardConfig, RewardEvalConfig
+from alignloop.reward.ensemble import load_ensemble, most_uncertain
+from alignloop.reward.stage import run_reward, run_reward_eval
+from alignloop.runs import RunDir
+
+FAST = ["train.batch_size=8", "train.lr=3e-3", "train.warmup_steps=2", "train.eval_every=4", "train.save_every=4",
+        "train.log_every=2", "train.threads=1", "train.patience=0", "model.max_length=48"]
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Path:
+    return tiny_decoder(tmp_path_factory.mktemp("backbone"))
+
+
+@pytest.fixture(scope="module")
+def prefs_file(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("prefs") / "prefs.jsonl", good_bad_pairs(96))
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def test_cli_train_then_eval_json_with_skipped_records(backbone, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    good = "".join(json.dumps(r) + "\n" for r in good_bad_pairs(64)).encode()
+    bad = (b'{"prompt": "x", "chosen": "same", "rejected": "same"}\n{"prompt": "x", "chosen": ""}\n'
+           b'{"prompt": "x", "chosen": "\xff", "rejected": "y"}\n')
+    path.write_bytes(good + bad)
+    run = tmp_path / "run"
+    trained = run_cli("reward", "--run", str(run), f"data.path={path}", f"model.path={backbone}",
+                      "train.epochs=3", *FAST)
+    assert trained.returncode == 0, trained.stderr
+    assert "skipped 3 records" in trained.stderr and "Traceback" not in trained.stderr
+    final = run / "rounds" / "001" / "reward" / "final"
+    assert (final / "config.json").exists() and (final / "model.safetensors").exists()
+    stats = json.loads((final / "reward_stats.json").read_text())
+    assert stats["n"] > 0 and stats["std"] > 0
+    metrics = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_accuracy" in m for m in metrics) and any("pairs_per_s" in m for m in metrics)
+
+    out = tmp_path / "eval.json"
+    evaluated = run_cli("reward", "eval", "--run", str(run), f"data.path={path}", "--json", str(out))
+    assert evaluated.returncode == 0, evaluated.stderr
+    figures = json.loads(out.read_text())
+    assert {"accuracy", "loss", "ece", "n", "accuracy_by_margin"} <= set(figures)
+    assert figures["n"] == 64 and figures["skipped"]["chosen identical to rejected"] == 1
+    assert figures["accuracy"] > 0.9  # an easy task: happy endings beat repetition
+    assert 0 <= figures["ece"] <= 1
+
+
+def test_only_bad_input_is_one_line_exit_2(backbone, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"chosen": "a"}\n{"prompt": "p", "chosen": "", "rejected": "b"}\n\xff\xfe\n')
+    result = run_cli("reward", "--run", str(tmp_path / "run"), f"data.path={path}", f"model.path={backbone}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "no usable preference records" in result.stderr and "not UTF-8" in result.stderr
+
+
+def test_crash_and_resume_is_exact(backbone, prefs_file, tmp_path):
+    args = [f"data.path={prefs_file}", f"model.path={backbone}", "train.epochs=2", *FAST]
+    crashed = run_cli("reward", "--run", str(tmp_path / "resumed"), *args, env={"ALIGNLOOP_CRASH_AT": "reward:saved:8"})
+    assert crashed.returncode != 0
+    stage = tmp_path / "resumed" / "rounds" / "001" / "reward"
+    assert (stage / "checkpoints" / "step-000008").exists() and not (stage / "final").exists()
+    resumed = run_cli("reward", "--run", str(tmp_path / "resumed"), *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step 8" in resumed.stderr
+
+    run_reward(RunDir(tmp_path / "straight"), load_config(RewardConfig, None, args), log=_quiet)
+    one = load_file(str(stage / "final" / "model.safetensors"))
+    two = load_file(str(tmp_path / "straight" / "rounds" / "001" / "reward" / "final" / "model.safetensors"))
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-6), key
+    steps = [json.loads(line)["step"] for line in (stage / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == sorted(set(steps))  # the metrics log was cut back to the checkpoint, not duplicated
+
+
+def test_encoder_backbone_trains(tmp_path, prefs_file):
+    encoder = tiny_encoder(tmp_path / "encoder")
+    cfg = load_config(RewardConfig, None, [f"data.path={prefs_file}", f"model.path={encoder}", "train.epochs=4",
+                                           *FAST])
+    result = run_reward(RunDir(tmp_path / "run"), cfg, log=_quiet)
+    assert result is not None and result.val_accuracy >= 0.9
+
+
+def test_store_rounds_gold_eval_and_ensemble(backbone, tmp_path):
+    from alignloop.feedback import open_store
+    from alignloop.stages import builtin_paths
+
+    run = RunDir(tmp_path / "run").ensure()
+    records = good_bad_pairs(64)
+    with open_store(run.feedback_db) as store:
+        first = store.create_round()
+        second = store.create_round()
+        store.import_preferences(records[:40], source="trl", round_id=first)
+        # Round 2 holds the opposite labels: only round 1 must be read.
+        flipped = [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in records[40:]]
+        store.import_preferences(flipped, source="trl", round_id=second)
+    cfg = load_config(RewardConfig, None, [f"model.path={backbone}", "data.rounds=[1]", "train.epochs=4",
+                                           "ensemble.heads=2", "ensemble.models=2", *FAST])
+    result = run_reward(run, cfg, log=_quiet)
+    assert result is not None
+    reward_dir = run.round_dir(2) / "reward"  # the newest round in the store
+    assert (reward_dir / "final").exists() and (reward_dir / "ensemble" / "member-02" / "final").exists()
+    assert run_reward(run, cfg, log=_quiet) is None  # finished: nothing to do
+
+    prompts = builtin_paths(run)["eval_prompts"]
+    prompts.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(prompts, [{"prompt": r["prompt"]} for r in records[:4]])
+    eval_cfg = load_config(RewardEvalConfig, None, ["gold.pairs=6", f"gold.policy={backbone}",
+                                                    "gold.max_new_tokens=8", "device=cpu"])
+    figures = run_reward_eval(run, eval_cfg, log=_quiet)
+    assert figures["split"] == "val" and figures["n"] >= 1
+    assert "gold" in figures and figures["gold"]["n"] + figures["gold"]["gold_ties_skipped"] == 6
+    assert (reward_dir / "eval.json").exists()
+
+    ensemble = load_ensemble(reward_dir, device="cpu")
+    assert ensemble.size == 4
+    probabilities = ensemble.preference_probabilities([r["prompt"] for r in records[:5]],
+                                                      [r["chosen"] for r in records[:5]],
+                                                      [r["rejected"] for r in records[:5]])
+    assert probabilities.shape == (5, 4)
+    order = most_uncertain(probabilities, 3)
+    spread = probabilities.std(dim=1, unbiased=False)
+    assert spread[order[0]] == spread.max() and len(order) == 3
