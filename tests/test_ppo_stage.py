@@ -52,7 +52,7 @@ def test_ppo_trains_logs_skips_and_resumes_exactly(rl_run, tmp_path):
     samples = records(rl_run / "rounds" / "001" / "ppo" / "samples.jsonl")
     assert len(samples) == 6 and {"prompt", "response", "score", "kl"} <= set(samples[0])
     manifest = json.loads((rl_run / "manifest.json").read_text())
-    assert manifest["stages"]["rounds/001/ppo"]["status"] == "done"
+    assert manifest["stages"]["ppo:001"]["status"] == "done"
 
     said = []
     assert run_ppo(RunDir(rl_run), cfg, log=said.append) is None and "nothing to do" in said[-1]

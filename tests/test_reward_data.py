@@ -232,3 +232,20 @@ def test_objective_trains_every_head():
     loss, _ = batch_objective(rewards, _batch([[0, 1]]), bootstrap=1.0)
     loss.backward()
     assert (rewards.grad[0] < 0).all() and (rewards.grad[1] > 0).all()
+
+
+def test_packed_batches_keep_the_response_order(tmp_path):
+    groups = _groups_from([
+        {"prompt": "P", "chosen": "a", "rejected": "b"},
+        {"prompt": "P", "chosen": "a", "rejected": "c"},
+        {"prompt": "Q", "chosen": "x", "rejected": "y"},
+    ], tmp_path)
+    encoded = encode_groups(groups, lambda p, r: {"input_ids": [ord(ch) for ch in p + r]},
+                            encode_parts=lambda p, rs: ([ord(p)], [[ord(r)] for r in rs]))
+    batch = collate_groups(encoded, pad_token_id=0, packed=True)
+    assert batch["input_ids"].tolist() == [[ord("P"), ord("a"), ord("b"), ord("c")], [ord("Q"), ord("x"), ord("y"), 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 1, 1], [0, 1, 1, 0]]
+    assert list(zip(batch["score_row"].tolist(), batch["score_col"].tolist())) == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)]
+    # Response "c" sees the prompt and itself, not "a" or "b".
+    assert batch["packed_mask"][0, 0, 3].tolist() == [True, False, False, True]
+    assert batch["pair_index"].tolist() == [[0, 1], [0, 2], [3, 4]]

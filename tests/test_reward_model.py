@@ -140,3 +140,17 @@ def test_heads_ensemble_mean(decoder_dir):
     heads = reward.score_texts(PROMPTS, RESPONSES, all_heads=True)
     assert heads.shape == (2, 3)
     assert torch.allclose(reward.score_texts(PROMPTS, RESPONSES), heads.mean(dim=1), atol=1e-6)
+
+
+def test_packed_reading_gives_the_same_rewards(decoder_dir):
+    from alignloop.reward.model import pack_groups
+
+    reward = build_reward_model(decoder_dir, max_length=64).eval()
+    groups = [("Tom found a cat (1).", ["Tom was happy. The end.", "cat cat cat.", "He smiled."]),
+              ("Mia found a kite (2).", ["kite kite kite kite kite kite kite."])]
+    batch = pack_groups([reward.encode_group(p, rs) for p, rs in groups], reward.tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[0] == 2  # one row per prompt
+    with torch.no_grad():
+        packed = reward.packed_heads(**batch).squeeze(-1)
+    plain = torch.cat([reward.score_texts([p] * len(rs), rs) for p, rs in groups])
+    assert torch.allclose(packed, plain, atol=1e-5)
