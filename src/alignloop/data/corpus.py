@@ -10,11 +10,11 @@ Accepted inputs (DESIGN.md, "Data formats"):
 
 from __future__ import annotations
 
-import random
 import re
 from pathlib import Path
 
 from alignloop.data.jsonl import iter_jsonl, read_text
+from alignloop.data.split import split_indices
 from alignloop.errors import DataError
 
 STORY_SEPARATOR = "<|endoftext|>"
@@ -103,15 +103,8 @@ def read_corpus(path: Path | str, text_field: str = "text") -> list[str]:
 
 
 def train_val_split(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic split by a seeded shuffle of document indices; at least one of each when possible."""
+    """Deterministic split of documents by a seeded shuffle; at least one of each when possible."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}")
-    order = list(range(len(docs)))
-    random.Random(seed).shuffle(order)
-    n_val = int(round(len(docs) * val_fraction))
-    if val_fraction > 0 and n_val == 0 and len(docs) > 1:
-        n_val = 1
-    val_ids = set(order[:n_val])
-    train = [d for i, d in enumerate(docs) if i not in val_ids]
-    val = [d for i, d in enumerate(docs) if i in val_ids]
-    return train, val
+    train, val = split_indices(len(docs), val_fraction, seed)
+    return [docs[i] for i in train], [docs[i] for i in val]

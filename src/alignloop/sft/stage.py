@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import random
 import sys
 from pathlib import Path
 from typing import Callable
 
+from alignloop.data.split import split_indices
 from alignloop.data.lm_batches import SupervisedPairs, build_supervised_example, read_supervised_records
 from alignloop.errors import DataError
 from alignloop.models.causal_lm import check_checkpoint_dir, load_causal_lm
@@ -56,13 +56,11 @@ def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: 
     model = load_causal_lm(source)
     state = load_training_state(checkpoint) if checkpoint else None
 
-    order = list(range(len(pairs)))
-    random.Random(cfg.data.seed).shuffle(order)
-    n_val = int(round(len(pairs) * cfg.data.val_fraction))
-    examples = [build_supervised_example(tokenizer, *pairs[i], cfg.data.max_len) for i in order]
-    data = SupervisedPairs(examples[n_val:], examples[:n_val], cfg.train.batch_size, tokenizer.pad_token_id,
-                           cfg.train.seed)
-    log(f"{STAGE}: {len(examples) - n_val:,} training and {n_val:,} validation pairs from {data_path}; "
+    train_ids, val_ids = split_indices(len(pairs), cfg.data.val_fraction, cfg.data.seed)
+    examples = [build_supervised_example(tokenizer, *pair, cfg.data.max_len) for pair in pairs]
+    data = SupervisedPairs([examples[i] for i in train_ids], [examples[i] for i in val_ids], cfg.train.batch_size,
+                           tokenizer.pad_token_id, cfg.train.seed)
+    log(f"{STAGE}: {len(train_ids):,} training and {len(val_ids):,} validation pairs from {data_path}; "
         f"starting from {source}")
 
     run.mark_stage(STAGE, "running", inputs)

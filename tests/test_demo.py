@@ -1,0 +1,24 @@
+"""`alignloop demo --fast`: every stage of the demo, wired end to end, on a tiny model."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.mark.slow
+def test_fast_demo_runs_every_stage_and_writes_the_report(tmp_path):
+    run = tmp_path / "demo"
+    result = run_cli("demo", "--run", str(run), "--fast", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for number in (1, 2):
+        evaluation = json.loads((run / "rounds" / f"{number:03d}" / "eval.json").read_text())
+        assert {"gold_win_rate", "rm_win_rate", "kl", "ppl_before", "ppl_after", "n"} <= set(evaluation)
+        samples = (run / "rounds" / f"{number:03d}" / "eval_samples.jsonl").read_text().splitlines()
+        assert {"prompt", "sft_response", "policy_response"} <= set(json.loads(samples[0]))
+    assert (run / "report.html").exists()
+    assert "gold win rate" in result.stderr and str(run / "report.html") in result.stderr
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert all(stages[key]["status"] == "done" for key in
+               ("pretrain", "sft", "sample:002", "feedback:002", "reward:002", "ppo:002", "eval:002"))
