@@ -114,20 +114,23 @@ def worker_rollout(folder: Path, repeats: int) -> dict:
         return int(out.shape[0] * (out.shape[1] - prompts.shape[1]))
 
     timings: dict[str, list[float]] = {"ours": [], "hf": []}
+    cpu: dict[str, list[float]] = {"ours": [], "hf": []}
     tokens = {"ours": ours(), "hf": hf()}  # warm-up
     for _ in range(repeats):
         for name, fn in (("ours", ours), ("hf", hf)):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             tokens[name] = fn()
             timings[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     ours_tps = tokens["ours"] / statistics.median(timings["ours"])
     hf_tps = tokens["hf"] / statistics.median(timings["hf"])
     return {"ours_rollout_tokens_per_s": ours_tps, "hf_generate_tokens_per_s": hf_tps,
+            "ours_rollout_tokens_per_cpu_s": tokens["ours"] / statistics.median(cpu["ours"]),
+            "hf_generate_tokens_per_cpu_s": tokens["hf"] / statistics.median(cpu["hf"]),
             "ours_rollout_runs_s": timings["ours"], "hf_generate_runs_s": timings["hf"]}
 
 
 def worker_ours(folder: Path, iterations: int) -> dict:
-    import torch
     from transformers import AutoModelForCausalLM
 
     from alignloop.config.base import load_config
@@ -152,15 +155,17 @@ def worker_ours(folder: Path, iterations: int) -> dict:
                       cfg)
     prompt_ids = json.loads((folder / "prompts.json").read_text())
     prompts = [f"prompt {i}" for i in range(BATCH)]  # text is only used for logging here
-    timings, parts = [], []
+    timings, cpu, parts = [], [], []
     for i in range(iterations + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         _, stats = ppo_iteration(state, prompts, prompt_ids, cfg)
-        elapsed = time.perf_counter() - start
+        elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
         if i:  # the first iteration warms up allocators and kernels
             timings.append(elapsed)
+            cpu.append(elapsed_cpu)
             parts.append({k: stats[k] for k in ("rollout_s", "experience_s", "update_s")})
     return {"iteration_s": statistics.median(timings), "iteration_runs_s": timings,
+            "iteration_cpu_s": statistics.median(cpu),
             "breakdown_s": {k: statistics.median(p[k] for p in parts) for k in parts[0]},
             "response_length": stats["response_length"], "peak_rss_mb": peak_rss_mb()}
 
@@ -177,14 +182,14 @@ def worker_trl(folder: Path, iterations: int) -> dict:
     tokenizer.padding_side = "left"
     prompts = json.loads((folder / "prompts.json").read_text())
     dataset = Dataset.from_dict({"input_ids": prompts})
-    marks: list[float] = []
+    marks: list[tuple[float, float]] = []
 
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            marks.append(time.perf_counter())
+            marks.append((time.perf_counter(), time.process_time()))
 
         def on_step_end(self, args, state, control, **kwargs):
-            marks.append(time.perf_counter())
+            marks.append((time.perf_counter(), time.process_time()))
 
     with tempfile.TemporaryDirectory() as output_dir:
         args = PPOConfig(
@@ -204,11 +209,12 @@ def worker_trl(folder: Path, iterations: int) -> dict:
             train_dataset=dataset, eval_dataset=dataset.select(range(8)), callbacks=[Clock()],
         )
         trainer.train()
-    steps = [b - a for a, b in zip(marks, marks[1:])]
-    timed = steps[1:] if len(steps) > 1 else steps  # the first update warms up
+    steps = [b[0] - a[0] for a, b in zip(marks, marks[1:])][1:]  # the first update warms up
+    cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])][1:]
     import trl
 
-    return {"iteration_s": statistics.median(timed), "iteration_runs_s": timed, "peak_rss_mb": peak_rss_mb(),
+    return {"iteration_s": statistics.median(steps), "iteration_runs_s": steps,
+            "iteration_cpu_s": statistics.median(cpu), "peak_rss_mb": peak_rss_mb(),
             "trl_version": trl.__version__, "torch_threads": torch.get_num_threads()}
 
 
@@ -263,6 +269,7 @@ def main() -> None:
           f"experience {ours['breakdown_s']['experience_s']:.3f}s, update {ours['breakdown_s']['update_s']:.3f}s), "
           f"TRL {trl['iteration_s']:.3f}s; runs ours {['%.2f' % t for t in ours['iteration_runs_s']]}, "
           f"TRL {['%.2f' % t for t in trl['iteration_runs_s']]}")
+    print(f"PPO iteration CPU time: ours {ours['iteration_cpu_s']:.3f}s, TRL {trl['iteration_cpu_s']:.3f}s")
     print(f"peak RSS: ours {ours['peak_rss_mb']:,.0f} MB, TRL {trl['peak_rss_mb']:,.0f} MB")
     print(json.dumps({
         "workload": f"gpt2 {LAYERS}x{WIDTH} vocab {VOCAB}, {BATCH} prompts x {PROMPT_TOKENS} tokens, {NEW_TOKENS} new "
@@ -272,11 +279,16 @@ def main() -> None:
         "hf_generate_tokens_per_s": round(rollout["hf_generate_tokens_per_s"], 1),
         "ours_iteration_s": round(ours["iteration_s"], 4),
         "trl_iteration_s": round(trl["iteration_s"], 4),
+        "ours_iteration_cpu_s": round(ours["iteration_cpu_s"], 4),
+        "trl_iteration_cpu_s": round(trl["iteration_cpu_s"], 4),
         "ours_peak_rss_mb": round(ours["peak_rss_mb"], 1),
         "trl_peak_rss_mb": round(trl["peak_rss_mb"], 1),
         "rollout_speedup_vs_hf_generate": round(rollout["ours_rollout_tokens_per_s"]
                                                 / rollout["hf_generate_tokens_per_s"], 3),
+        "rollout_cpu_time_ratio_vs_hf_generate": round(rollout["ours_rollout_tokens_per_cpu_s"]
+                                                       / rollout["hf_generate_tokens_per_cpu_s"], 3),
         "ppo_iteration_speedup_vs_trl": round(trl["iteration_s"] / ours["iteration_s"], 3),
+        "ppo_iteration_cpu_time_ratio_vs_trl": round(trl["iteration_cpu_s"] / ours["iteration_cpu_s"], 3),
         "peak_rss_ratio_vs_trl": round(ours["peak_rss_mb"] / trl["peak_rss_mb"], 3),
     }))
 

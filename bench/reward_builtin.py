@@ -47,28 +47,35 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--gold-pairs", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sft", type=Path, help="Use this SFT checkpoint instead of pretraining and fine-tuning one "
+                                                 "(it should have seen the built-in stories, seed 0).")
     parser.add_argument("reward_overrides", nargs="*", help="Extra overrides for `alignloop reward`.")
     args = parser.parse_args()
     run = str(args.run)
     threads = f"train.threads={args.threads}"
     walls = {}
-    walls["pretrain"] = alignloop("pretrain", "--run", run, "model.preset=small", "data.stories=20000",
-                                  "data.seq_len=256", "train.batch_size=16", "train.lr=2e-3", "train.warmup_steps=30",
-                                  "train.max_steps=1500", f"train.max_minutes={args.pretrain_minutes}",
-                                  "train.eval_every=500", "train.samples=0", threads)
-    walls["sft"] = alignloop("sft", "--run", run, "train.max_steps=400", f"train.max_minutes={args.sft_minutes}",
-                             "train.samples=0", threads)
-    store = args.run / "feedback.db"
-    if not store.exists():
-        walls["sample"] = alignloop("sample", "--run", run, f"n_prompts={args.pairs}", "k=2", "item_kind=pair",
-                                    "max_new_tokens=64", "round=1", "seed=0")
-        walls["annotate"] = alignloop("annotate", "--run", run, "--simulated", "personas=4", "overlap=1", "seed=0")
-    walls["reward"] = alignloop("reward", "--run", run, "round=1", "train.lr=1e-4", "train.epochs=3",
-                                "train.eval_every=25", "train.patience=4", "model.max_length=192", threads,
-                                *args.reward_overrides)
+    sft = args.sft or args.run / "sft" / "final"
+    if args.sft:
+        walls["data"] = alignloop("data", "stories", "--out", str(args.run / "data" / "stories.txt"), "--n", "20000",
+                                  "--seed", "0")
+    else:
+        walls["pretrain"] = alignloop("pretrain", "--run", run, "model.preset=small", "data.stories=20000",
+                                      "data.seq_len=256", "train.batch_size=16", "train.lr=2e-3",
+                                      "train.warmup_steps=30", "train.max_steps=1500",
+                                      f"train.max_minutes={args.pretrain_minutes}",
+                                      "train.eval_every=500", "train.samples=0", threads)
+        walls["sft"] = alignloop("sft", "--run", run, "train.max_steps=400", f"train.max_minutes={args.sft_minutes}",
+                                 "train.samples=0", threads)
+    if not (args.run / "rounds" / "001" / "samples.jsonl").exists():
+        walls["sample"] = alignloop("sample", "--run", run, "--checkpoint", str(sft), f"n_prompts={args.pairs}", "k=2",
+                                    "item_kind=pair", "max_new_tokens=64", "round=1", "seed=0")
+    walls["annotate"] = alignloop("annotate", "--run", run, "--simulated", "personas=4", "overlap=1", "seed=0")
+    walls["reward"] = alignloop("reward", "--run", run, "round=1", f"model.path={sft}", "train.lr=1e-4",
+                                "train.epochs=3", "train.eval_every=25", "train.patience=4", "model.max_length=192",
+                                threads, *args.reward_overrides)
     out = args.run / "reward_eval.json"
     walls["reward_eval"] = alignloop("reward", "eval", "--run", run, "round=1", f"gold.pairs={args.gold_pairs}",
-                                     "--json", str(out))
+                                     f"gold.policy={sft}", "--json", str(out))
     figures = json.loads(out.read_text())
     gold = figures.get("gold", {})
     print(json.dumps({

@@ -35,8 +35,8 @@ SETTINGS = {
     "scratch": ["model.scratch=true", "model.preset=tiny", "model.tokenizer_vocab=4096", "model.max_length=256",
                 "train.lr=1e-3", "train.epochs=3", "train.batch_size=16", "train.warmup_steps=20",
                 "train.weight_decay=0.1", "train.eval_every=25", "train.patience=4"],
-    "minilm": ["model.max_length=256", "train.lr=5e-5", "train.epochs=3", "train.batch_size=16",
-               "train.warmup_steps=20", "train.eval_every=25", "train.patience=4"],
+    "minilm": ["model.max_length=160", "train.lr=8e-5", "train.epochs=2", "train.batch_size=16",
+               "train.warmup_steps=10", "train.eval_every=20", "train.patience=4"],
 }
 
 

@@ -14,6 +14,11 @@ The workload, identical on both sides:
   epoch), fp32 on CPU with the same number of threads. TRL's gradient checkpointing and bf16
   defaults are turned off so both sides do the same arithmetic.
 
+What differs is how the work is done: alignloop batches pairs of similar length (less padding)
+and reads each prompt once per pair, with both replies in the same row behind a 4D attention mask
+(the same rewards as reading prompt+reply twice); TRL pads random batches and reads the prompt
+twice. `--no-share-prompt` turns the second off, to see what each contributes.
+
 Each side is timed from the start of its training call to its end (model loading and tokenizing
 excluded; our time includes writing the final checkpoint and reward statistics). TRL runs in a
 subprocess with `.venv-trl/bin/python`. The two sides run one after the other, `--repeats` times,
@@ -137,8 +142,10 @@ def our_side(args, data: Path, model_dir: Path, steps: int, workdir: Path) -> di
         "train.epochs=null", f"train.max_steps={steps}", "train.save_every=100000", "train.eval_every=100000",
         "train.log_every=10", "train.stats_responses=64", f"model.max_length={args.max_length}"])
     reward = build_reward_model(model_dir, max_length=args.max_length)
-    groups = encode_groups(group_by_prompt(read_preference_file(data)), reward.encode)
-    batches = PreferenceBatches(groups, args.batch_size, reward.tokenizer.pad_token_id, seed=0)
+    pack = cfg.train.share_prompt and reward.can_pack and not args.no_share_prompt
+    groups = encode_groups(group_by_prompt(read_preference_file(data)), reward.encode,
+                           encode_parts=reward.encode_group if pack else None)
+    batches = PreferenceBatches(groups, args.batch_size, reward.tokenizer.pad_token_id, seed=0, packed=pack)
     stage_dir = workdir / f"ours-{time.monotonic_ns()}"
     started = time.monotonic()
     result = train_reward_model(stage="reward", stage_dir=stage_dir, reward=reward, data=batches, val_groups=[],
@@ -158,6 +165,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="Runs of each side (the best is kept).")
     parser.add_argument("--trl-group-by-length", action="store_true",
                         help="Also time TRL with its group_by_length sampler.")
+    parser.add_argument("--no-share-prompt", action="store_true",
+                        help="Ours without reading each prompt once per pair (length grouping only).")
     parser.add_argument("--trl-side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl_side:

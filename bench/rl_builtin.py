@@ -18,7 +18,7 @@ against PPO iterations) to `bench/results/rl_builtin_curves.png`, and the
 table printed last is what BENCHMARKS.md quotes.
 
 Usage: PYTHONPATH=src .venv/bin/python bench/rl_builtin.py [--run runs/bench-rl] [--pretrain-minutes 12]
-       [--ppo-minutes 25] [--threads 2] [--skip dpo,grpo]
+       [--ppo-minutes 25] [--grpo-minutes 10] [--threads 2] [--skip dpo,grpo]
 """
 
 from __future__ import annotations
@@ -56,11 +56,19 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "bench-rl")
     parser.add_argument("--pretrain-minutes", type=float, default=12)
     parser.add_argument("--sft-minutes", type=float, default=6)
-    parser.add_argument("--ppo-minutes", type=float, default=25)
-    parser.add_argument("--ppo-iterations", type=int, default=80)
+    parser.add_argument("--ppo-minutes", type=float, default=30)
+    parser.add_argument("--ppo-iterations", type=int, default=120)
+    parser.add_argument("--grpo-minutes", type=float, default=10)
+    parser.add_argument("--dpo-epochs", type=int, default=1)
+    parser.add_argument("--bon-prompts", type=int, default=100, help="Evaluation prompts for best-of-16 (of 200).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", default="", help="Comma-separated methods to leave out: bon, dpo, grpo.")
+    parser.add_argument("--summarise", action="store_true",
+                        help="Run nothing: rebuild the table, JSON and curves from the results already written.")
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.run, args.threads, {})
+        return
     run, skip = args.run, set(filter(None, args.skip.split(",")))
     run.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -85,31 +93,46 @@ def main() -> None:
     common = ["run.round=1", f"run.threads={threads}", *sampling]
     seconds["ppo"] = alignloop("ppo", "--run", str(run), *common, f"ppo.iterations={args.ppo_iterations}",
                                f"run.max_minutes={args.ppo_minutes}", "ppo.rollout_prompts=32", "ppo.epochs=2",
-                               "ppo.minibatches=2", "ppo.lr=2e-5", "ppo.critic_lr=1e-4", "reward.kl_coef=0.05",
-                               "reward.kl_target=4", "run.sample_table_every=10", "run.save_every=10", log=log)
+                               "ppo.minibatches=2", "ppo.lr=3e-5", "ppo.critic_lr=1e-4", "reward.kl_coef=0.1",
+                               "reward.kl_target=5", "reward.kl_horizon=320", "run.sample_table_every=10",
+                               "run.save_every=10", log=log)
     evals = {}
     eval_args = ["--run", str(run), *sampling, "threads=" + threads]
     seconds["eval_ppo"] = alignloop("eval", *eval_args, "--json", str(RESULTS / "rl_builtin_ppo.json"), log=log)
     evals["PPO"] = json.loads((RESULTS / "rl_builtin_ppo.json").read_text())
     if "bon" not in skip:
-        seconds["bon"] = alignloop("bon", "--run", str(run), *common, "bon.n=16", log=log)
+        seconds["bon"] = alignloop("bon", "--run", str(run), *common, "bon.n=16", f"prompts.limit={args.bon_prompts}",
+                                   log=log)
         evals["best-of-16"] = json.loads((run / "rounds" / "001" / "bon" / "eval.json").read_text())
     if "dpo" not in skip:
-        seconds["dpo"] = alignloop("dpo", "--run", str(run), "run.round=1", f"run.threads={threads}", "dpo.epochs=2",
-                                   log=log)
+        seconds["dpo"] = alignloop("dpo", "--run", str(run), "run.round=1", f"run.threads={threads}",
+                                   f"dpo.epochs={args.dpo_epochs}", log=log)
         out = RESULTS / "rl_builtin_dpo.json"
         seconds["eval_dpo"] = alignloop("eval", *eval_args, "--checkpoint", str(run / "rounds/001/dpo/final"),
                                         "--json", str(out), log=log)
         evals["DPO"] = json.loads(out.read_text())
     if "grpo" not in skip:
         seconds["grpo"] = alignloop("grpo", "--run", str(run), *common, "grpo.iterations=40", "grpo.rollout_prompts=8",
-                                    "grpo.group_size=8", f"run.max_minutes={args.ppo_minutes}", "grpo.lr=2e-5",
+                                    "grpo.group_size=8", f"run.max_minutes={args.grpo_minutes}", "grpo.lr=3e-5",
                                     "run.save_every=10", log=log)
         out = RESULTS / "rl_builtin_grpo.json"
         seconds["eval_grpo"] = alignloop("eval", *eval_args, "--checkpoint", str(run / "rounds/001/grpo/final"),
                                          "--json", str(out), log=log)
         evals["GRPO"] = json.loads(out.read_text())
 
+    summarise(run, args.threads, seconds)
+
+
+def summarise(run: Path, threads: int, seconds: dict[str, float]) -> None:
+    """Collect the evaluations, draw the PPO curves, write rl_builtin.json and print the table."""
+    evals = {}
+    for name, path in (("PPO", RESULTS / "rl_builtin_ppo.json"), ("best-of-16", run / "rounds/001/bon/eval.json"),
+                       ("DPO", RESULTS / "rl_builtin_dpo.json"), ("GRPO", RESULTS / "rl_builtin_grpo.json")):
+        if path.exists():
+            evals[name] = json.loads(path.read_text())
+    previous = RESULTS / "rl_builtin.json"
+    if not seconds and previous.exists():
+        seconds = json.loads(previous.read_text()).get("seconds", {})
     metrics = [json.loads(line) for line in (run / "rounds/001/ppo/metrics.jsonl").read_text().splitlines()]
     plot_curves(metrics, RESULTS / "rl_builtin_curves.png")
     summary = {
@@ -117,7 +140,7 @@ def main() -> None:
                     for name, e in evals.items()},
         "ppo_iterations": len(metrics),
         "seconds": {k: round(v) for k, v in seconds.items()},
-        "threads": args.threads,
+        "threads": threads,
     }
     (RESULTS / "rl_builtin.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("| method | gold win rate vs SFT | RM win rate vs SFT | KL (nats/response) | perplexity before -> after |")

@@ -98,26 +98,33 @@ def main() -> None:
 
     runners = (("ours", ours), ("hf", hf), ("matmul_floor", floor))
     timings: dict[str, list[float]] = {name: [] for name, _ in runners}
+    cpu_times: dict[str, list[float]] = {name: [] for name, _ in runners}
     tokens: dict[str, int] = {}
     for name, fn in runners:
         tokens[name] = fn()  # warm-up
     for _ in range(args.repeats):
         for name, fn in runners:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             tokens[name] = fn()
             timings[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - cpu_start)
 
     ours_tps = tokens["ours"] / statistics.median(timings["ours"])
     hf_tps = tokens["hf"] / statistics.median(timings["hf"])
     floor_tps = tokens["matmul_floor"] / statistics.median(timings["matmul_floor"])
     for name, _ in runners:
-        print(f"{name:>12}: {tokens[name]} tokens, runs " + ", ".join(f"{t:.3f}s" for t in timings[name]))
+        print(f"{name:>12}: {tokens[name]} tokens, wall " + ", ".join(f"{t:.3f}s" for t in timings[name])
+              + "; cpu " + ", ".join(f"{t:.3f}s" for t in cpu_times[name]))
     print(json.dumps({
         "workload": f"gpt2 4x256 vocab {args.vocab}, {args.batch} prompts x {args.prompt_tokens} tokens, "
                     f"{args.new_tokens} new tokens, T=1, cpu fp32, {args.threads} threads",
         "ours_tokens_per_s": round(ours_tps, 1),
         "hf_generate_tokens_per_s": round(hf_tps, 1),
         "rollout_speedup_vs_hf_generate": round(ours_tps / hf_tps, 3),
+        # CPU seconds are less disturbed than wall time when other processes share the cores
+        # (with --threads 1 they measure the work done; with more, OpenMP spin-waits count too)
+        "ours_cpu_s": round(statistics.median(cpu_times["ours"]), 3),
+        "hf_generate_cpu_s": round(statistics.median(cpu_times["hf"]), 3),
         # the weight matmuls alone: what any float32 sampler of this model is bounded by
         "matmul_floor_tokens_per_s": round(floor_tps, 1),
         "matmul_floor_speedup_vs_hf_generate": round(floor_tps / hf_tps, 3),

@@ -162,3 +162,43 @@ def test_prompt_order_is_a_function_of_the_iteration():
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))  # each pass covers all
     assert seen[:10] != seen[10:20]  # reshuffled each pass
     assert prompt_indices(2, 5, 10, seed=3) == seen[10:15]
+
+
+def test_one_minibatch_reuses_the_rollout_critic_pass(parts, rl_run_template):
+    """minibatches=1, grad_accum=1 computes the old values with grad and reuses them in the update:
+    the same losses and the same updated critic as the separate no-grad pass (grad_accum=2 splits the
+    same minibatch in two, which weights tokens the same way)."""
+    from alignloop.config.base import load_config
+    from alignloop.rl.ppo import ppo_iteration
+
+    policy, reference, reward_model, tokenizer, _ = parts
+    rm_path = rl_run_template / "rounds" / "001" / "reward" / "final"
+    results = []
+    for accumulate in (1, 2):
+        cfg = load_config(PPOConfig, None, ["sampling.max_new_tokens=8", "ppo.epochs=1", "ppo.minibatches=1",
+                                            f"ppo.grad_accum={accumulate}"])
+        fresh_policy = load_causal_lm(rl_run_template / "pretrain" / "final")
+        fresh_policy.load_state_dict(policy.state_dict())
+        state = ppo_state(fresh_policy, reference, critic_from_reward_model(rm_path),
+                          RewardScorer(reward_model, tokenizer), tokenizer, cfg)
+        torch.manual_seed(0)
+        _, stats = ppo_iteration(state, RL_PROMPTS, encode_prompts(tokenizer, RL_PROMPTS, 64), cfg)
+        results.append((stats, [p.detach().clone() for p in state.critic.parameters()]))
+    (fused, fused_critic), (split, split_critic) = results
+    assert fused["value_loss"] == pytest.approx(split["value_loss"], rel=1e-5)
+    assert fused["policy_loss"] == pytest.approx(split["policy_loss"], rel=1e-4, abs=1e-7)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused_critic, split_critic))
+
+
+def test_approximate_kl_above_target_stops_the_epochs(parts, rl_run_template):
+    policy, reference, reward_model, tokenizer, _ = parts
+    cfg = PPOConfig.model_validate({"sampling": {"max_new_tokens": 8}, "ppo": {"epochs": 3, "minibatches": 2,
+                                                                               "target_kl": 1e-12, "lr": 1e-3}})
+    critic = critic_from_reward_model(rl_run_template / "rounds" / "001" / "reward" / "final")
+    state = ppo_state(policy, reference, critic, RewardScorer(reward_model, tokenizer), tokenizer, cfg)
+    exp = experience(policy, reference, reward_model, tokenizer, cfg, critic)
+    shape_token_rewards(exp, cfg, state.kl_controller.beta)
+    compute_advantages(exp, cfg)
+    stats = ppo_update(state, exp, cfg)
+    # The first step only measures the rollout policy (approx KL 0); the second has moved it past the target.
+    assert stats["minibatch_steps"] == 2 and stats["epochs_run"] == 1

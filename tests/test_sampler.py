@@ -146,6 +146,8 @@ def test_stop_at_eos_false_runs_every_row_to_the_end(model):
     batch = generate(model, PROMPTS, 6, eos_token_id=MANY_EOS, pad_token_id=PAD, stop_at_eos=False,
                      generator=seeded(1))
     assert batch.response_mask.all() and batch.response_ids.shape == (len(PROMPTS), 6)
+    last_is_eos = [ids[-1] in MANY_EOS for ids in batch.response_ids.tolist()]
+    assert batch.ended_with_eos.tolist() == last_is_eos
 
 
 @pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (0, 0.3), (5, 0.5)])
@@ -222,6 +224,8 @@ def test_bad_prompts_are_refused():
         generate(model, [[BOS], []], 4, EOS, PAD)
     with pytest.raises(DataError):
         generate(model, [], 4, EOS, PAD)
+    with pytest.raises(DataError, match="64 positions"):  # max_position_embeddings = 64
+        generate(model, [[BOS] * 60], 5, EOS, PAD)
 
 
 def test_sample_from_logits_draws_the_softmax_distribution():
@@ -265,3 +269,13 @@ def test_logprobs_from_logits_matches_log_softmax():
     assert torch.allclose(logprobs_from_logits(logits, tokens), expected, atol=1e-6)
     half = logprobs_from_logits(logits.bfloat16(), tokens)
     assert half.dtype == torch.float32 and torch.allclose(half, expected, atol=0.05)
+
+
+def test_a_rollout_can_be_trained_on():
+    # tensors made under inference_mode cannot be saved for backward: the batch must hold normal tensors
+    model = make_llama()
+    batch = generate(model, PROMPTS, 4, EOS, PAD, generator=seeded(0))
+    model.train()
+    logprobs = sequence_logprobs(model, batch.input_ids, batch.attention_mask, batch.prompt_length)
+    (logprobs * batch.response_mask).sum().backward()
+    assert model.lm_head.weight.grad is not None

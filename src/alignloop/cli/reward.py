@@ -25,6 +25,7 @@ class TrainByDefault(TyperGroup):
 reward_app = typer.Typer(cls=TrainByDefault, no_args_is_help=True,
                          help="Train the reward model on the feedback (default) or evaluate it (`reward eval`).")
 
+JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the figures to this JSON file.")]
 DbOption = Annotated[Optional[str], typer.Option(
     "--db", help="Feedback store instead of RUN/feedback.db: a SQLite path or postgresql+psycopg:// URL.")]
 
@@ -42,7 +43,7 @@ def train(run: RunOption, config: ConfigOption = None, overrides: OverridesArgum
 
 @reward_app.command("eval")
 def evaluate(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
-             json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+             json_out: JsonOption = None,
              db: DbOption = None) -> None:
     """Accuracy, loss, calibration (ECE) and accuracy by margin; agreement with the gold judge on the built-in task."""
     with reporting_errors():

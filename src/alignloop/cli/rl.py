@@ -53,7 +53,7 @@ def evaluate(
     run: RunOption,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Policy to evaluate (default: the "
                                                        "newest rounds/NNN/policy/final).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this file.")] = None,
     config: ConfigOption = None,
     overrides: OverridesArgument = None,
 ) -> None:

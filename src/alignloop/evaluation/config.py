@@ -32,17 +32,17 @@ class HeldOutTextConfig(Section):
     seq_len: int = Field(128, ge=8, description="Tokens per block.")
 
 
-def _eval_prompts() -> PromptsConfig:
-    return PromptsConfig(limit=200)
+class EvalPromptsConfig(PromptsConfig):
+    """Held-out prompts (unset path: the built-in evaluation openings, data/stories.eval_prompts.jsonl)."""
+
+    limit: Optional[int] = Field(200, ge=1, description="Evaluate on at most this many prompts (the first ones).")
 
 
 class EvalConfig(Section):
     """Everything `alignloop eval` does, field by field."""
 
     models: EvalModelsConfig = Field(default_factory=EvalModelsConfig)
-    prompts: PromptsConfig = Field(
-        default_factory=_eval_prompts,
-        description="Held-out prompts (unset path: the built-in evaluation openings, data/stories.eval_prompts.jsonl).")
+    prompts: EvalPromptsConfig = Field(default_factory=EvalPromptsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     text: HeldOutTextConfig = Field(default_factory=HeldOutTextConfig)
     round: Optional[int] = Field(None, ge=1, description="Round whose policy is evaluated. Unset: the newest round "

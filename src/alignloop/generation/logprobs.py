@@ -46,11 +46,11 @@ def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
     """log softmax(logits)[token] for every position.
 
     logits: [..., V]; tokens: [...] (long). Returns [...] in float32 (or
-    float64 when the logits are). Computed as ``logit[token] - logsumexp``: the
-    full [..., V] log-softmax is never kept for autograd (logsumexp's backward
-    recomputes what it needs), which halves the memory of a training forward
-    over a large vocabulary. Half-precision logits are upcast one row at a time
-    so the upcast copy never exists for the whole batch.
+    float64 when the logits are). Computed as ``logit[token] - logsumexp``,
+    so no [..., V] log-softmax tensor is built and kept for autograd beside the
+    logits themselves. Half-precision logits are upcast to float32 one row at
+    a time (a bf16 log-softmax loses too much precision), which bounds the
+    peak memory of scoring without gradients.
     """
     if logits.shape[:-1] != tokens.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} do not match")

@@ -85,6 +85,8 @@ class RewardTrainConfig(TrainConfig):
     eval_every: int = Field(50, ge=1, description="Validate every N steps (and at the end).")
     eval_batches: int = Field(1000, ge=1, description="Validation micro-batches per evaluation (at most).")
     save_every: int = Field(50, ge=1, description="Write a resumable checkpoint every N steps.")
+    share_prompt: bool = Field(True, description="Decoders: read each prompt once with all its responses in one row "
+                                                 "(same rewards as reading prompt+response apart, less compute).")
     stats_responses: int = Field(2000, ge=2, description="Responses scored for reward_stats.json (mean, std).")
     samples: int = Field(0, ge=0, description="Unused by the reward stage.")
 

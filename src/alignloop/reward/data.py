@@ -17,7 +17,9 @@ Everything becomes `PromptGroup`s: one prompt, its distinct responses, and the
 comparisons between them (pairs, ties, rankings, ratings). A batch encodes
 every response of its groups once, however many comparisons it enters: a
 ranking of K responses gives C(K,2) pairs for K forward passes (InstructGPT,
-Ouyang et al. 2022, section 3.5).
+Ouyang et al. 2022, section 3.5). With a decoder the prompt itself is read once
+per group too: its responses share one row behind a 4D attention mask
+(`alignloop.reward.model.pack_groups`).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
+from alignloop.data.split import split_indices
 from alignloop.errors import DataError
 from alignloop.reward.model import pad_batch
 
@@ -143,7 +146,11 @@ def split_hh(transcript_a: str, transcript_b: str) -> tuple[str, str, str]:
     cut += len(ASSISTANT)
     prompt = transcript_a[:cut]
     reply_a, reply_b = transcript_a[cut:], transcript_b[cut:]
-    return prompt, reply_a[1:] if reply_a.startswith(" ") else reply_a, reply_b[1:] if reply_b.startswith(" ") else reply_b
+    return prompt, _strip_one_space(reply_a), _strip_one_space(reply_b)
+
+
+def _strip_one_space(reply: str) -> str:
+    return reply[1:] if reply.startswith(" ") else reply
 
 
 def pair_record(obj: dict) -> Comparison:
@@ -364,13 +371,7 @@ def group_by_prompt(preferences: Preferences) -> list[PromptGroup]:
 def split_groups(groups: list[PromptGroup], val_fraction: float, seed: int
                  ) -> tuple[list[PromptGroup], list[PromptGroup]]:
     """(train, validation) by prompt, so no prompt is on both sides; the same seed gives the same split."""
-    order = list(range(len(groups)))
-    random.Random(seed).shuffle(order)
-    n_val = int(round(len(groups) * val_fraction))
-    if val_fraction > 0 and n_val == 0 and len(groups) > 1:
-        n_val = 1
-    val = sorted(order[:n_val])
-    train = sorted(order[n_val:])
+    train, val = split_indices(len(groups), val_fraction, seed)
     return [groups[i] for i in train], [groups[i] for i in val]
 
 
@@ -379,18 +380,25 @@ def split_groups(groups: list[PromptGroup], val_fraction: float, seed: int
 @dataclass
 class EncodedGroup:
     group: PromptGroup
-    encodings: list[dict[str, list[int]]]
+    encodings: list[dict[str, list[int]]]  # one `prompt + response` per response
     uid: int  # stable id (position in the source), for per-head bootstrap choices
+    parts: Optional[tuple[list[int], list[list[int]]]] = None  # (prompt, responses) for packed reading
 
     @property
     def tokens(self) -> int:
+        if self.parts is not None:
+            return len(self.parts[0]) + sum(len(r) for r in self.parts[1])
         return sum(len(e["input_ids"]) for e in self.encodings)
 
 
 def encode_groups(groups: Sequence[PromptGroup], encode: Callable[[str, str], dict[str, list[int]]],
-                  first_uid: int = 0) -> list[EncodedGroup]:
-    """Tokenize every response of every group once."""
-    return [EncodedGroup(g, [encode(g.prompt, r) for r in g.responses], first_uid + i) for i, g in enumerate(groups)]
+                  first_uid: int = 0,
+                  encode_parts: Optional[Callable[[str, list[str]], tuple[list[int], list[list[int]]]]] = None
+                  ) -> list[EncodedGroup]:
+    """Tokenize every response of every group once (and, with `encode_parts`, the prompt apart for packing)."""
+    return [EncodedGroup(g, [encode(g.prompt, r) for r in g.responses], first_uid + i,
+                         encode_parts(g.prompt, g.responses) if encode_parts else None)
+            for i, g in enumerate(groups)]
 
 
 def strength_margin(strength: torch.Tensor, scale: float) -> torch.Tensor:
@@ -402,9 +410,16 @@ def strength_margin(strength: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.where(torch.isnan(strength), torch.zeros_like(margin), margin)
 
 
-def collate_groups(groups: Sequence[EncodedGroup], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """One batch: every response once (dynamic padding), and index tensors for the comparisons."""
-    encodings, pairs, ties, rankings, ratings, uids = [], [], [], [], [], []
+def collate_groups(groups: Sequence[EncodedGroup], pad_token_id: int, packed: bool = False
+                   ) -> dict[str, torch.Tensor]:
+    """One batch: every response once (dynamic padding), and index tensors for the comparisons.
+
+    `packed`: one row per prompt with all its responses (`alignloop.reward.model.pack_groups`);
+    responses keep the same order, so the comparison indices are the same either way.
+    """
+    from alignloop.reward.model import pack_groups
+
+    encodings, pairs, ties, rankings, ratings = [], [], [], [], []
     for g in groups:
         base = len(encodings)
         encodings.extend(g.encodings)
@@ -412,7 +427,7 @@ def collate_groups(groups: Sequence[EncodedGroup], pad_token_id: int) -> dict[st
         ties.extend((base + a, base + b, g.uid) for a, b in g.group.ties)
         rankings.extend(([base + i for i in r], g.uid) for r in g.group.rankings)
         ratings.extend((base + i, score, g.uid) for i, score in g.group.ratings)
-    batch = pad_batch(encodings, pad_token_id)
+    batch = pack_groups([g.parts for g in groups], pad_token_id) if packed else pad_batch(encodings, pad_token_id)
     batch["pair_index"] = torch.tensor([[a, b] for a, b, _, _ in pairs], dtype=torch.long).reshape(-1, 2)
     batch["pair_strength"] = torch.tensor([s for _, _, s, _ in pairs], dtype=torch.float32)
     batch["pair_uid"] = torch.tensor([u for *_, u in pairs], dtype=torch.long)
@@ -433,6 +448,7 @@ def collate_groups(groups: Sequence[EncodedGroup], pad_token_id: int) -> dict[st
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+PACKED_INPUTS = ("input_ids", "position_ids", "packed_mask", "score_row", "score_col")
 
 
 def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: random.Random,
@@ -457,7 +473,7 @@ class PreferenceBatches:
     """Training batches addressed by index (epoch after epoch), so a resumed run sees the same data."""
 
     def __init__(self, groups: list[EncodedGroup], batch_size: int, pad_token_id: int, seed: int,
-                 length_grouped: bool = True):
+                 length_grouped: bool = True, packed: bool = False):
         if not groups:
             raise DataError("no training preferences left after the validation split; lower data.val_fraction")
         self.groups = groups
@@ -465,6 +481,7 @@ class PreferenceBatches:
         self.pad_token_id = pad_token_id
         self.seed = seed
         self.length_grouped = length_grouped
+        self.packed = packed and all(g.parts is not None for g in groups)
         self.lengths = [g.tokens for g in groups]
         self._epochs: dict[int, list[list[int]]] = {}
 
@@ -485,7 +502,7 @@ class PreferenceBatches:
 
     def train_batch(self, index: int) -> dict[str, torch.Tensor]:
         epoch, position = divmod(index, self.batches_per_epoch)
-        return collate_groups([self.groups[i] for i in self._epoch(epoch)[position]], self.pad_token_id)
+        return collate_groups([self.groups[i] for i in self._epoch(epoch)[position]], self.pad_token_id, self.packed)
 
 
 def fixed_batches(groups: list[EncodedGroup], batch_size: int, pad_token_id: int) -> Iterable[dict[str, torch.Tensor]]:

@@ -307,6 +307,10 @@ class RewardModel(nn.Module):
             return encode_decoder_pair(self.tokenizer, prompt, response, self.max_length)
         return encode_encoder_pair(self.tokenizer, prompt, response, self.max_length)
 
+    def encode_group(self, prompt: str, responses: list[str]) -> tuple[list[int], list[list[int]]]:
+        """(prompt ids, [response ids]) for packed reading (decoders only)."""
+        return encode_decoder_group(self.tokenizer, prompt, responses, self.max_length)
+
     def collate(self, examples: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         return pad_batch(examples, self.tokenizer.pad_token_id)
 

@@ -135,9 +135,11 @@ def _train_one(run: RunDir, cfg: RewardConfig, prefs: Preferences, stage_dir: Pa
     else:
         reward, source = _new_reward_model(run, cfg, prefs, stage_dir, log)
     train_cfg = cfg.train.model_copy(update={"seed": cfg.train.seed + seed_offset})
-    encoded_train = encode_groups(train_groups, reward.encode)
+    pack = train_cfg.share_prompt and reward.can_pack
+    encoded_train = encode_groups(train_groups, reward.encode, encode_parts=reward.encode_group if pack else None)
     encoded_val = encode_groups(val_groups, reward.encode, first_uid=len(encoded_train))
-    batches = PreferenceBatches(encoded_train, train_cfg.batch_size, reward.tokenizer.pad_token_id, train_cfg.seed)
+    batches = PreferenceBatches(encoded_train, train_cfg.batch_size, reward.tokenizer.pad_token_id, train_cfg.seed,
+                                packed=pack)
     n_train = sum(g.group.n_comparisons for g in encoded_train)
     n_val = sum(g.group.n_comparisons for g in encoded_val)
     kind = "decoder, last token" if reward.is_decoder else f"encoder, {reward.pooling} pooling"

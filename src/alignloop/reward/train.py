@@ -20,7 +20,7 @@ import torch
 
 from alignloop.errors import TrainingError
 from alignloop.reward.config import RewardLossConfig, RewardTrainConfig
-from alignloop.reward.data import MODEL_INPUTS, EncodedGroup, PreferenceBatches
+from alignloop.reward.data import MODEL_INPUTS, PACKED_INPUTS, EncodedGroup, PreferenceBatches
 from alignloop.reward.evaluate import preference_metrics, score_groups
 from alignloop.reward.model import RewardModel, RewardStats
 from alignloop.reward.objective import batch_objective
@@ -123,7 +123,10 @@ def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data
             for micro in range(cfg.grad_accum):
                 batch = _to(data.train_batch(step * cfg.grad_accum + micro), device)
                 with autocast(device):
-                    rewards = reward.heads(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+                    if "packed_mask" in batch:
+                        rewards = reward.packed_heads(**{k: batch[k] for k in PACKED_INPUTS})
+                    else:
+                        rewards = reward.heads(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
                 loss, figures = batch_objective(rewards.float(), batch, margin=loss_cfg.margin,
                                                 centering=loss_cfg.centering, rating_weight=loss_cfg.rating_weight,
                                                 bootstrap=bootstrap)

@@ -155,14 +155,24 @@ class GRPOAlgorithmConfig(Section):
     scale_by_std: bool = Field(True, description="grpo: divide by the group's std (Dr. GRPO sets this false).")
 
 
+class GRPORewardShapingConfig(RewardShapingConfig):
+    """Reward shaping for GRPO/RLOO: as PPO's, but k3 and a fixed beta by default (DeepSeekMath's choice).
+
+    A subclass rather than a default instance, so that overriding one key keeps these defaults for the others.
+    """
+
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="KL estimate in the reward penalty (grpo.kl_in_loss=false) and reported as kl_penalty.")
+    adaptive_kl: bool = Field(False, description="Adapt beta towards kl_target; false keeps beta = kl_coef.")
+
+
 class GRPOConfig(Section):
     """Everything `alignloop grpo` does."""
 
     models: RLModelsConfig = Field(default_factory=RLModelsConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    reward: RewardShapingConfig = Field(
-        default_factory=lambda: RewardShapingConfig(kl_estimator="k3", adaptive_kl=False, kl_coef=0.05))
+    reward: GRPORewardShapingConfig = Field(default_factory=GRPORewardShapingConfig)
     grpo: GRPOAlgorithmConfig = Field(default_factory=GRPOAlgorithmConfig)
     run: RunLoopConfig = Field(default_factory=RunLoopConfig)
 
@@ -193,13 +203,20 @@ class DPOAlgorithmConfig(Section):
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 disables).")
 
 
+class DPORunConfig(RunLoopConfig):
+    """Bookkeeping of a DPO run (steps are optimizer steps, not iterations)."""
+
+    save_every: int = Field(100, ge=1, description="Write a resumable checkpoint every N steps (and at the end).")
+    log_every: int = Field(5, ge=1, description="Log metrics every N steps.")
+
+
 class DPOConfig(Section):
     """Everything `alignloop dpo` does."""
 
     models: RLModelsConfig = Field(default_factory=RLModelsConfig)
     data: PreferenceDataConfig = Field(default_factory=PreferenceDataConfig)
     dpo: DPOAlgorithmConfig = Field(default_factory=DPOAlgorithmConfig)
-    run: RunLoopConfig = Field(default_factory=lambda: RunLoopConfig(save_every=100, log_every=5))
+    run: DPORunConfig = Field(default_factory=DPORunConfig)
 
 
 class BoNSettings(Section):

@@ -107,8 +107,13 @@ def clip_gradients(model, max_norm: float) -> float:
     return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm or float("inf")))
 
 
-def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig) -> dict[str, float]:
-    """`epochs` x `minibatches` PPO steps on one iteration's experience; returns mean statistics."""
+def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Optional[torch.Tensor] = None
+               ) -> dict[str, float]:
+    """`epochs` x `minibatches` PPO steps on one iteration's experience; returns mean statistics.
+
+    `first_values`: the critic's values of the whole batch, with their graph, already computed by
+    `ppo_iteration` (one minibatch, no accumulation): the first step reuses them instead of a new pass.
+    """
     algo = cfg.ppo
     device = exp.input_ids.device
     totals: dict[str, float] = {}
@@ -140,7 +145,10 @@ def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig) -> dict[str, flo
                     raise TrainingError(f"ppo: policy loss became {float(loss)}; lower ppo.lr")
                 (loss * weight).backward()
                 with autocast(device):
-                    values = state.critic(micro.input_ids, micro.attention_mask, micro.prompt_length)
+                    if first_values is not None and epoch == 0 and count == 0:
+                        values = first_values[micro_rows.to(device)][:, :micro.response_mask.shape[1]]
+                    else:
+                        values = state.critic(micro.input_ids, micro.attention_mask, micro.prompt_length)
                     value_loss, vf_stats = ppo_value_loss(values, micro.values, micro.returns, micro.response_mask,
                                                           algo.value_clip if algo.value_clip is not None else 1e9)
                 (value_loss * weight).backward()
@@ -177,10 +185,20 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
                   ) -> tuple[Experience, dict[str, float]]:
     """Rollout, rewards, advantages and update on one batch of prompts; returns the experience and statistics."""
     sampler = make_sampler(cfg.sampling, state.tokenizer)
+    # With one minibatch and no accumulation, the update's first critic pass would see exactly the
+    # rollout's inputs and weights: it runs once, here, with grad; its detached values are the old
+    # values of GAE, and the update reuses its graph (one critic forward fewer per iteration).
+    fuse_critic = cfg.ppo.minibatches == 1 and cfg.ppo.grad_accum == 1
     started = time.perf_counter()
-    exp = make_experience(policy=state.policy, reference=state.reference, critic=state.critic, scorer=state.scorer,
+    exp = make_experience(policy=state.policy, reference=state.reference,
+                          critic=None if fuse_critic else state.critic, scorer=state.scorer,
                           tokenizer=state.tokenizer, sampler=sampler, prompts=prompts, prompt_ids=prompt_ids,
                           generator=state.generator, shaping=cfg.reward, batch_size=cfg.sampling.batch_size)
+    first_values = None
+    if fuse_critic:
+        with autocast(exp.input_ids.device):
+            first_values = state.critic(exp.input_ids, exp.attention_mask, exp.prompt_length)
+        exp.values = first_values.detach() * exp.response_mask
     experience_seconds = time.perf_counter() - started
 
     beta = state.kl_controller.beta
@@ -193,7 +211,7 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
     mean_kl = float(kl_per_response.mean())
 
     update_started = time.perf_counter()
-    update = ppo_update(state, exp, cfg)
+    update = ppo_update(state, exp, cfg, first_values)
     update_seconds = time.perf_counter() - update_started
     state.kl_controller.update(mean_kl, len(exp))
 

@@ -44,6 +44,25 @@ def make_adam(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.o
     return optimizer
 
 
+def fuse_activations(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace transformers' Python-level tanh-GELU (GPT-2's `gelu_new`) by torch's fused kernel, in place.
+
+    Both compute 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); the fused
+    one does it in one pass instead of six elementwise ops, which was ~8% of a
+    CPU PPO iteration on a GPT-2. Outputs agree to float rounding, and the
+    sampler and the update run the same modules, so the PPO ratio still starts at 1.
+    """
+    try:
+        from transformers.activations import NewGELUActivation
+    except ImportError:  # pragma: no cover - a transformers without it has nothing to replace
+        return model
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(module, name, torch.nn.GELU(approximate="tanh"))
+    return model
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode and no gradients: the reference and the reward model never change."""
     model.eval()
@@ -79,6 +98,9 @@ def new_state(policy, reference, scorer: RewardScorer, tokenizer, *, lr: float, 
     starts at exactly 1.
     """
     device = next(policy.parameters()).device
+    for model in (policy, reference, scorer.reward_model, critic):
+        if model is not None:
+            fuse_activations(model)
     policy.eval()
     freeze(reference)
     freeze(scorer.reward_model)
