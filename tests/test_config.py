@@ -74,3 +74,10 @@ def test_commented_yaml_of_every_stage_reads_back_as_its_defaults():
         text = to_commented_yaml(cls())
         assert cls.model_validate(yaml.safe_load(text)) == cls(), stage
         assert "#" in text
+
+
+def test_a_train_override_keeps_the_stage_defaults():
+    from alignloop.sft.config import SFTConfig
+
+    cfg = load_config(SFTConfig, None, ["train.max_minutes=6"])
+    assert (cfg.train.max_steps, cfg.train.lr, cfg.train.warmup_steps) == (300, 3e-4, 20)

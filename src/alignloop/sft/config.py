@@ -26,9 +26,15 @@ class SupervisedDataConfig(Section):
     seed: int = Field(0, description="Seed of the split.")
 
 
-def _sft_train_defaults() -> TrainConfig:
-    return TrainConfig(max_steps=300, lr=3e-4, warmup_steps=20, eval_every=100, save_every=100, batch_size=16,
-                       weight_decay=0.0)
+class SFTTrainConfig(TrainConfig):
+    """The shared training settings with fine-tuning defaults (shorter, gentler than pretraining)."""
+
+    max_steps: int = Field(300, ge=1, description="Optimizer steps to run in all (the schedule spans these).")
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps before cosine decay.")
+    eval_every: int = Field(100, ge=1, description="Validate every N steps (and at the end).")
+    save_every: int = Field(100, ge=1, description="Write a resumable checkpoint every N steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices (not norms or biases).")
 
 
 class SFTConfig(Section):
@@ -36,4 +42,4 @@ class SFTConfig(Section):
 
     model: StartConfig = Field(default_factory=StartConfig)
     data: SupervisedDataConfig = Field(default_factory=SupervisedDataConfig)
-    train: TrainConfig = Field(default_factory=_sft_train_defaults)
+    train: SFTTrainConfig = Field(default_factory=SFTTrainConfig)
