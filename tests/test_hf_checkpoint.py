@@ -1,6 +1,5 @@
 """The final checkpoint opens with plain transformers, from nothing but its directory, and generates."""
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import run_cli

@@ -26,19 +26,16 @@ from typing import Callable
 import torch
 
 from alignloop.errors import TrainingError
-from alignloop.models.causal_lm import load_causal_lm
 from alignloop.rl.advantages import masked_mean
 from alignloop.rl.config import GRPOConfig
-from alignloop.rl.inputs import load_prompts, prompts_path, resolve_models, resolve_round
+from alignloop.rl.inputs import load_prompts, open_models, prompts_path, resolve_models, resolve_round
 from alignloop.rl.kl import kl_penalty
 from alignloop.rl.losses import group_advantages, ppo_policy_loss
 from alignloop.rl.ppo import chunks, clip_gradients, policy_forward
 from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, train_loop
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
-from alignloop.tokenizer import load_tokenizer
-from alignloop.train.checkpoints import latest_checkpoint
-from alignloop.train.device import autocast, pick_device
+from alignloop.train.device import autocast
 
 STAGE = "grpo"
 
@@ -156,15 +153,9 @@ def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m
         return None
     run.record_config(STAGE, cfg)
 
-    device = pick_device(cfg.run.device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    checkpoint = latest_checkpoint(stage_dir)
-    source = checkpoint or paths.policy
-    tokenizer = load_tokenizer(source)
-    torch.manual_seed(cfg.run.seed)
-    policy = load_causal_lm(source).to(device)
-    reference = load_causal_lm(paths.reference).to(device)
+    models = open_models(paths, stage_dir, cfg.run.device, cfg.run.threads, cfg.run.seed)
+    device, checkpoint, source = models.device, models.checkpoint, models.source
+    tokenizer, policy, reference = models.tokenizer, models.policy, models.reference
     scorer = RewardScorer(load_reward_model(paths.reward, device), tokenizer, batch_size=cfg.sampling.batch_size)
     state = grpo_state(policy, reference, scorer, tokenizer, cfg)
     start = restore_checkpoint(state, checkpoint) if checkpoint is not None else 0

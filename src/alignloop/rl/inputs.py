@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from alignloop.errors import CheckpointError, DataError
 from alignloop.models.causal_lm import check_checkpoint_dir
 from alignloop.rl.config import PromptsConfig, RLModelsConfig
@@ -86,3 +88,35 @@ def load_prompts(run: RunDir, cfg: PromptsConfig, kind: str = "prompts", limit: 
     """The prompts of a stage-4 run (see `prompts_path`), at most `limit` (or `cfg.limit`)."""
     cap = min(x for x in (limit, cfg.limit) if x is not None) if (limit or cfg.limit) else None
     return read_prompts(prompts_path(run, cfg, kind), cfg.field, cap)
+
+
+@dataclass
+class OpenedModels:
+    """The policy (from the newest checkpoint when resuming), its tokenizer and the reference, on a device."""
+
+    device: torch.device
+    checkpoint: Optional[Path]
+    source: Path
+    tokenizer: object
+    policy: object
+    reference: object
+
+
+def open_models(paths: ModelPaths, stage_dir: Path, device_name: str, threads: Optional[int], seed: int
+                ) -> OpenedModels:
+    """Load what every stage-4 trainer starts with; the policy resumes from `stage_dir`'s newest checkpoint."""
+    from alignloop.models.causal_lm import load_causal_lm
+    from alignloop.tokenizer import load_tokenizer
+    from alignloop.train.checkpoints import latest_checkpoint
+    from alignloop.train.device import pick_device
+
+    device = pick_device(device_name)
+    if threads:
+        torch.set_num_threads(threads)
+    checkpoint = latest_checkpoint(stage_dir)
+    source = checkpoint or paths.policy
+    tokenizer = load_tokenizer(source)
+    torch.manual_seed(seed)
+    policy = load_causal_lm(source).to(device)
+    reference = load_causal_lm(paths.reference).to(device)
+    return OpenedModels(device, checkpoint, source, tokenizer, policy, reference)

@@ -36,19 +36,16 @@ import torch
 
 from alignloop.errors import TrainingError
 from alignloop.generation.logprobs import logprobs_from_logits, response_logits
-from alignloop.models.causal_lm import load_causal_lm
 from alignloop.rl.advantages import gae, masked_mean, masked_whiten
 from alignloop.rl.config import PPOConfig
 from alignloop.rl.critic import Critic, critic_from_policy, critic_from_reward_model, load_critic
-from alignloop.rl.inputs import load_prompts, prompts_path, resolve_models, resolve_round
+from alignloop.rl.inputs import load_prompts, open_models, prompts_path, resolve_models, resolve_round
 from alignloop.rl.kl import kl_penalty, token_rewards
 from alignloop.rl.losses import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss
 from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, train_loop
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
-from alignloop.tokenizer import load_tokenizer
-from alignloop.train.checkpoints import latest_checkpoint
-from alignloop.train.device import autocast, pick_device
+from alignloop.train.device import autocast
 
 STAGE = "ppo"
 
@@ -263,15 +260,9 @@ def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: 
         return None
     run.record_config(STAGE, cfg)
 
-    device = pick_device(cfg.run.device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    checkpoint = latest_checkpoint(stage_dir)
-    source = checkpoint or paths.policy
-    tokenizer = load_tokenizer(source)
-    torch.manual_seed(cfg.run.seed)
-    policy = load_causal_lm(source).to(device)
-    reference = load_causal_lm(paths.reference).to(device)
+    models = open_models(paths, stage_dir, cfg.run.device, cfg.run.threads, cfg.run.seed)
+    device, checkpoint, source = models.device, models.checkpoint, models.source
+    tokenizer, policy, reference = models.tokenizer, models.policy, models.reference
     reward_model = load_reward_model(paths.reward, device)
     scorer = RewardScorer(reward_model, tokenizer, batch_size=cfg.sampling.batch_size)
     critic = load_critic(checkpoint / "critic") if checkpoint else _build_critic(cfg.models.critic, paths, scorer, log)
