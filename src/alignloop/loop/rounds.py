@@ -55,8 +55,11 @@ def round_judgments(store, number: int) -> tuple[int, int]:
         round_id = session.scalar(select(Round.id).where(Round.number == number))
         made = session.scalar(select(func.count(Judgment.id)).join(Item, Judgment.item_id == Item.id)
                               .where(Item.round_id == round_id)) or 0
-        wanted = session.scalar(select(func.sum(Item.overlap)).where(Item.round_id == round_id)) or 0
-    return int(made), int(wanted)
+        # An item without its own overlap takes the store's setting.
+        own = session.scalar(select(func.sum(Item.overlap)).where(Item.round_id == round_id)) or 0
+        inherited = session.scalar(select(func.count(Item.id)).where(Item.round_id == round_id,
+                                                                     Item.overlap.is_(None))) or 0
+    return int(made), int(own) + int(inherited) * store.overlap
 
 
 def collect_simulated(run: RunDir, cfg: LoopConfig, number: int, log: Log) -> int:
