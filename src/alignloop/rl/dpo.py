@@ -15,7 +15,6 @@ resumed run sees the same data. The policy goes to `rounds/NNN/dpo/final/`.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Callable
 import torch
 
 from alignloop.data.formatting import encode_prompt, encode_response
+from alignloop.data.jsonl import iter_jsonl
 from alignloop.errors import DataError, TrainingError
 from alignloop.generation.logprobs import sequence_logprobs
 from alignloop.models.causal_lm import load_causal_lm
@@ -55,18 +55,9 @@ def stage_key(round_number: int) -> str:
 
 def read_preference_file(path: Path) -> list[tuple[str, str, str]]:
     """(prompt, chosen, rejected) from JSONL in TRL's standard format."""
-    if not path.is_file():
-        raise DataError(f"preference file {path} does not exist")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not all(isinstance(record.get(k), str)
-                                                   for k in ("prompt", "chosen", "rejected")):
+    for number, record in iter_jsonl(path, "preference file"):
+        if not all(isinstance(record.get(k), str) for k in ("prompt", "chosen", "rejected")):
             raise DataError(f'{path}:{number}: expected string fields "prompt", "chosen" and "rejected"')
         pairs.append((record["prompt"], record["chosen"], record["rejected"]))
     return pairs

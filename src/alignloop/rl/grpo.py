@@ -28,7 +28,7 @@ import torch
 from alignloop.errors import TrainingError
 from alignloop.rl.advantages import masked_mean
 from alignloop.rl.config import GRPOConfig
-from alignloop.rl.inputs import load_prompts, open_models, prompts_path, resolve_models, resolve_round
+from alignloop.rl.inputs import open_models, resolve_stage_inputs
 from alignloop.rl.kl import kl_penalty
 from alignloop.rl.losses import group_advantages, ppo_policy_loss
 from alignloop.rl.ppo import chunks, clip_gradients, policy_forward
@@ -141,10 +141,7 @@ def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m
     """Run (or resume, or skip if finished) GRPO/RLOO in a round; the policy goes to rounds/NNN/grpo/final."""
     from alignloop.reward.model import load_reward_model
 
-    round_number = resolve_round(run, cfg.run.round)
-    paths = resolve_models(run, cfg.models, round_number)
-    prompt_file = prompts_path(run, cfg.prompts)
-    prompts = load_prompts(run, cfg.prompts)
+    round_number, paths, prompt_file, prompts = resolve_stage_inputs(run, cfg.models, cfg.prompts, cfg.run.round)
     stage_dir = run.round_dir(round_number) / STAGE
     final = stage_dir / "final"
     inputs = hash_inputs(cfg, str(paths.policy), str(paths.reference), str(paths.reward), prompt_file)

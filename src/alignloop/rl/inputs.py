@@ -120,3 +120,11 @@ def open_models(paths: ModelPaths, stage_dir: Path, device_name: str, threads: O
     policy = load_causal_lm(source).to(device)
     reference = load_causal_lm(paths.reference).to(device)
     return OpenedModels(device, checkpoint, source, tokenizer, policy, reference)
+
+
+def resolve_stage_inputs(run: RunDir, models: RLModelsConfig, prompts: PromptsConfig, round_request: Optional[int]
+                         ) -> tuple[int, ModelPaths, Path, list[str]]:
+    """(round, model paths, prompt file, prompts) of a PPO or GRPO run."""
+    round_number = resolve_round(run, round_request)
+    return (round_number, resolve_models(run, models, round_number), prompts_path(run, prompts),
+            load_prompts(run, prompts))

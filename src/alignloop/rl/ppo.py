@@ -39,7 +39,7 @@ from alignloop.generation.logprobs import logprobs_from_logits, response_logits
 from alignloop.rl.advantages import gae, masked_mean, masked_whiten
 from alignloop.rl.config import PPOConfig
 from alignloop.rl.critic import Critic, critic_from_policy, critic_from_reward_model, load_critic
-from alignloop.rl.inputs import load_prompts, open_models, prompts_path, resolve_models, resolve_round
+from alignloop.rl.inputs import open_models, resolve_stage_inputs
 from alignloop.rl.kl import kl_penalty, token_rewards
 from alignloop.rl.losses import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss
 from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
@@ -248,10 +248,7 @@ def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: 
     """Run (or resume, or skip if finished) PPO in a round; the policy goes to rounds/NNN/policy/final."""
     from alignloop.reward.model import load_reward_model
 
-    round_number = resolve_round(run, cfg.run.round)
-    paths = resolve_models(run, cfg.models, round_number)
-    prompt_file = prompts_path(run, cfg.prompts)
-    prompts = load_prompts(run, cfg.prompts)
+    round_number, paths, prompt_file, prompts = resolve_stage_inputs(run, cfg.models, cfg.prompts, cfg.run.round)
     round_dir = run.round_dir(round_number)
     stage_dir, final = round_dir / STAGE, round_dir / "policy" / "final"
     inputs = hash_inputs(cfg, str(paths.policy), str(paths.reference), str(paths.reward), prompt_file)
