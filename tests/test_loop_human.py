@@ -13,8 +13,6 @@ from alignloop.loop.rounds import collect_human, round_judgments
 from alignloop.runs import RunDir
 
 
-@pytest.mark.skip(reason="passes alone, but failed once in a fresh-clone full run with 'connection refused' "
-                         "from the round's server; to be diagnosed before it gates CI")
 def test_human_round_waits_for_its_quota_over_http(tmp_path):
     run = RunDir(tmp_path / "run").ensure()
     store = open_store(run.feedback_db)
@@ -22,7 +20,8 @@ def test_human_round_waits_for_its_quota_over_http(tmp_path):
     store.add_samples(round_id, [{"prompt": f"Tom had a ball {i}.", "responses": [f"Tom shared it {i}. The end.",
                                                                               f"Tom kept it {i}."]} for i in range(5)])
     store.close()
-    cfg = load_config(LoopConfig, None, ["human.port=0", "human.poll_seconds=0.1"])
+    cfg = load_config(LoopConfig, None, ["human.port=0", "human.poll_seconds=0.1",
+                                             "human.linger_seconds=2"])
 
     messages: list[str] = []
     served = threading.Event()

@@ -106,7 +106,10 @@ def annotate_as(base_url: str, name: str, password: str, persona: Any, config: S
                 raise AlignloopError(f"{name}: judgment refused ({sent.status_code}): {sent.text}")
             done += 1
             crash_point(f"annotate:{name}:{done}")
-        client.post("/api/logout")
+        try:
+            client.post("/api/logout")
+        except httpx.TransportError:
+            pass  # the work is saved; a server that stopped after its quota has no session left to end
     return done
 
 

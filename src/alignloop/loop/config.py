@@ -26,6 +26,9 @@ class HumanFeedbackConfig(Section):
     quota: Optional[int] = Field(
         None, ge=1, description="Judgments to wait for per round. Unset: every item of the round times its overlap.")
     poll_seconds: float = Field(5.0, gt=0, description="How often progress is checked and shown.")
+    linger_seconds: float = Field(
+        5.0, ge=0, description="Keep serving this long after the quota is reached, so that annotators mid-request "
+                               "are told the queue is empty instead of finding the server gone.")
 
 
 class LoopConfig(Section):

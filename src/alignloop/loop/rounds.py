@@ -95,7 +95,8 @@ def collect_human(run: RunDir, cfg: LoopConfig, number: int, log: Log) -> int:
                     last = made
                 time.sleep(cfg.human.poll_seconds)
                 made, _ = round_judgments(store, number)
-        log(f"round {number}: {made}/{quota} judgments — quota reached")
+            log(f"round {number}: {made}/{quota} judgments — quota reached")
+            time.sleep(cfg.human.linger_seconds)
         return made
     finally:
         store.close()
