@@ -32,11 +32,11 @@ DEMO_PRETRAIN = ["model.preset=small", "data.stories=20000", "data.seq_len=128",
 DEMO_SFT = ["train.max_steps=120", "train.eval_every=120", "train.save_every=60", "train.lr=5e-4",
             "train.eval_batches=5"]
 DEMO_LOOP = ["rounds=2", "sample.n_prompts=250", "sample.k=4", "sample.pairs_per_prompt=2",
-             "sample.max_new_tokens=64", "feedback.personas=4", "reward.train.epochs=2",
+             "sample.max_new_tokens=96", "feedback.personas=4", "reward.train.epochs=2",
              "reward.train.stats_responses=500", "ppo.ppo.iterations=25", "ppo.ppo.rollout_prompts=32",
              "ppo.ppo.epochs=2", "ppo.ppo.minibatches=2", "ppo.reward.kl_coef=0.2", "ppo.reward.kl_target=3",
-             "ppo.reward.kl_horizon=320", "ppo.sampling.max_new_tokens=64", "ppo.run.sample_table_every=0",
-             "eval.prompts.limit=200", "eval.sampling.max_new_tokens=64", "eval.text.blocks=32"]
+             "ppo.reward.kl_horizon=320", "ppo.sampling.max_new_tokens=96", "ppo.run.sample_table_every=0",
+             "eval.prompts.limit=200", "eval.sampling.max_new_tokens=96", "eval.text.blocks=32"]
 # Seconds instead of minutes: the same stages on a tiny model (used by the tests).
 FAST = {
     "pretrain": ["model.preset=tiny", "data.stories=1500", "train.max_steps=30", "train.eval_every=30",
