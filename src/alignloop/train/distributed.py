@@ -124,7 +124,8 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     """Element-wise sums over every process of the given numbers (the numbers themselves alone)."""
     if not _active():
         return [float(v) for v in values]
-    return _reduce(torch.tensor([float(v) for v in values], dtype=torch.float64), torch.distributed.ReduceOp.SUM).tolist()
+    summed = _reduce(torch.tensor([float(v) for v in values], dtype=torch.float64), torch.distributed.ReduceOp.SUM)
+    return summed.tolist()
 
 
 def all_reduce_max(value: float) -> float:
@@ -146,6 +147,17 @@ def mean_across(stats: dict[str, float], summed: Sequence[str] = ()) -> dict[str
     totals = all_reduce_sum([stats[name] for name in names])
     n = world_size()
     return {name: total if name in summed else total / n for name, total in zip(names, totals)}
+
+
+def global_mean(value: float | None, count: float) -> float | None:
+    """The mean over every process of per-rank means `value` over `count` items each (`value` alone).
+
+    A rank with no items passes `count` 0 (and any value); None if no rank has any.
+    """
+    if not _active():
+        return value
+    total, n = all_reduce_sum([(value or 0.0) * count if count else 0.0, count])
+    return total / n if n else None
 
 
 def gather_objects(value: Any) -> list[Any]:
