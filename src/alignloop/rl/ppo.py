@@ -115,6 +115,22 @@ def clip_gradients(model, max_norm: float) -> float:
     return distributed.clip_grad_norm(model, max_norm)
 
 
+def minibatch_tokens(exp: Experience, rows: torch.Tensor) -> float:
+    """Response tokens of a global minibatch: this process's `rows` and every other process's share (at least 1).
+
+    Micro-batch losses are weighted by their tokens over this count, so the
+    minibatch loss is its token mean however it is split, over micro-batches
+    and over processes.
+    """
+    local = float(exp.response_mask[rows.to(exp.input_ids.device)].sum())
+    return max(distributed.all_reduce_sum([local])[0], 1.0)
+
+
+def sum_across(step: dict[str, float]) -> dict[str, float]:
+    """A minibatch step's token-weighted statistics added up over processes (the same on every one)."""
+    return dict(zip(step, distributed.all_reduce_sum(list(step.values()))))
+
+
 def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Optional[torch.Tensor] = None
                ) -> dict[str, float]:
     """`epochs` x `minibatches` PPO steps on one iteration's experience; returns mean statistics.
@@ -134,16 +150,14 @@ def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Op
         epochs_run = epoch + 1
         permutation = torch.randperm(len(exp), generator=order_generator)
         for minibatch_rows in chunks(permutation, algo.minibatches):
-            # Response tokens of the global minibatch: every process's share of it together.
-            local_tokens = float(exp.response_mask[minibatch_rows.to(device)].sum())
-            minibatch_tokens = max(distributed.all_reduce_sum([local_tokens])[0], 1.0)
+            tokens = minibatch_tokens(exp, minibatch_rows)
             state.policy_optimizer.zero_grad(set_to_none=True)
             state.critic_optimizer.zero_grad(set_to_none=True)
             step: dict[str, float] = {}
             for micro_rows in chunks(minibatch_rows, algo.grad_accum):
                 micro = exp.select(micro_rows)
                 # Token-weighted: the minibatch loss is the mean over its tokens, however it is split.
-                weight = float(micro.response_mask.sum()) / minibatch_tokens
+                weight = float(micro.response_mask.sum()) / tokens
                 with autocast(device):
                     logprobs, entropy = policy_forward(state.policy, micro, cfg.sampling.temperature,
                                                        entropy_grad=algo.entropy_coef > 0)
@@ -171,8 +185,7 @@ def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Op
                                     ("approx_kl", pg_stats["approx_kl"]), ("ratio", pg_stats["ratio"]),
                                     ("value_clipfrac", vf_stats["vf_clipfrac"])):
                     step[name] = step.get(name, 0.0) + float(value.detach()) * weight
-            # Token-weighted over every process's share: the same on all of them, so all stop together.
-            step = dict(zip(step, distributed.all_reduce_sum(list(step.values()))))
+            step = sum_across(step)  # the same on every process, so all of them stop early together
             step["policy_grad_norm"] = clip_gradients(state.policy, algo.grad_clip)
             step["value_grad_norm"] = clip_gradients(state.critic, algo.grad_clip)
             state.policy_optimizer.step()

@@ -206,7 +206,7 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
     uninterrupted one would have.
     """
     prompt_ids = encode_prompts(state.tokenizer, prompts, max_prompt_tokens)
-    distributed.local_slice(rollout_prompts, "rollout_prompts")  # a clear error now if it does not split evenly
+    distributed.local_slice(rollout_prompts, f"{stage}.rollout_prompts")  # a clear error now if it does not split evenly
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start if start else None)
     samples = MetricsLog(stage_dir / "samples.jsonl", resume_step=start if start else None, tensorboard=False)
     started = time.monotonic()
@@ -216,7 +216,7 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
         for iteration in range(start, iterations):
             set_learning_rates(state, iteration, warmup)
             rows = prompt_indices(iteration, rollout_prompts, len(prompts), loop.seed)
-            rows = distributed.shard_list(rows, "rollout_prompts")  # this process's share of the iteration
+            rows = distributed.shard_list(rows, f"{stage}.rollout_prompts")  # this process's share of the iteration
             exp, stats = iteration_fn(state, [prompts[i] for i in rows], [prompt_ids[i] for i in rows])
             done = iteration + 1
             if not all(math.isfinite(stats[k]) for k in ("policy_loss",) if k in stats):
