@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 from conftest import TINY_PRETRAIN, TINY_RL, cli_env, run_cli, write_tiny_corpus
 from reward_helpers import good_bad_pairs, tiny_decoder, write_jsonl
 
-pytestmark = pytest.mark.slow
+from alignloop.rl.advantages import masked_whiten, masked_whiten_across
+from alignloop.train import distributed
 
 BIN = Path(sys.executable).parent
 REL = 1e-4  # on logged losses; float rounding between 1 and 2 processes is ~1e-6
@@ -76,6 +77,7 @@ def _ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_pretrain_two_processes_match_one_and_resume(tmp_path):
     corpus = write_tiny_corpus(tmp_path / "corpus.txt")
     args = [f"data.path={corpus}", "train.max_steps=6", "train.save_every=3", "train.eval_every=3",
@@ -97,6 +99,7 @@ def test_pretrain_two_processes_match_one_and_resume(tmp_path):
     assert json.loads((two / "manifest.json").read_text())["stages"]["pretrain"]["status"] == "done"
 
 
+@pytest.mark.slow
 def test_global_batch_must_split_over_the_processes(tmp_path):
     corpus = write_tiny_corpus(tmp_path / "corpus.txt", n=40)
     result = launch("pretrain", "-r", str(tmp_path / "run"), f"data.path={corpus}", "train.max_steps=2",
@@ -116,6 +119,7 @@ def _uneven_sft_pairs(n: int = 24) -> list[dict]:
     return pairs
 
 
+@pytest.mark.slow
 def test_sft_under_accelerate_launch_normalises_by_global_tokens(pretrained_run, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", _uneven_sft_pairs())
     args = [f"data.path={data}", f"model.path={pretrained_run / 'pretrain' / 'final'}", "train.max_steps=4",
@@ -139,6 +143,7 @@ def _uneven_preferences() -> list[dict]:
     return records
 
 
+@pytest.mark.slow
 def test_reward_two_processes_match_one(tmp_path):
     backbone = tiny_decoder(tmp_path / "backbone")
     prefs = write_jsonl(tmp_path / "prefs.jsonl", _uneven_preferences())
@@ -156,6 +161,7 @@ def test_reward_two_processes_match_one(tmp_path):
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_ppo_two_processes_match_one(rl_run, tmp_path):
     # top_k=1 makes the rollouts a function of the prompts alone, whichever process samples them
     # (log-probs and the update still use the full distribution). Two micro-batches per minibatch
@@ -174,3 +180,30 @@ def test_ppo_two_processes_match_one(rl_run, tmp_path):
     assert_same_update(rl_run / "pretrain" / "final", rl_run / policy, other / policy)
     samples = (other / stage / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 3 * 2  # two rows an iteration, written once
+
+
+# ---- a single process: every helper is the identity ------------------------------------------
+
+def test_alone_each_process_takes_everything():
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+    assert distributed.local_slice(5, "train.batch_size") == slice(0, 5)
+    assert distributed.uneven_slice(3) == slice(0, 3)
+    assert distributed.shard_list([1, 2, 3], "x") == [1, 2, 3]
+    assert distributed.global_share(17) == 1.0 and distributed.gradient_scale() == 1
+    assert distributed.all_reduce_sum([1.5, 2]) == [1.5, 2.0]
+    assert distributed.global_mean(0.25, 4) == 0.25
+    assert distributed.mean_across({"a": 1.0}, summed=("a",)) == {"a": 1.0}
+    model = torch.nn.Linear(2, 2)
+    assert distributed.unwrap(model) is model and distributed.prepare(model) == (model,)
+
+
+def test_whitening_across_one_process_is_plain_whitening():
+    x = torch.tensor([[1.0, 2.0, 7.0, 0.0], [3.0, -1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    torch.testing.assert_close(masked_whiten_across(x, mask, lambda values: list(values)), masked_whiten(x, mask))
+
+
+def test_commands_that_do_not_train_refuse_a_launcher(tmp_path):
+    result = run_cli("loop", "-r", str(tmp_path / "run"), env={"WORLD_SIZE": "2", "RANK": "0"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "`alignloop loop` runs in one process" in result.stderr
