@@ -206,7 +206,7 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
     uninterrupted one would have.
     """
     prompt_ids = encode_prompts(state.tokenizer, prompts, max_prompt_tokens)
-    distributed.local_slice(rollout_prompts, f"{stage}.rollout_prompts")  # a clear error now if it does not split evenly
+    distributed.local_slice(rollout_prompts, f"{stage}.rollout_prompts")  # a clear error now if it cannot split
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start if start else None)
     samples = MetricsLog(stage_dir / "samples.jsonl", resume_step=start if start else None, tensorboard=False)
     started = time.monotonic()
