@@ -1,6 +1,6 @@
 """Two processes (torchrun / accelerate launch, gloo on CPU) train exactly as one on the same global batch.
 
-Each test runs a stage once in a plain process and once launched on two
+Each test runs a stage once in the test's own process and once launched on two
 processes, and compares what they logged and the weights they wrote. The
 tolerances are far below what a wrong split or a wrong loss normalisation
 gives (a per-rank token mean instead of the global one moves the SFT loss in
@@ -24,7 +24,15 @@ from safetensors.torch import load_file
 from conftest import TINY_PRETRAIN, TINY_RL, cli_env, run_cli, write_tiny_corpus
 from reward_helpers import good_bad_pairs, tiny_decoder, write_jsonl
 
+from alignloop.config.base import load_config
+from alignloop.config.registry import config_class
+from alignloop.errors import ConfigError
+from alignloop.pretrain.stage import run_pretrain
+from alignloop.reward.stage import run_reward
 from alignloop.rl.advantages import masked_whiten, masked_whiten_across
+from alignloop.rl.ppo import run_ppo
+from alignloop.runs import RunDir
+from alignloop.sft.stage import run_sft
 from alignloop.train import distributed
 
 BIN = Path(sys.executable).parent
@@ -50,6 +58,14 @@ def launch(*args: str, launcher: str = "torchrun", env: dict[str, str] | None = 
     extra = {"OMP_NUM_THREADS": "1", "HF_HOME": str(Path(args[args.index("-r") + 1]).parent / "hf"),
              **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, env=cli_env(**extra), timeout=300)
+
+
+STAGES = {"pretrain": run_pretrain, "sft": run_sft, "reward": run_reward, "ppo": run_ppo}
+
+
+def alone(stage: str, run: Path, args: list[str]) -> None:
+    """The stage in this (single) process: the reference the launched run must equal."""
+    STAGES[stage](RunDir(run).ensure(), load_config(config_class(stage), None, args), lambda message: None)
 
 
 def _metrics(path: Path, key: str) -> list[tuple[int, float]]:
@@ -83,7 +99,7 @@ def test_pretrain_two_processes_match_one_and_resume(tmp_path):
     args = [f"data.path={corpus}", "train.max_steps=6", "train.save_every=3", "train.eval_every=3",
             *TINY_PRETRAIN, "train.log_every=1"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _ok(run_cli("pretrain", "-r", str(one), *args))
+    alone("pretrain", one, args)
 
     crashed = launch("pretrain", "-r", str(two), *args, env={"ALIGNLOOP_CRASH_AT": "pretrain:saved:3"})
     assert crashed.returncode != 0
@@ -97,15 +113,6 @@ def test_pretrain_two_processes_match_one_and_resume(tmp_path):
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5, msg=name)
     assert json.loads((two / "manifest.json").read_text())["stages"]["pretrain"]["status"] == "done"
-
-
-@pytest.mark.slow
-def test_global_batch_must_split_over_the_processes(tmp_path):
-    corpus = write_tiny_corpus(tmp_path / "corpus.txt", n=40)
-    result = launch("pretrain", "-r", str(tmp_path / "run"), f"data.path={corpus}", "train.max_steps=2",
-                    *TINY_PRETRAIN, "train.batch_size=3")
-    assert result.returncode != 0
-    assert "train.batch_size=3 is the global batch and must be divisible by the 2 processes" in result.stderr
 
 
 def _uneven_sft_pairs(n: int = 24) -> list[dict]:
@@ -126,7 +133,7 @@ def test_sft_under_accelerate_launch_normalises_by_global_tokens(pretrained_run,
             "train.batch_size=4", "train.lr=3e-3", "train.warmup_steps=1", "train.eval_every=2", "train.save_every=4",
             "train.eval_batches=2", "train.samples=0", "train.log_every=1", "train.threads=1", "data.max_len=96"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _ok(run_cli("sft", "-r", str(one), *args))
+    alone("sft", one, args)
     _ok(launch("sft", "-r", str(two), *args, launcher="accelerate"))
     assert_same_metrics(one / "sft" / "metrics.jsonl", two / "sft" / "metrics.jsonl", ["loss", "val_loss"])
     assert_same_update(pretrained_run / "pretrain" / "final", one / "sft" / "final", two / "sft" / "final")
@@ -151,7 +158,7 @@ def test_reward_two_processes_match_one(tmp_path):
             "train.lr=3e-3", "train.warmup_steps=1", "train.eval_every=2", "train.save_every=2", "train.log_every=1",
             "train.threads=1", "train.patience=0", "model.max_length=48"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _ok(run_cli("reward", "-r", str(one), *args))
+    alone("reward", one, args)
     _ok(launch("reward", "-r", str(two), *args))
     stage = Path("rounds") / "001" / "reward"
     assert_same_metrics(one / stage / "metrics.jsonl", two / stage / "metrics.jsonl",
@@ -171,7 +178,7 @@ def test_ppo_two_processes_match_one(rl_run, tmp_path):
     args = [f"prompts.path={rl_run / 'prompts.jsonl'}", "ppo.iterations=3", "ppo.rollout_prompts=8",
             "ppo.epochs=2", "ppo.minibatches=1", "ppo.grad_accum=2", "ppo.lr=1e-4", "run.save_every=2",
             "sampling.top_k=1", *TINY_RL]
-    _ok(run_cli("ppo", "-r", str(rl_run), *args))
+    alone("ppo", rl_run, args)
     _ok(launch("ppo", "-r", str(other), *args))
     stage = Path("rounds") / "001" / "ppo"
     assert_same_metrics(rl_run / stage / "metrics.jsonl", other / stage / "metrics.jsonl",
@@ -195,6 +202,14 @@ def test_alone_each_process_takes_everything():
     assert distributed.mean_across({"a": 1.0}, summed=("a",)) == {"a": 1.0}
     model = torch.nn.Linear(2, 2)
     assert distributed.unwrap(model) is model and distributed.prepare(model) == (model,)
+
+
+def test_a_global_batch_that_does_not_split_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)  # as under `torchrun --nproc_per_node 2`
+    with pytest.raises(ConfigError, match=r"^train.batch_size=3 is the global batch and must be divisible by "
+                                          r"the 2 processes of this run; set it to a multiple of 2$"):
+        distributed.local_slice(3, "train.batch_size")
+    assert distributed.local_slice(4, "train.batch_size") == slice(0, 2)  # rank 0's half
 
 
 def test_whitening_across_one_process_is_plain_whitening():

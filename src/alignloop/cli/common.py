@@ -36,7 +36,9 @@ OverridesArgument = Annotated[
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print `error: message` on one line and exit with `code`."""
+    """Print `error: message` on one line and exit with `code` (under a launcher, rank 0 alone prints it)."""
+    if os.environ.get("RANK", "0") != "0":
+        raise typer.Exit(code)
     console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

@@ -276,7 +276,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside the launcher's wrapper (DDP, FSDP, DeepSpeed), or `model` itself."""
     if _accelerator is None:
         return model
-    return _accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    # keep_fp32_wrapper: unwrapping must not strip a mixed-precision wrapper off the training model.
+    return _accelerator.unwrap_model(model, keep_fp32_wrapper=True)
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
