@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,12 @@ class RunDir:
         return data if isinstance(data, dict) else {}
 
     def record_config(self, stage: str, config: BaseModel) -> None:
-        """Store the resolved config of `stage` in run.yaml, keeping the other stages'."""
+        """Store the resolved config of `stage` in run.yaml, keeping the other stages'.
+
+        Under a launcher only rank 0 writes it (RANK is set by torchrun and accelerate launch).
+        """
+        if not _main_process():
+            return
         configs = self.read_configs()
         configs[stage] = config.model_dump(mode="json")
         self.ensure()
@@ -99,7 +105,9 @@ class RunDir:
         return data
 
     def mark_stage(self, stage: str, status: str, inputs_hash: str | None = None, **extra: Any) -> None:
-        """Record that `stage` is `running` or `done`, with the hash of what it read."""
+        """Record that `stage` is `running` or `done`, with the hash of what it read (rank 0 only)."""
+        if not _main_process():
+            return
         manifest = self.read_manifest()
         entry = manifest["stages"].get(stage, {})
         entry.update({"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -116,6 +124,11 @@ class RunDir:
         if not entry or entry.get("status") != "done":
             return False
         return inputs_hash is None or entry.get("inputs_hash") == inputs_hash
+
+
+def _main_process() -> bool:
+    # Read from the launcher's environment so that this module needs no torch.
+    return os.environ.get("RANK", "0") == "0"
 
 
 def round_stage_key(stage: str, round_number: int) -> str:

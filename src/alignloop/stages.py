@@ -9,6 +9,7 @@ from alignloop.data.jsonl import iter_jsonl, read_text
 from alignloop.errors import DataError
 from alignloop.runs import RunDir
 from alignloop.tokenizer import load_tokenizer
+from alignloop.train import distributed
 
 BUILTIN_STEM = "stories"
 
@@ -25,14 +26,18 @@ def builtin_paths(run: RunDir) -> dict[str, Path]:
 
 
 def builtin_data(run: RunDir, n: int, seed: int, log: Callable[[str], None]) -> dict[str, Path]:
-    """The built-in story corpus of this run, generated on first use (deterministic for the seed)."""
-    paths = builtin_paths(run)
-    if not all(p.exists() for p in paths.values()):
-        from alignloop.data.stories import write_builtin_data
+    """The built-in story corpus of this run, generated on first use (deterministic for the seed).
 
-        log(f"generating the built-in story corpus ({n:,} stories, seed {seed}) in {paths['corpus'].parent}")
-        written = write_builtin_data(paths["corpus"], n, seed)
-        paths.update({k: Path(v) for k, v in written.items() if k in paths})
+    With several processes rank 0 writes it and the others then read it.
+    """
+    paths = builtin_paths(run)
+    with distributed.main_first():
+        if not all(p.exists() for p in paths.values()):
+            from alignloop.data.stories import write_builtin_data
+
+            log(f"generating the built-in story corpus ({n:,} stories, seed {seed}) in {paths['corpus'].parent}")
+            written = write_builtin_data(paths["corpus"], n, seed)
+            paths.update({k: Path(v) for k, v in written.items() if k in paths})
     return paths
 
 

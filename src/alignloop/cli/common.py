@@ -24,7 +24,8 @@ T = TypeVar("T", bound=BaseModel)
 
 console = Console(stderr=True)
 
-RunOption = Annotated[Path, typer.Option("--run", help="Run directory (created if missing), e.g. runs/demo.")]
+# `-r` too: under `torchrun`, whose own parser takes `--run` for its `--run-path`, only `-r` gets through.
+RunOption = Annotated[Path, typer.Option("--run", "-r", help="Run directory (created if missing), e.g. runs/demo.")]
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", help="YAML file with this stage's settings (see `alignloop config show STAGE`).")
 ]
@@ -35,7 +36,9 @@ OverridesArgument = Annotated[
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print `error: message` on one line and exit with `code`."""
+    """Print `error: message` on one line and exit with `code` (under a launcher, rank 0 alone prints it)."""
+    if os.environ.get("RANK", "0") != "0":
+        raise typer.Exit(code)
     console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -63,7 +66,12 @@ def resolve(cls: type[T], config: Path | None, overrides: list[str] | None, defa
 
 
 def echo(message: str) -> None:
-    """Progress and results for people go to stderr; stdout stays for data (generated text, YAML)."""
+    """Progress and results for people go to stderr; stdout stays for data (generated text, YAML).
+
+    Under a launcher (torchrun, accelerate launch: RANK set) only rank 0 speaks.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        return
     console.print(message, highlight=False, soft_wrap=True)
 
 

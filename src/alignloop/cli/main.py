@@ -50,8 +50,32 @@ def _register_all() -> None:
 _register_all()
 
 
+# The commands that train, and so split their work over the processes that torchrun or
+# accelerate launch start (see README, "Scaling out"); every other one runs in one process.
+LAUNCHABLE = {"pretrain", "sft", "reward", "ppo", "dpo", "grpo"}
+
+
+def check_launch(argv: list[str]) -> None:
+    """Refuse, in one line, a command that cannot share its work when a launcher started several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not argv or argv[0].startswith("-"):
+        return
+    if argv[0] not in LAUNCHABLE or argv[:2] == ["reward", "eval"]:
+        from alignloop.cli.common import fail
+
+        if os.environ.get("RANK", "0") != "0":
+            raise typer.Exit(2)
+        fail(f"`alignloop {' '.join(argv[:2] if argv[:2] == ['reward', 'eval'] else argv[:1])}` runs in one process; "
+             f"under torchrun or accelerate launch only {', '.join(sorted(LAUNCHABLE))} (training) can run")
+
+
 def main() -> None:
     """Console-script entry point."""
+    import sys
+
+    try:
+        check_launch(sys.argv[1:])
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
     app()
 
 

@@ -21,6 +21,7 @@ from alignloop.pretrain.config import PretrainConfig
 from alignloop.runs import RunDir, hash_inputs
 from alignloop.stages import builtin_data, sample_fn_for, tokenizer_for
 from alignloop.tokenizer import load_tokenizer, train_tokenizer
+from alignloop.train import distributed
 from alignloop.train.checkpoints import latest_checkpoint, load_training_state
 from alignloop.train.lm_loop import LoopResult, train_language_model
 
@@ -34,6 +35,12 @@ def _corpus_path(run: RunDir, cfg: PretrainConfig, log) -> Path:
 
 
 def _tokenizer(run: RunDir, cfg: PretrainConfig, train_docs: list[str], log):
+    # With several processes rank 0 trains and saves it; the others then load what it saved.
+    with distributed.main_first():
+        return _load_or_train_tokenizer(run, cfg, train_docs, log)
+
+
+def _load_or_train_tokenizer(run: RunDir, cfg: PretrainConfig, train_docs: list[str], log):
     existing = tokenizer_for(run, cfg.tokenizer.path, cfg.model.path)
     if existing is not None:
         return existing
@@ -55,6 +62,7 @@ def _check_compatible(run: RunDir, cfg: PretrainConfig) -> None:
 def run_pretrain(run: RunDir, cfg: PretrainConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
                  ) -> LoopResult | None:
     """Run (or resume, or skip if finished) the pretraining stage; returns None when skipped."""
+    distributed.start(cfg.train.device)  # under a launcher, join the other processes before touching files
     corpus_path = _corpus_path(run, cfg, log)
     inputs = hash_inputs(cfg, str(corpus_path))
     final = run.final(STAGE)

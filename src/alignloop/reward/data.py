@@ -500,9 +500,17 @@ class PreferenceBatches:
                 self._epochs = {epoch: [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]}
         return self._epochs[epoch]
 
-    def train_batch(self, index: int) -> dict[str, torch.Tensor]:
+    def batch_groups(self, index: int) -> list[int]:
+        """The indices of the groups in training batch `index`."""
         epoch, position = divmod(index, self.batches_per_epoch)
-        return collate_groups([self.groups[i] for i in self._epoch(epoch)[position]], self.pad_token_id, self.packed)
+        return list(self._epoch(epoch)[position])
+
+    def collate(self, group_ids: Sequence[int]) -> dict[str, torch.Tensor]:
+        """A batch of the given groups."""
+        return collate_groups([self.groups[i] for i in group_ids], self.pad_token_id, self.packed)
+
+    def train_batch(self, index: int) -> dict[str, torch.Tensor]:
+        return self.collate(self.batch_groups(index))
 
 
 def fixed_batches(groups: list[EncodedGroup], batch_size: int, pad_token_id: int) -> Iterable[dict[str, torch.Tensor]]:

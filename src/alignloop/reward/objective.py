@@ -37,6 +37,7 @@ def batch_objective(rewards: torch.Tensor, batch: dict[str, torch.Tensor], *, ma
     """(loss, figures) of one batch. `rewards`: [N, heads], one row per encoded response."""
     heads = rewards.shape[1]
     total = rewards.new_zeros(())
+    counted = 0
     for head in range(heads):
         r = rewards[:, head]
         parts: list[tuple[torch.Tensor, int]] = []
@@ -63,12 +64,14 @@ def batch_objective(rewards: torch.Tensor, batch: dict[str, torch.Tensor], *, ma
             term = losses.rating_regression_loss(predicted, batch["rating_target"][keep])
             parts.append((rating_weight * term, int(keep.sum())))
         count = sum(n for _, n in parts)
+        counted += count
         if count:
             total = total + sum(term * (n / count) for term, n in parts)
     loss = total / heads
 
     mean_reward = rewards.detach().mean(dim=1)
-    figures: dict[str, float] = {"pairs": float(batch["pair_index"].shape[0])}
+    # `comparisons`: what the loss is a mean over (per head, averaged over heads), to weigh batches by.
+    figures: dict[str, float] = {"pairs": float(batch["pair_index"].shape[0]), "comparisons": counted / heads}
     if batch["pair_index"].shape[0]:
         chosen, rejected = mean_reward[batch["pair_index"][:, 0]], mean_reward[batch["pair_index"][:, 1]]
         figures["accuracy"] = float(losses.preference_accuracy(chosen, rejected))

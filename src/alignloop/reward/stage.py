@@ -29,6 +29,7 @@ from alignloop.reward.data import (
 from alignloop.reward.model import RewardModel, build_reward_model, build_scratch_reward_model, load_reward_model
 from alignloop.reward.train import RewardTrainResult, train_reward_model
 from alignloop.runs import RunDir, hash_inputs
+from alignloop.train import distributed
 from alignloop.train.checkpoints import latest_checkpoint, load_training_state
 
 STAGE = "reward"
@@ -85,18 +86,27 @@ def default_backbone(run: RunDir) -> Path:
 
 
 def _scratch_tokenizer(run: RunDir, prefs: Preferences, cfg: RewardConfig, out_dir: Path, log: Log):
-    from alignloop.tokenizer import load_tokenizer, train_tokenizer
+    from alignloop.tokenizer import load_tokenizer
 
     if (run.tokenizer / "tokenizer_config.json").exists():
         return load_tokenizer(run.tokenizer)
+    target = out_dir / "tokenizer"
+    # With several processes rank 0 trains and saves it; the others then load what it saved.
+    if distributed.is_main():
+        _train_scratch_tokenizer(prefs, cfg, target, log)
+    distributed.barrier()
+    return load_tokenizer(target)
+
+
+def _train_scratch_tokenizer(prefs: Preferences, cfg: RewardConfig, target: Path, log: Log) -> None:
+    from alignloop.tokenizer import train_tokenizer
+
     texts = [c.prompt + " " + c.chosen + " " + c.rejected for c in prefs.comparisons]
     texts += [r.prompt + " " + " ".join(r.responses) for r in prefs.rankings]
     log(f"{STAGE}: training a byte-level BPE tokenizer (vocab {cfg.model.tokenizer_vocab}) on the preference texts")
     tokenizer = train_tokenizer(texts, cfg.model.tokenizer_vocab)
-    target = out_dir / "tokenizer"
     with atomic.atomic_directory(target) as tmp:
         tokenizer.save_pretrained(str(tmp))
-    return load_tokenizer(target)
 
 
 def _new_reward_model(run: RunDir, cfg: RewardConfig, prefs: Preferences, out_dir: Path, log: Log
@@ -153,6 +163,7 @@ def _train_one(run: RunDir, cfg: RewardConfig, prefs: Preferences, stage_dir: Pa
 def run_reward(run: RunDir, cfg: RewardConfig, log: Log = _stderr, db: Optional[str] = None
                ) -> Optional[RewardTrainResult]:
     """Train (or resume, or skip if finished) the reward model of a round; returns None when skipped."""
+    distributed.start(cfg.train.device)  # under a launcher, join the other processes before touching files
     round_number = resolve_round(run, cfg.round, db)
     stage_dir = reward_dir(run, round_number)
     manifest_key = f"{STAGE}:{round_number:03d}"
@@ -164,8 +175,10 @@ def run_reward(run: RunDir, cfg: RewardConfig, log: Log = _stderr, db: Optional[
     previous = run.read_manifest()["stages"].get(manifest_key, {})
     if previous.get("inputs_hash") not in (None, inputs) and stage_dir.exists():
         log(f"{STAGE}: the config, backbone or data changed since {stage_dir} was written; starting over")
-        for name in ("checkpoints", "best", "ensemble", "tokenizer"):
-            shutil.rmtree(stage_dir / name, ignore_errors=True)
+        if distributed.is_main():
+            for name in ("checkpoints", "best", "ensemble", "tokenizer"):
+                shutil.rmtree(stage_dir / name, ignore_errors=True)
+        distributed.barrier()
     prefs = read_preferences(run, cfg.data, db)
     if prefs.skipped:
         log(f"{STAGE}: {prefs.skipped_summary()}")

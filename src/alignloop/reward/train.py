@@ -5,6 +5,12 @@ Read it top to bottom like the language-model loop it mirrors
 resumed run sees the data the uninterrupted one would have; checkpoints carry
 the optimizer, RNG and early-stopping state. Validation accuracy decides early
 stopping, and the best model so far is kept in `best/`, which becomes `final/`.
+
+Under a launcher (torchrun, accelerate launch) each process takes its share of
+the preference groups of every batch (`train.batch_size` stays the global
+batch) and its loss is weighted by its share of the batch's comparisons, so
+the ranks together take the step one process would (`alignloop.train.distributed`).
+Validation runs on every rank alike; rank 0's figures decide early stopping.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from alignloop.reward.data import MODEL_INPUTS, PACKED_INPUTS, EncodedGroup, Pre
 from alignloop.reward.evaluate import preference_metrics, score_groups
 from alignloop.reward.model import RewardModel, RewardStats
 from alignloop.reward.objective import batch_objective
+from alignloop.train import distributed
 from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.crash import crash_point
-from alignloop.train.device import autocast, pick_device
+from alignloop.train.device import autocast
 from alignloop.train.lm_loop import make_optimizer
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import training_progress
@@ -76,18 +83,35 @@ def _status(loss: float, accuracy: Optional[float], lr: float, pairs_per_s: floa
     return f"loss {loss:.4f}{acc}  lr {lr:.2e}  {pairs_per_s:,.1f} pairs/s"
 
 
+def _global_figures(figures: dict[str, float], has_groups: bool) -> dict[str, float]:
+    """A micro-batch's accuracy over every rank's pairs (unchanged in a single process)."""
+    if distributed.world_size() == 1:
+        return figures
+    pairs = figures["pairs"] if has_groups and "accuracy" in figures else 0.0
+    accuracy = distributed.global_mean(figures.get("accuracy"), pairs)
+    out = {k: v for k, v in figures.items() if k != "accuracy"}
+    if accuracy is not None:
+        out["accuracy"] = accuracy
+    return out
+
+
 def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data: PreferenceBatches,
                        val_groups: Sequence[EncodedGroup], cfg: RewardTrainConfig, loss_cfg: RewardLossConfig,
                        bootstrap: float = 1.0, resume_state: Optional[dict[str, Any]] = None,
                        stats_groups: Sequence[EncodedGroup] = (), final_dir: Optional[Path] = None,
                        log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> RewardTrainResult:
     """Train `reward` on `data`, validating on `val_groups`; write the best model with its stats to `final_dir`."""
-    device = pick_device(cfg.device)
+    device = distributed.start(cfg.device)
+    distributed.local_slice(cfg.batch_size, "train.batch_size")  # a clear error if it does not split evenly
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     reward.to(device)
     reward.train()
     optimizer = make_optimizer(reward.model, cfg)
+    # Training calls `heads` / `packed_heads`, not `forward`: this adapter routes them through the
+    # launcher's wrapper (DDP...), which owns reward.model's parameters; alone it is a plain call.
+    scorer = distributed.Forward(reward.model, lambda packed, inputs: reward.packed_heads(**inputs) if packed
+                                 else reward.heads(**inputs))
     max_steps = total_steps(cfg, data.batches_per_epoch)
     start_step, best_accuracy, best_step, stale = 0, -1.0, None, 0
     if resume_state is not None:
@@ -102,6 +126,7 @@ def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data
         log(f"{stage}: resuming from step {start_step}")
     else:
         torch.manual_seed(cfg.seed)
+    scorer, optimizer = distributed.prepare(scorer, optimizer)
     # Epochs set the run's length, so warmup is capped at a fifth of it to leave room for the peak.
     warmup = min(cfg.warmup_steps, max_steps // 5)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start_step if resume_state else None)
@@ -121,24 +146,30 @@ def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data
                 group["lr"] = lr
             step_loss, step_figures = 0.0, []
             for micro in range(cfg.grad_accum):
-                batch = _to(data.train_batch(step * cfg.grad_accum + micro), device)
+                group_ids = data.batch_groups(step * cfg.grad_accum + micro)
+                local_ids = group_ids[distributed.uneven_slice(len(group_ids))]
+                # A rank left without a group (a short last batch) still runs one, weighted 0:
+                # every rank must take part in the gradient averaging.
+                batch = _to(data.collate(local_ids or group_ids[:1]), device)
                 with autocast(device):
                     if "packed_mask" in batch:
-                        rewards = reward.packed_heads(**{k: batch[k] for k in PACKED_INPUTS})
+                        rewards = scorer(True, {k: batch[k] for k in PACKED_INPUTS})
                     else:
-                        rewards = reward.heads(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+                        rewards = scorer(False, {k: batch[k] for k in MODEL_INPUTS if k in batch})
                 loss, figures = batch_objective(rewards.float(), batch, margin=loss_cfg.margin,
                                                 centering=loss_cfg.centering, rating_weight=loss_cfg.rating_weight,
                                                 bootstrap=bootstrap)
-                loss = loss / cfg.grad_accum
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"{stage}: loss became {float(loss)} at step {step + 1}; lower train.lr "
+                # This rank's part of the mean over the global batch's comparisons (1 alone).
+                loss = loss * distributed.global_share(figures["comparisons"] if local_ids else 0.0) / cfg.grad_accum
+                reported = distributed.all_reduce_sum([float(loss.detach())])[0]
+                if not math.isfinite(reported):
+                    raise TrainingError(f"{stage}: loss became {reported} at step {step + 1}; lower train.lr "
                                         f"(the last checkpoint in {stage_dir / 'checkpoints'} is intact)")
-                loss.backward()
-                step_loss += float(loss.detach())
-                step_figures.append(figures)
-                window_pairs += int(figures["pairs"])
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(reward.model.parameters(), cfg.grad_clip or float("inf")))
+                distributed.backward(loss * distributed.gradient_scale())
+                step_loss += reported
+                step_figures.append(_global_figures(figures, bool(local_ids)))
+                window_pairs += int(figures["pairs"]) if local_ids else 0
+            grad_norm = distributed.clip_grad_norm(scorer, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
@@ -147,7 +178,7 @@ def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data
             accuracy = sum(accuracies) / len(accuracies) if accuracies else None
             if done % cfg.log_every == 0 or done == max_steps:
                 elapsed = max(time.monotonic() - window_start, 1e-9)
-                pairs_per_s = window_pairs / elapsed
+                pairs_per_s = distributed.all_reduce_sum([window_pairs / elapsed])[0]
                 pairs_seen += window_pairs
                 window_pairs, window_start = 0, time.monotonic()
                 metrics.log(done, loss=step_loss, accuracy=accuracy, lr=lr, grad_norm=grad_norm,
@@ -157,11 +188,15 @@ def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data
                     log(f"{stage} step {done}/{max_steps}  {_status(step_loss, accuracy, lr, pairs_per_s)}")
 
             out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
+            if cfg.max_minutes is not None:
+                out_of_time = distributed.broadcast_object(out_of_time)  # every rank stops at the same step
             last = done == max_steps or out_of_time
             if val_groups and (done % cfg.eval_every == 0 or last):
                 chosen, rejected, strength = score_groups(reward, val_groups[: cfg.eval_batches * cfg.batch_size],
                                                           cfg.batch_size)
-                figures = preference_metrics(chosen, rejected, strength)
+                # Every rank scores the same groups with the same weights; rank 0's figures make sure
+                # that every rank takes the same early-stopping decision.
+                figures = distributed.broadcast_object(preference_metrics(chosen, rejected, strength))
                 val_accuracy = figures["accuracy"]
                 metrics.log(done, val_accuracy=val_accuracy, val_loss=figures["loss"], val_ece=figures["ece"],
                             val_n=figures["n"])
@@ -199,8 +234,10 @@ def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data
     reward.stats = reward_stats(reward, stats_groups or val_groups, cfg.stats_responses, cfg.batch_size)
     from alignloop.atomic import atomic_directory
 
-    with atomic_directory(final_dir) as tmp:
-        reward.save(tmp)
+    if distributed.is_main():
+        with atomic_directory(final_dir) as tmp:
+            reward.save(tmp)
+    distributed.barrier()
     return RewardTrainResult(steps=step + 1 if max_steps > start_step else start_step,
                              val_accuracy=best_accuracy if best_step is not None else val_accuracy,
                              best_step=best_step, pairs_per_s=pairs_seen / max(wall, 1e-9), wall_s=wall,

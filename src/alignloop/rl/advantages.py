@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["masked_sum", "masked_mean", "masked_var", "masked_whiten", "gae"]
+__all__ = ["masked_sum", "masked_mean", "masked_var", "masked_whiten", "masked_whiten_across", "gae"]
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
@@ -57,6 +57,22 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_whiten_across(x: Tensor, mask: Tensor, all_reduce_sum, eps: float = 1e-8) -> Tensor:
+    """`masked_whiten` (zero mean) with the statistics of every process's masked elements together.
+
+    all_reduce_sum: list of floats -> their sums over processes
+    (`alignloop.train.distributed.all_reduce_sum`). Each rank holds a share of
+    the batch; whitening by the whole batch's mean and (unbiased) variance
+    gives every rank the advantages one process would compute.
+    """
+    count, total = all_reduce_sum([float(mask.to(x.dtype).sum()), float(masked_sum(x, mask))])
+    mean = total / max(count, 1.0)
+    (squares,) = all_reduce_sum([float(masked_sum((x - mean) ** 2, mask))])
+    var = squares / (count - 1.0) if count > 1 else 0.0
+    whitened = (x - mean) / (var + eps) ** 0.5
     return torch.where(mask.bool(), whitened, torch.zeros((), dtype=x.dtype, device=x.device))
 
 

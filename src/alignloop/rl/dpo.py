@@ -11,6 +11,12 @@ dropped) or from a JSONL file in TRL's `{"prompt", "chosen", "rejected"}`
 format. Prompt and response are tokenized as everywhere else
 (`alignloop.data.formatting`). Batches are a pure function of the step, so a
 resumed run sees the same data. The policy goes to `rounds/NNN/dpo/final/`.
+
+Under a launcher (torchrun, accelerate launch) each process takes an equal
+share of every batch's pairs (`dpo.batch_size` stays the global batch); the
+loss is a mean over pairs, so the gradient averaging over processes gives the
+global batch's mean. The reference pass and the held-out evaluation run on
+every process alike.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ from alignloop.rl.losses import dpo_loss
 from alignloop.rl.state import freeze
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
 from alignloop.tokenizer import load_tokenizer
+from alignloop.train import distributed
 from alignloop.train.checkpoints import (latest_checkpoint, load_training_state, restore_rng_state, save_final,
                                          save_training_checkpoint)
 from alignloop.train.crash import crash_point
-from alignloop.train.device import autocast, pick_device
+from alignloop.train.device import autocast
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.schedule import learning_rate
 
@@ -205,7 +212,8 @@ def run_dpo(run: RunDir, cfg: DPOConfig, log: Callable[[str], None] = lambda m: 
         return None
     run.record_config(STAGE, cfg)
 
-    device = pick_device(cfg.run.device)
+    device = distributed.start(cfg.run.device)
+    distributed.local_slice(cfg.dpo.batch_size, "dpo.batch_size")  # a clear error now if it does not split evenly
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     checkpoint = latest_checkpoint(stage_dir)
@@ -237,16 +245,18 @@ def run_dpo(run: RunDir, cfg: DPOConfig, log: Callable[[str], None] = lambda m: 
         restore_rng_state(saved["rng"])
         start = int(saved["step"])
         log(f"{STAGE}: resuming from step {start}")
+    policy, optimizer = distributed.prepare(policy, optimizer)
     run.mark_stage(stage_key(round_number), "running", inputs)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start if start else None)
     started = time.monotonic()
-    micro = -(-cfg.dpo.batch_size // cfg.dpo.grad_accum)
     stats: dict[str, float] = {}
     for step in range(start, steps):
         lr = learning_rate(step, steps, cfg.dpo.lr, cfg.dpo.warmup_steps, 0.1)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        rows = batch_rows(step, cfg.dpo.batch_size, len(train), cfg.run.seed)
+        rows = distributed.shard_list(batch_rows(step, cfg.dpo.batch_size, len(train), cfg.run.seed),
+                                      "dpo.batch_size")
+        micro = -(-len(rows) // cfg.dpo.grad_accum)
         optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for part in range(0, len(rows), micro):
@@ -254,16 +264,17 @@ def run_dpo(run: RunDir, cfg: DPOConfig, log: Callable[[str], None] = lambda m: 
             loss, part_stats = dpo_step_loss(policy, [train[i] for i in chunk], ref_train[chunk], cfg, pad, device)
             if not torch.isfinite(loss):
                 raise TrainingError(f"{STAGE}: the loss became {float(loss)} at step {step + 1}; lower dpo.lr")
-            (loss * len(chunk) / len(rows)).backward()
+            # Equal shares of pairs: the averaging over processes turns this mean into the global one.
+            distributed.backward(loss * len(chunk) / len(rows))
             for key, value in part_stats.items():
                 totals[key] = totals.get(key, 0.0) + value * len(chunk) / len(rows)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.dpo.grad_clip or float("inf")))
+        grad_norm = distributed.clip_grad_norm(policy, cfg.dpo.grad_clip)
         optimizer.step()
         done = step + 1
-        stats = {**totals, "lr": lr, "grad_norm": grad_norm}
+        stats = {**distributed.mean_across(totals), "lr": lr, "grad_norm": grad_norm}
         last = done == steps
         if val and last:
-            stats.update(evaluate_pairs(policy, val, ref_val, cfg, pad, device))
+            stats.update(evaluate_pairs(distributed.unwrap(policy), val, ref_val, cfg, pad, device))
         if done % cfg.run.log_every == 0 or last:
             metrics.log(done, **stats)
             log(f"{STAGE} step {done}/{steps}  loss {stats['loss']:.4f}  accuracy {stats['reward_accuracy']:.2f}  "

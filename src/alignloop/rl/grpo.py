@@ -15,6 +15,10 @@ group:
 Every token of a response gets the response's advantage. The loss is PPO's
 clipped surrogate, averaged over tokens (one epoch makes it plain REINFORCE
 with a baseline: the ratio is 1 throughout the first minibatch).
+
+Under a launcher each process samples whole groups for its share of the
+prompts, so group baselines need nothing from the others; the loss is
+normalised by the global token count as in PPO (`alignloop.rl.ppo`).
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from alignloop.rl.config import GRPOConfig
 from alignloop.rl.inputs import open_models, resolve_stage_inputs
 from alignloop.rl.kl import kl_penalty
 from alignloop.rl.losses import group_advantages, ppo_policy_loss
-from alignloop.rl.ppo import chunks, clip_gradients, policy_forward
+from alignloop.rl.ppo import chunks, clip_gradients, minibatch_tokens, policy_forward, sum_across
 from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, train_loop
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
+from alignloop.train import distributed
 from alignloop.train.device import autocast
 
 STAGE = "grpo"
@@ -60,12 +65,12 @@ def grpo_update(state: RLState, exp: Experience, cfg: GRPOConfig, beta: float) -
     for _epoch in range(algo.epochs):
         permutation = torch.randperm(len(exp), generator=order_generator)
         for minibatch_rows in chunks(permutation, algo.minibatches):
-            minibatch_tokens = float(exp.response_mask[minibatch_rows.to(device)].sum().clamp(min=1))
+            tokens = minibatch_tokens(exp, minibatch_rows)
             state.policy_optimizer.zero_grad(set_to_none=True)
             step: dict[str, float] = {}
             for micro_rows in chunks(minibatch_rows, algo.grad_accum):
                 micro = exp.select(micro_rows)
-                weight = float(micro.response_mask.sum()) / minibatch_tokens
+                weight = float(micro.response_mask.sum()) / tokens
                 with autocast(device):
                     logprobs, entropy = policy_forward(state.policy, micro, cfg.sampling.temperature)
                     policy_loss, pg_stats = ppo_policy_loss(logprobs, micro.logprobs, micro.advantages,
@@ -74,12 +79,13 @@ def grpo_update(state: RLState, exp: Experience, cfg: GRPOConfig, beta: float) -
                     loss = policy_loss + (beta * kl if algo.kl_in_loss else 0.0)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"{STAGE}: the loss became {float(loss)}; lower grpo.lr")
-                (loss * weight).backward()
+                distributed.backward(loss * weight * distributed.gradient_scale())  # averaging divides it out
                 for name, value in (("policy_loss", policy_loss), ("kl_loss", kl),
                                     ("entropy", masked_mean(entropy, micro.response_mask)),
                                     ("clipfrac", pg_stats["clipfrac"]), ("approx_kl", pg_stats["approx_kl"]),
                                     ("ratio", pg_stats["ratio"])):
                     step[name] = step.get(name, 0.0) + float(value.detach()) * weight
+            step = sum_across(step)
             step["policy_grad_norm"] = clip_gradients(state.policy, algo.grad_clip)
             state.policy_optimizer.step()
             for name, value in step.items():
@@ -93,7 +99,7 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
     """Sample a group per prompt, score, compute group advantages, update; returns experience and statistics."""
     group = cfg.grpo.group_size
     started = time.perf_counter()
-    exp = make_experience(policy=state.policy, reference=state.reference, critic=None, scorer=state.scorer,
+    exp = make_experience(policy=state.sampling_policy, reference=state.reference, critic=None, scorer=state.scorer,
                           tokenizer=state.tokenizer, sampler=make_sampler(cfg.sampling, state.tokenizer),
                           prompts=[p for p in prompts for _ in range(group)],
                           prompt_ids=[ids for ids in prompt_ids for _ in range(group)],
@@ -113,8 +119,8 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
     update_started = time.perf_counter()
     update = grpo_update(state, exp, cfg, beta)
     update_seconds = time.perf_counter() - update_started
-    mean_kl = float(kl_per_response.mean())
-    state.kl_controller.update(mean_kl, len(exp))
+    mean_kl = distributed.global_mean(float(kl_per_response.mean()), len(exp))
+    state.kl_controller.update(mean_kl, len(exp) * distributed.world_size())
     grouped = exp.scores.view(-1, group)
     tokens = float(mask.sum())
     stats = {
@@ -133,7 +139,8 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
         "experience_s": experience_seconds,
         "update_s": update_seconds,
     }
-    return exp, stats
+    # Means over every process (their shares are equal); throughputs added up.
+    return exp, distributed.mean_across(stats, summed=("rollout_tokens_per_s", "update_tokens_per_s"))
 
 
 def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)

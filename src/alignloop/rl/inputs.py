@@ -108,9 +108,9 @@ def open_models(paths: ModelPaths, stage_dir: Path, device_name: str, threads: O
     from alignloop.models.causal_lm import load_causal_lm
     from alignloop.tokenizer import load_tokenizer
     from alignloop.train.checkpoints import latest_checkpoint
-    from alignloop.train.device import pick_device
+    from alignloop.train import distributed
 
-    device = pick_device(device_name)
+    device = distributed.start(device_name)  # under a launcher: join the others, take this rank's device
     if threads:
         torch.set_num_threads(threads)
     checkpoint = latest_checkpoint(stage_dir)

@@ -23,6 +23,14 @@ PPO", and CleanRL's ppo.py):
 
 Dropout stays off (models in eval mode) in every pass, so that on the first
 minibatch the ratio pi/pi_old is exactly 1 (logged as `ratio_dev`).
+
+Under a launcher (torchrun, accelerate launch) each process rolls out its
+share of the prompts; advantages are whitened with the whole batch's
+statistics, the KL controller sees the global mean KL, and each minibatch
+loss is the mean over all processes' response tokens
+(`alignloop.train.distributed`). Each process draws its minibatches from its
+own rollouts, so with `ppo.minibatches` > 1 the global minibatches are
+grouped differently from a single process's (with one minibatch they are the same).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import torch
 
 from alignloop.errors import TrainingError
 from alignloop.generation.logprobs import logprobs_from_logits, response_logits
-from alignloop.rl.advantages import gae, masked_mean, masked_whiten
+from alignloop.rl.advantages import gae, masked_mean, masked_whiten, masked_whiten_across
 from alignloop.rl.config import PPOConfig
 from alignloop.rl.critic import Critic, critic_from_policy, critic_from_reward_model, load_critic
 from alignloop.rl.inputs import open_models, resolve_stage_inputs
@@ -45,6 +53,7 @@ from alignloop.rl.losses import entropy_from_logits, explained_variance, ppo_pol
 from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, train_loop
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
+from alignloop.train import distributed
 from alignloop.train.device import autocast
 
 STAGE = "ppo"
@@ -88,7 +97,9 @@ def shape_token_rewards(exp: Experience, cfg: PPOConfig, beta: float) -> torch.T
 def compute_advantages(exp: Experience, cfg: PPOConfig) -> None:
     """GAE over response tokens, then (optionally) whitening; fills `exp.advantages` and `exp.returns`."""
     advantages, returns = gae(exp.token_rewards, exp.values, exp.response_mask, cfg.ppo.gamma, cfg.ppo.lam)
-    if cfg.ppo.whiten_advantages:
+    if cfg.ppo.whiten_advantages and distributed.world_size() > 1:
+        advantages = masked_whiten_across(advantages, exp.response_mask, distributed.all_reduce_sum)
+    elif cfg.ppo.whiten_advantages:
         advantages = masked_whiten(advantages, exp.response_mask)
     exp.advantages, exp.returns = advantages, returns
 
@@ -101,7 +112,23 @@ def chunks(rows: torch.Tensor, parts: int) -> list[torch.Tensor]:
 
 def clip_gradients(model, max_norm: float) -> float:
     """Clip the global gradient norm (0: no clipping); returns the norm before clipping."""
-    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm or float("inf")))
+    return distributed.clip_grad_norm(model, max_norm)
+
+
+def minibatch_tokens(exp: Experience, rows: torch.Tensor) -> float:
+    """Response tokens of a global minibatch: this process's `rows` and every other process's share (at least 1).
+
+    Micro-batch losses are weighted by their tokens over this count, so the
+    minibatch loss is its token mean however it is split, over micro-batches
+    and over processes.
+    """
+    local = float(exp.response_mask[rows.to(exp.input_ids.device)].sum())
+    return max(distributed.all_reduce_sum([local])[0], 1.0)
+
+
+def sum_across(step: dict[str, float]) -> dict[str, float]:
+    """A minibatch step's token-weighted statistics added up over processes (the same on every one)."""
+    return dict(zip(step, distributed.all_reduce_sum(list(step.values()))))
 
 
 def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Optional[torch.Tensor] = None
@@ -123,14 +150,14 @@ def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Op
         epochs_run = epoch + 1
         permutation = torch.randperm(len(exp), generator=order_generator)
         for minibatch_rows in chunks(permutation, algo.minibatches):
-            minibatch_tokens = float(exp.response_mask[minibatch_rows.to(device)].sum().clamp(min=1))
+            tokens = minibatch_tokens(exp, minibatch_rows)
             state.policy_optimizer.zero_grad(set_to_none=True)
             state.critic_optimizer.zero_grad(set_to_none=True)
             step: dict[str, float] = {}
             for micro_rows in chunks(minibatch_rows, algo.grad_accum):
                 micro = exp.select(micro_rows)
                 # Token-weighted: the minibatch loss is the mean over its tokens, however it is split.
-                weight = float(micro.response_mask.sum()) / minibatch_tokens
+                weight = float(micro.response_mask.sum()) / tokens
                 with autocast(device):
                     logprobs, entropy = policy_forward(state.policy, micro, cfg.sampling.temperature,
                                                        entropy_grad=algo.entropy_coef > 0)
@@ -140,7 +167,8 @@ def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Op
                     loss = policy_loss - algo.entropy_coef * entropy_mean
                 if not torch.isfinite(loss):
                     raise TrainingError(f"ppo: policy loss became {float(loss)}; lower ppo.lr")
-                (loss * weight).backward()
+                # Gradient averaging over processes divides by their number: scale it back.
+                distributed.backward(loss * weight * distributed.gradient_scale())
                 with autocast(device):
                     if first_values is not None and epoch == 0 and count == 0:
                         values = first_values[micro_rows.to(device)][:, :micro.response_mask.shape[1]]
@@ -148,7 +176,7 @@ def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Op
                         values = state.critic(micro.input_ids, micro.attention_mask, micro.prompt_length)
                     value_loss, vf_stats = ppo_value_loss(values, micro.values, micro.returns, micro.response_mask,
                                                           algo.value_clip if algo.value_clip is not None else 1e9)
-                (value_loss * weight).backward()
+                distributed.backward(value_loss * weight * distributed.gradient_scale())
                 if epoch == 0 and count == 0:
                     deviation = ((logprobs.detach() - micro.logprobs).exp() - 1).abs() * micro.response_mask
                     ratio_dev = max(0.0 if math.isnan(ratio_dev) else ratio_dev, float(deviation.max()))
@@ -157,6 +185,7 @@ def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Op
                                     ("approx_kl", pg_stats["approx_kl"]), ("ratio", pg_stats["ratio"]),
                                     ("value_clipfrac", vf_stats["vf_clipfrac"])):
                     step[name] = step.get(name, 0.0) + float(value.detach()) * weight
+            step = sum_across(step)  # the same on every process, so all of them stop early together
             step["policy_grad_norm"] = clip_gradients(state.policy, algo.grad_clip)
             step["value_grad_norm"] = clip_gradients(state.critic, algo.grad_clip)
             state.policy_optimizer.step()
@@ -170,6 +199,7 @@ def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Op
         if stop:
             break
     out = {name: value / max(count, 1) for name, value in totals.items()}
+    ratio_dev = distributed.all_reduce_max(ratio_dev) if distributed.world_size() > 1 else ratio_dev
     out.update(ratio_dev=ratio_dev, epochs_run=epochs_run, minibatch_steps=count)
     return out
 
@@ -187,8 +217,8 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
     # values of GAE, and the update reuses its graph (one critic forward fewer per iteration).
     fuse_critic = cfg.ppo.minibatches == 1 and cfg.ppo.grad_accum == 1
     started = time.perf_counter()
-    exp = make_experience(policy=state.policy, reference=state.reference,
-                          critic=None if fuse_critic else state.critic, scorer=state.scorer,
+    exp = make_experience(policy=state.sampling_policy, reference=state.reference,
+                          critic=None if fuse_critic else state.scoring_critic, scorer=state.scorer,
                           tokenizer=state.tokenizer, sampler=sampler, prompts=prompts, prompt_ids=prompt_ids,
                           generator=state.generator, shaping=cfg.reward, batch_size=cfg.sampling.batch_size)
     first_values = None
@@ -205,12 +235,12 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
     # Whatever the estimator in the penalty, the KL reported and controlled is k1 summed over the
     # response: an unbiased estimate of KL(policy || reference) per response, in nats.
     kl_per_response = ((exp.logprobs - exp.ref_logprobs) * mask).sum(-1)
-    mean_kl = float(kl_per_response.mean())
+    mean_kl = distributed.global_mean(float(kl_per_response.mean()), len(exp))
 
     update_started = time.perf_counter()
     update = ppo_update(state, exp, cfg, first_values)
     update_seconds = time.perf_counter() - update_started
-    state.kl_controller.update(mean_kl, len(exp))
+    state.kl_controller.update(mean_kl, len(exp) * distributed.world_size())
 
     response_tokens = float(mask.sum())
     stats = {
@@ -232,7 +262,8 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
         "experience_s": experience_seconds,
         "update_s": update_seconds,
     }
-    return exp, stats
+    # Means over every process (their shares are equal); throughputs added up.
+    return exp, distributed.mean_across(stats, summed=("rollout_tokens_per_s", "update_tokens_per_s"))
 
 
 def _build_critic(kind: str, paths, scorer: RewardScorer, log) -> Critic:

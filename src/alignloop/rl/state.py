@@ -6,6 +6,12 @@ of it (with the RNG states) so a resumed run continues exactly where the
 killed one was. `train_loop` is the outer loop both methods share: pick the
 iteration's prompts, call the method's iteration function, log, write sample
 tables and checkpoints, then the final policy.
+
+Under a launcher (torchrun, accelerate launch) each process rolls out its
+share of every iteration's prompts (`rollout_prompts` stays the global
+number) with its own sampling generator, the policy and critic are wrapped
+for gradient averaging (`alignloop.train.distributed`), and the iteration
+function reports statistics over all processes.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from alignloop.errors import TrainingError
 from alignloop.rl.config import RewardShapingConfig, RunLoopConfig
 from alignloop.rl.kl import AdaptiveKLController, FixedKLController
 from alignloop.rl.rollout import Experience, RewardScorer, encode_prompts, prompt_indices
+from alignloop.train import distributed
 from alignloop.train.checkpoints import load_training_state, restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.crash import crash_point
 from alignloop.train.metrics import MetricsLog
@@ -73,7 +80,11 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 @dataclass
 class RLState:
-    """The moving parts of an online RL run. `critic` and its optimizer are None for critic-free methods."""
+    """The moving parts of an online RL run. `critic` and its optimizer are None for critic-free methods.
+
+    Under a launcher `policy` and `critic` are wrapped for gradient averaging
+    (DDP...); passes without gradient use `sampling_policy` / `scoring_critic`.
+    """
 
     policy: Any
     reference: Any
@@ -87,6 +98,16 @@ class RLState:
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [o for o in (self.policy_optimizer, self.critic_optimizer) if o is not None]
+
+    @property
+    def sampling_policy(self):
+        """The policy for passes without gradient (sampling): outside any launcher wrapper."""
+        return distributed.unwrap(self.policy)
+
+    @property
+    def scoring_critic(self):
+        """The critic for passes without gradient: outside any launcher wrapper."""
+        return distributed.unwrap(self.critic) if self.critic is not None else None
 
 
 def new_state(policy, reference, scorer: RewardScorer, tokenizer, *, lr: float, weight_decay: float,
@@ -105,19 +126,25 @@ def new_state(policy, reference, scorer: RewardScorer, tokenizer, *, lr: float, 
     freeze(reference)
     freeze(scorer.reward_model)
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
+    # Each process samples its own prompts with its own stream (rank 0's is the single-process one).
+    generator.manual_seed(seed + 1_000_003 * distributed.rank())
+    policy_optimizer = make_adam(policy, lr, weight_decay)
     critic_optimizer = None
     if critic is not None:
         critic.eval()
         critic_optimizer = make_adam(critic, critic_lr or lr, weight_decay)
+        critic, critic_optimizer = distributed.prepare(critic, critic_optimizer)
+    policy, policy_optimizer = distributed.prepare(policy, policy_optimizer)
     return RLState(policy=policy, reference=reference, scorer=scorer, tokenizer=tokenizer,
-                   policy_optimizer=make_adam(policy, lr, weight_decay), kl_controller=make_kl_controller(shaping),
+                   policy_optimizer=policy_optimizer, kl_controller=make_kl_controller(shaping),
                    generator=generator, critic=critic, critic_optimizer=critic_optimizer)
 
 
 def save_checkpoint(state: RLState, stage_dir: Path, step: int, keep_last: int) -> Path:
     """A resumable checkpoint: policy (+ critic), optimizers, KL controller, generator and RNG states."""
     extra = {"kl_controller": state.kl_controller.state_dict(), "generator": state.generator.get_state()}
+    if distributed.world_size() > 1:  # every rank's sampling stream, so that resuming continues each one
+        extra["rank_generators"] = distributed.gather_objects(state.generator.get_state())
     if state.critic_optimizer is not None:
         extra["critic_optimizer"] = state.critic_optimizer.state_dict()
     return save_training_checkpoint(stage_dir, step, state.policy, state.tokenizer, state.policy_optimizer,
@@ -133,6 +160,12 @@ def restore_checkpoint(state: RLState, checkpoint: Path) -> int:
         state.critic_optimizer.load_state_dict(saved["critic_optimizer"])
     state.kl_controller.load_state_dict(saved["kl_controller"])
     state.generator.set_state(saved["generator"])
+    streams = saved.get("rank_generators")
+    if distributed.world_size() > 1:
+        if streams is not None and len(streams) == distributed.world_size():
+            state.generator.set_state(streams[distributed.rank()])
+        else:  # saved by another number of processes: fresh, distinct streams from rank 0's
+            state.generator.manual_seed(int(saved["step"]) * 7_919 + distributed.rank())
     restore_rng_state(saved["rng"])
     return int(saved["step"])
 
@@ -173,6 +206,7 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
     uninterrupted one would have.
     """
     prompt_ids = encode_prompts(state.tokenizer, prompts, max_prompt_tokens)
+    distributed.local_slice(rollout_prompts, f"{stage}.rollout_prompts")  # a clear error now if it cannot split
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start if start else None)
     samples = MetricsLog(stage_dir / "samples.jsonl", resume_step=start if start else None, tensorboard=False)
     started = time.monotonic()
@@ -182,6 +216,7 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
         for iteration in range(start, iterations):
             set_learning_rates(state, iteration, warmup)
             rows = prompt_indices(iteration, rollout_prompts, len(prompts), loop.seed)
+            rows = distributed.shard_list(rows, f"{stage}.rollout_prompts")  # this process's share of the iteration
             exp, stats = iteration_fn(state, [prompts[i] for i in rows], [prompt_ids[i] for i in rows])
             done = iteration + 1
             if not all(math.isfinite(stats[k]) for k in ("policy_loss",) if k in stats):
@@ -199,6 +234,8 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
                     log(f"  sample [{row['score']:+.2f}] {row['prompt']} | {row['response']}")
 
             out_of_time = loop.max_minutes is not None and (time.monotonic() - started) / 60 >= loop.max_minutes
+            if loop.max_minutes is not None:
+                out_of_time = distributed.broadcast_object(out_of_time)  # every rank stops at the same iteration
             if done % loop.save_every == 0 or done == iterations or out_of_time:
                 save_checkpoint(state, stage_dir, done, loop.keep_last)
                 crash_point(f"{stage}:saved:{done}")

@@ -14,6 +14,7 @@ from alignloop.runs import RunDir, hash_inputs
 from alignloop.sft.config import SFTConfig
 from alignloop.stages import builtin_data, sample_fn_for
 from alignloop.tokenizer import load_tokenizer
+from alignloop.train import distributed
 from alignloop.train.checkpoints import latest_checkpoint, load_training_state
 from alignloop.train.lm_loop import LoopResult, train_language_model
 
@@ -40,6 +41,7 @@ def default_sft_data(run: RunDir, log) -> Path:
 def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
             ) -> LoopResult | None:
     """Run (or resume, or skip if finished) supervised fine-tuning; returns None when skipped."""
+    distributed.start(cfg.train.device)  # under a launcher, join the other processes before touching files
     start = check_checkpoint_dir(start_checkpoint(run, cfg.model.path))
     data_path = Path(cfg.data.path) if cfg.data.path else default_sft_data(run, log)
     inputs = hash_inputs(cfg, str(start), str(data_path))

@@ -22,6 +22,7 @@ import torch
 
 from alignloop.atomic import atomic_directory, clean_stale_temporaries
 from alignloop.errors import CheckpointError
+from alignloop.train import distributed
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "training_state.pt"
@@ -41,20 +42,36 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_pretrained(directory: Path, model, tokenizer=None) -> None:
-    """HF `save_pretrained` of the model (safetensors) and the tokenizer into `directory`."""
-    unwrapped = getattr(model, "module", model)
-    unwrapped.save_pretrained(str(directory), safe_serialization=True)
+def save_pretrained(directory: Path, model, tokenizer=None, state_dict=None) -> None:
+    """HF `save_pretrained` of the model (safetensors) and the tokenizer into `directory`.
+
+    `state_dict`: the gathered weights when an engine shards them (`distributed.full_state_dict`).
+    """
+    unwrapped = distributed.unwrap(model)
+    unwrapped = getattr(unwrapped, "module", unwrapped)
+    kwargs = {"state_dict": state_dict} if state_dict is not None else {}
+    unwrapped.save_pretrained(str(directory), safe_serialization=True, **kwargs)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
 
 
+def _gathered(models: dict[str, Any]) -> dict[str, Any]:
+    # Collective under FSDP/ZeRO-3, so every process gathers before rank 0 writes.
+    return {name: distributed.full_state_dict(model) for name, model in models.items()}
+
+
 def save_final(target: Path, model, tokenizer=None, extra_files: dict[str, str] | None = None) -> None:
-    """Write a finished checkpoint to `target` atomically (it appears whole or not at all)."""
-    with atomic_directory(target) as tmp:
-        save_pretrained(tmp, model, tokenizer)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
+    """Write a finished checkpoint to `target` atomically (it appears whole or not at all).
+
+    With several processes rank 0 writes it and the others wait for it.
+    """
+    weights = _gathered({"model": model})["model"]
+    if distributed.is_main():
+        with atomic_directory(target) as tmp:
+            save_pretrained(tmp, model, tokenizer, weights)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
+    distributed.barrier()
 
 
 def checkpoint_steps(stage_dir: Path) -> list[tuple[int, Path]]:
@@ -82,17 +99,22 @@ def save_training_checkpoint(stage_dir: Path, step: int, model, tokenizer, optim
     """Atomically write `checkpoints/step-NNNNNN/` and prune all but the newest `keep_last`.
 
     `extra_models` (name -> model) are saved in subfolders, e.g. PPO's critic.
+    With several processes rank 0 writes it (its optimizer state: under DDP
+    every rank's is the same) and the others wait for it.
     """
     target = Path(stage_dir) / "checkpoints" / f"step-{step:06d}"
-    with atomic_directory(target) as tmp:
-        save_pretrained(tmp, model, tokenizer)
-        for name, other in (extra_models or {}).items():
-            save_pretrained(tmp / name, other)
-        state = {"step": step, "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                 "rng": rng_state(), **(extra_state or {})}
-        torch.save(state, tmp / STATE_FILE)
-    for _, old in checkpoint_steps(stage_dir)[:-max(1, keep_last)]:
-        shutil.rmtree(old, ignore_errors=True)
+    weights = _gathered({"": model, **(extra_models or {})})
+    if distributed.is_main():
+        with atomic_directory(target) as tmp:
+            save_pretrained(tmp, model, tokenizer, weights[""])
+            for name, other in (extra_models or {}).items():
+                save_pretrained(tmp / name, other, state_dict=weights[name])
+            state = {"step": step, "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                     "rng": rng_state(), **(extra_state or {})}
+            torch.save(state, tmp / STATE_FILE)
+        for _, old in checkpoint_steps(stage_dir)[:-max(1, keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
     return target
 
 

@@ -5,6 +5,11 @@ checkpoint. The data decides what the loss covers (labels of -100 are
 ignored), so pretraining (every token) and SFT (response tokens only) run the
 same loop. Batches are a pure function of the step, so a resumed run sees
 exactly the data the uninterrupted run would have seen.
+
+Under a launcher (torchrun, accelerate launch) each process takes its share
+of every batch (`train.batch_size` stays the global batch) and the loss is
+normalised by the global token count (`alignloop.train.distributed`), so N
+processes take the same steps as one.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from typing import Any, Callable, Protocol
 import torch
 
 from alignloop.errors import TrainingError
+from alignloop.train import distributed
 from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.config import TrainConfig
 from alignloop.train.crash import crash_point
-from alignloop.train.device import autocast, pick_device
+from alignloop.train.device import autocast
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import training_progress
 from alignloop.train.schedule import learning_rate
@@ -61,21 +67,55 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def target_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that carry loss: each label after the first that is not -100 (the model shifts by one)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
 @torch.no_grad()
 def evaluate_loss(model, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float:
-    """Mean token loss over validation batches, weighted by their counted tokens."""
+    """Mean token loss over validation batches, weighted by their counted tokens.
+
+    With several processes each scores its share of every batch with the
+    unwrapped model (no collective inside, so shares may differ in size) and
+    the sums are added up.
+    """
+    model = distributed.unwrap(model)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for batch in batches:
+        if distributed.world_size() > 1:
+            rows = distributed.uneven_slice(batch["input_ids"].shape[0])
+            batch = {key: value[rows] for key, value in batch.items()}
+            if batch["input_ids"].shape[0] == 0:
+                continue
         batch = _to(batch, device)
         with autocast(device):
             loss = model(**batch).loss
-        tokens = int((batch["labels"][:, 1:] != -100).sum())
+        tokens = target_tokens(batch)
         total += float(loss) * tokens
         count += tokens
     model.train(was_training)
+    total, count = distributed.all_reduce_sum([total, count])
     return total / max(count, 1)
+
+
+def micro_batch_loss(model, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """This process's part of the global token-mean loss of a micro-batch (the loss itself alone).
+
+    Each rank's token mean is weighted by its share of the global target
+    tokens, so the ranks' parts add up to the mean over the whole batch
+    however the tokens fall (see `alignloop.train.distributed`).
+    """
+    tokens = target_tokens(batch)
+    share = distributed.global_share(tokens)
+    with autocast(device):
+        output = model(**batch)
+    if tokens == 0 and distributed.world_size() > 1:
+        # A share with no target: the model's loss is 0/0; it adds nothing, but DDP still needs a graph.
+        return output.logits.sum() * 0.0
+    return output.loss * share
 
 
 def _status(loss: float, lr: float, tokens_per_s: float) -> str:
@@ -87,7 +127,7 @@ def train_language_model(*, stage: str, stage_dir: Path, model, tokenizer, data:
                          sample_fn: Callable[[Any], list[str]] | None = None,
                          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> LoopResult:
     """Train `model` on `data` for `cfg.max_steps`, checkpointing into `stage_dir`; write `final/`."""
-    device = pick_device(cfg.device)
+    device = distributed.start(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model.to(device)
@@ -101,6 +141,7 @@ def train_language_model(*, stage: str, stage_dir: Path, model, tokenizer, data:
         log(f"{stage}: resuming from step {start_step}")
     else:
         torch.manual_seed(cfg.seed)
+    model, optimizer = distributed.prepare(model, optimizer)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start_step if resume_state else None)
 
     started = time.monotonic()
@@ -115,24 +156,26 @@ def train_language_model(*, stage: str, stage_dir: Path, model, tokenizer, data:
                 group["lr"] = lr
             step_loss = 0.0
             for micro in range(cfg.grad_accum):
-                batch = _to(data.train_batch(step * cfg.grad_accum + micro), device)
-                with autocast(device):
-                    loss = model(**batch).loss / cfg.grad_accum
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"{stage}: loss became {float(loss)} at step {step + 1}; lower train.lr "
+                batch = data.train_batch(step * cfg.grad_accum + micro)
+                batch = _to(distributed.shard_batch(batch, "train.batch_size"), device)
+                loss = micro_batch_loss(model, batch, device) / cfg.grad_accum
+                # Summed over ranks, so every rank sees the same value (and stops together on a bad one).
+                reported = distributed.all_reduce_sum([float(loss.detach())])[0]
+                if not math.isfinite(reported):
+                    raise TrainingError(f"{stage}: loss became {reported} at step {step + 1}; lower train.lr "
                                         f"(the last checkpoint in {stage_dir / 'checkpoints'} is intact)")
-                loss.backward()
-                step_loss += float(loss.detach())
+                distributed.backward(loss * distributed.gradient_scale())
+                step_loss += reported
                 window_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch \
                     else batch["input_ids"].numel()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
+            grad_norm = distributed.clip_grad_norm(model, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
 
             if done % cfg.log_every == 0 or done == cfg.max_steps:
                 elapsed = max(time.monotonic() - window_start, 1e-9)
-                tokens_per_s = window_tokens / elapsed
+                tokens_per_s = distributed.all_reduce_sum([window_tokens / elapsed])[0]
                 tokens_seen += window_tokens
                 window_tokens, window_start = 0, time.monotonic()
                 metrics.log(done, loss=step_loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s)
@@ -141,14 +184,16 @@ def train_language_model(*, stage: str, stage_dir: Path, model, tokenizer, data:
                     log(f"{stage} step {done}/{cfg.max_steps}  {_status(step_loss, lr, tokens_per_s)}")
 
             out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
+            if cfg.max_minutes is not None:
+                out_of_time = distributed.broadcast_object(out_of_time)  # every rank stops at the same step
             last = done == cfg.max_steps or out_of_time
             if done % cfg.eval_every == 0 or last:
                 val_loss = evaluate_loss(model, data.val_batches(cfg.eval_batches), device)
                 perplexity = math.exp(min(val_loss, 50))
                 metrics.log(done, val_loss=val_loss, val_perplexity=perplexity)
                 log(f"{stage} step {done}: validation loss {val_loss:.4f}, perplexity {perplexity:.2f}")
-                if sample_fn is not None and cfg.samples:
-                    for text in sample_fn(model):
+                if sample_fn is not None and cfg.samples and distributed.is_main():
+                    for text in sample_fn(distributed.unwrap(model)):
                         log(f"  sample: {text}")
             # The last step is saved too, so a rerun with a larger max_steps continues from it.
             if done % cfg.save_every == 0 or last:

@@ -10,10 +10,19 @@ from typing import Any
 
 
 class MetricsLog:
-    """Append-only JSONL log that, on resume, drops records past the resumed step."""
+    """Append-only JSONL log that, on resume, drops records past the resumed step.
+
+    With several processes only rank 0 writes; on the others it does nothing.
+    """
 
     def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = True):
+        from alignloop.train import distributed
+
         self.path = Path(path)
+        self._handle = self._writer = None
+        self.enabled = distributed.is_main()
+        if not self.enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
@@ -41,6 +50,8 @@ class MetricsLog:
         self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
     def log(self, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
         record = {"step": step, "time": round(time.time(), 3), **clean}
         self._handle.write(json.dumps(record) + "\n")
@@ -51,6 +62,8 @@ class MetricsLog:
                     self._writer.add_scalar(key, value, step)
 
     def close(self) -> None:
+        if self._handle is None:
+            return
         self._handle.close()
         if self._writer is not None:
             self._writer.close()

@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 def training_progress(description: str) -> Progress:
     """A progress bar on stderr; plain (no live redraw) when stderr is not a terminal."""
     console = Console(stderr=True, force_terminal=None)
-    quiet = os.environ.get("ALIGNLOOP_QUIET") == "1"
+    # Under a launcher only rank 0 draws (RANK is set by torchrun and accelerate launch).
+    quiet = os.environ.get("ALIGNLOOP_QUIET") == "1" or os.environ.get("RANK", "0") != "0"
     return Progress(
         TextColumn(f"[bold]{description}[/]"),
         BarColumn(),

@@ -1,0 +1,224 @@
+"""Two processes (torchrun / accelerate launch, gloo on CPU) train exactly as one on the same global batch.
+
+Each test runs a stage once in the test's own process and once launched on two
+processes, and compares what they logged and the weights they wrote. The
+tolerances are far below what a wrong split or a wrong loss normalisation
+gives (a per-rank token mean instead of the global one moves the SFT loss in
+the third digit), and far above float rounding between the two (about 1e-6).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_PRETRAIN, TINY_RL, cli_env, run_cli, write_tiny_corpus
+from reward_helpers import good_bad_pairs, tiny_decoder, write_jsonl
+
+from alignloop.config.base import load_config
+from alignloop.config.registry import config_class
+from alignloop.errors import ConfigError
+from alignloop.pretrain.stage import run_pretrain
+from alignloop.reward.stage import run_reward
+from alignloop.rl.advantages import masked_whiten, masked_whiten_across
+from alignloop.rl.ppo import run_ppo
+from alignloop.runs import RunDir
+from alignloop.sft.stage import run_sft
+from alignloop.train import distributed
+
+BIN = Path(sys.executable).parent
+REL = 1e-4  # on logged losses; float rounding between 1 and 2 processes is ~1e-6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(*args: str, launcher: str = "torchrun", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`alignloop ARGS` on two CPU processes, started the way a user would."""
+    if launcher == "torchrun":
+        command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "alignloop", *args]
+    else:
+        # On a machine without GPUs, accelerate's --multi_gpu launcher still starts N processes
+        # (through torch.distributed.run); alignloop then joins them with gloo on the CPU.
+        command = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                   "-m", "alignloop", *args]
+    extra = {"OMP_NUM_THREADS": "1", "HF_HOME": str(Path(args[args.index("-r") + 1]).parent / "hf"),
+             **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, env=cli_env(**extra), timeout=300)
+
+
+STAGES = {"pretrain": run_pretrain, "sft": run_sft, "reward": run_reward, "ppo": run_ppo}
+
+
+def alone(stage: str, run: Path, args: list[str]) -> None:
+    """The stage in this (single) process: the reference the launched run must equal."""
+    STAGES[stage](RunDir(run).ensure(), load_config(config_class(stage), None, args), lambda message: None)
+
+
+def _metrics(path: Path, key: str) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["step"], r[key]) for r in records if key in r]
+
+
+def assert_same_metrics(one: Path, two: Path, keys: list[str]) -> None:
+    for key in keys:
+        a, b = _metrics(one, key), _metrics(two, key)
+        assert a and [s for s, _ in a] == [s for s, _ in b], (key, a, b)  # each step logged once, by rank 0
+        for (step, x), (_, y) in zip(a, b):
+            assert y == pytest.approx(x, rel=REL, abs=1e-6), f"{key} at step {step}: 1 process {x}, 2 processes {y}"
+
+
+def assert_same_update(start: Path, one: Path, two: Path) -> None:
+    """Both runs moved every weight the same way: |w2 - w1| <= 1% of the largest change from the start."""
+    w0, w1, w2 = (load_file(str(p / "model.safetensors")) for p in (start, one, two))
+    moved = max(float((w1[k] - w0[k]).abs().max()) for k in w1)
+    apart = max(float((w2[k] - w1[k]).abs().max()) for k in w1)
+    assert moved > 0 and apart <= 0.01 * moved, f"weights moved up to {moved:.3g}; the runs differ by {apart:.3g}"
+
+
+def _ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_pretrain_two_processes_match_one_and_resume(tmp_path):
+    corpus = write_tiny_corpus(tmp_path / "corpus.txt")
+    args = [f"data.path={corpus}", "train.max_steps=6", "train.save_every=3", "train.eval_every=3",
+            *TINY_PRETRAIN, "train.log_every=1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    alone("pretrain", one, args)
+
+    crashed = launch("pretrain", "-r", str(two), *args, env={"ALIGNLOOP_CRASH_AT": "pretrain:saved:3"})
+    assert crashed.returncode != 0
+    assert [p.name for p in (two / "pretrain" / "checkpoints").iterdir()] == ["step-000003"]
+    resumed = launch("pretrain", "-r", str(two), *args)
+    _ok(resumed)
+    assert resumed.stderr.count("resuming from step 3") == 1  # every rank resumed; one spoke
+
+    assert_same_metrics(one / "pretrain" / "metrics.jsonl", two / "pretrain" / "metrics.jsonl", ["loss", "val_loss"])
+    w1, w2 = (load_file(str(r / "pretrain" / "final" / "model.safetensors")) for r in (one, two))
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5, msg=name)
+    assert json.loads((two / "manifest.json").read_text())["stages"]["pretrain"]["status"] == "done"
+
+
+def _uneven_sft_pairs(n: int = 24) -> list[dict]:
+    """Responses from 1 to 12 sentences: the two halves of a batch hold very different token counts."""
+    rng = random.Random(1)
+    pairs = []
+    for i in range(n):
+        name = rng.choice(["Tom", "Mia", "Ben", "Lily"])
+        pairs.append({"prompt": f"{name} went to the park.",
+                      "response": " ".join([f"{name} was happy."] * (1 + (i * 5) % 12)) + " The end."})
+    return pairs
+
+
+@pytest.mark.slow
+def test_sft_under_accelerate_launch_normalises_by_global_tokens(pretrained_run, tmp_path):
+    data = write_jsonl(tmp_path / "sft.jsonl", _uneven_sft_pairs())
+    args = [f"data.path={data}", f"model.path={pretrained_run / 'pretrain' / 'final'}", "train.max_steps=4",
+            "train.batch_size=4", "train.lr=3e-3", "train.warmup_steps=1", "train.eval_every=2", "train.save_every=4",
+            "train.eval_batches=2", "train.samples=0", "train.log_every=1", "train.threads=1", "data.max_len=96"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    alone("sft", one, args)
+    _ok(launch("sft", "-r", str(two), *args, launcher="accelerate"))
+    assert_same_metrics(one / "sft" / "metrics.jsonl", two / "sft" / "metrics.jsonl", ["loss", "val_loss"])
+    assert_same_update(pretrained_run / "pretrain" / "final", one / "sft" / "final", two / "sft" / "final")
+
+
+def _uneven_preferences() -> list[dict]:
+    """Pairs, with a second and third comparison under some prompts: groups of 1 to 3 comparisons."""
+    records = good_bad_pairs(40)
+    for i in range(0, 40, 3):
+        prompt, thing = records[i]["prompt"], records[i]["rejected"].split()[0]
+        records.append({"prompt": prompt, "chosen": "They played all day. The end.", "rejected": f"{thing} {thing}."})
+        if i % 2:
+            records.append({"prompt": prompt, "chosen": "It was a good day.", "rejected": f"{thing}."})
+    return records
+
+
+@pytest.mark.slow
+def test_reward_two_processes_match_one(tmp_path):
+    backbone = tiny_decoder(tmp_path / "backbone")
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", _uneven_preferences())
+    args = [f"data.path={prefs}", f"model.path={backbone}", "train.max_steps=4", "train.batch_size=8",
+            "train.lr=3e-3", "train.warmup_steps=1", "train.eval_every=2", "train.save_every=2", "train.log_every=1",
+            "train.threads=1", "train.patience=0", "model.max_length=48"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    alone("reward", one, args)
+    _ok(launch("reward", "-r", str(two), *args))
+    stage = Path("rounds") / "001" / "reward"
+    assert_same_metrics(one / stage / "metrics.jsonl", two / stage / "metrics.jsonl",
+                        ["loss", "accuracy", "val_loss", "grad_norm"])
+    w1, w2 = (load_file(str(r / stage / "final" / "model.safetensors")) for r in (one, two))
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_ppo_two_processes_match_one(rl_run, tmp_path):
+    # top_k=1 makes the rollouts a function of the prompts alone, whichever process samples them
+    # (log-probs and the update still use the full distribution). Two micro-batches per minibatch
+    # take the unfused critic path and the token-weighted accumulation across processes.
+    other = tmp_path / "two"
+    shutil.copytree(rl_run, other)
+    args = [f"prompts.path={rl_run / 'prompts.jsonl'}", "ppo.iterations=3", "ppo.rollout_prompts=8",
+            "ppo.epochs=2", "ppo.minibatches=1", "ppo.grad_accum=2", "ppo.lr=1e-4", "run.save_every=2",
+            "sampling.top_k=1", *TINY_RL]
+    alone("ppo", rl_run, args)
+    _ok(launch("ppo", "-r", str(other), *args))
+    stage = Path("rounds") / "001" / "ppo"
+    assert_same_metrics(rl_run / stage / "metrics.jsonl", other / stage / "metrics.jsonl",
+                        ["score", "kl", "policy_loss", "value_loss", "approx_kl", "kl_coef"])
+    policy = Path("rounds") / "001" / "policy" / "final"
+    assert_same_update(rl_run / "pretrain" / "final", rl_run / policy, other / policy)
+    samples = (other / stage / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 3 * 2  # two rows an iteration, written once
+
+
+# ---- a single process: every helper is the identity ------------------------------------------
+
+def test_alone_each_process_takes_everything():
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+    assert distributed.local_slice(5, "train.batch_size") == slice(0, 5)
+    assert distributed.uneven_slice(3) == slice(0, 3)
+    assert distributed.shard_list([1, 2, 3], "x") == [1, 2, 3]
+    assert distributed.global_share(17) == 1.0 and distributed.gradient_scale() == 1
+    assert distributed.all_reduce_sum([1.5, 2]) == [1.5, 2.0]
+    assert distributed.global_mean(0.25, 4) == 0.25
+    assert distributed.mean_across({"a": 1.0}, summed=("a",)) == {"a": 1.0}
+    model = torch.nn.Linear(2, 2)
+    assert distributed.unwrap(model) is model and distributed.prepare(model) == (model,)
+
+
+def test_a_global_batch_that_does_not_split_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)  # as under `torchrun --nproc_per_node 2`
+    with pytest.raises(ConfigError, match=r"^train.batch_size=3 is the global batch and must be divisible by "
+                                          r"the 2 processes of this run; set it to a multiple of 2$"):
+        distributed.local_slice(3, "train.batch_size")
+    assert distributed.local_slice(4, "train.batch_size") == slice(0, 2)  # rank 0's half
+
+
+def test_whitening_across_one_process_is_plain_whitening():
+    x = torch.tensor([[1.0, 2.0, 7.0, 0.0], [3.0, -1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    torch.testing.assert_close(masked_whiten_across(x, mask, lambda values: list(values)), masked_whiten(x, mask))
+
+
+def test_commands_that_do_not_train_refuse_a_launcher(tmp_path):
+    result = run_cli("loop", "-r", str(tmp_path / "run"), env={"WORLD_SIZE": "2", "RANK": "0"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "`alignloop loop` runs in one process" in result.stderr
