@@ -35,7 +35,7 @@ from alignloop.rl.ppo import chunks, clip_gradients, policy_forward
 from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, train_loop
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
-from alignloop.train.device import autocast
+from alignloop.train.device import autocast, precision_scope
 
 STAGE = "grpo"
 
@@ -150,7 +150,8 @@ def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m
         return None
     run.record_config(STAGE, cfg)
 
-    models = open_models(paths, stage_dir, cfg.run.device, cfg.run.threads, cfg.run.seed)
+    models = open_models(paths, stage_dir, cfg.run.device, cfg.run.threads, cfg.run.seed, cfg.models.lora,
+                         cfg.run.gradient_checkpointing)
     device, checkpoint, source = models.device, models.checkpoint, models.source
     tokenizer, policy, reference = models.tokenizer, models.policy, models.reference
     scorer = RewardScorer(load_reward_model(paths.reward, device), tokenizer, batch_size=cfg.sampling.batch_size)
@@ -162,11 +163,12 @@ def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m
         f"reward model {paths.reward}, {len(prompts):,} prompts")
 
     run.mark_stage(stage_key(round_number), "running", inputs)
-    result = train_loop(stage=STAGE, state=state, prompts=prompts,
-                        iteration_fn=lambda st, p, ids: grpo_iteration(st, p, ids, cfg),
-                        iterations=cfg.grpo.iterations, rollout_prompts=cfg.grpo.rollout_prompts,
-                        warmup=cfg.grpo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens, loop=cfg.run,
-                        stage_dir=stage_dir, final=final, start=start, log=log)
+    with precision_scope(device, cfg.run.precision, "run.precision"):
+        result = train_loop(stage=STAGE, state=state, prompts=prompts,
+                            iteration_fn=lambda st, p, ids: grpo_iteration(st, p, ids, cfg),
+                            iterations=cfg.grpo.iterations, rollout_prompts=cfg.grpo.rollout_prompts,
+                            warmup=cfg.grpo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens, loop=cfg.run,
+                            stage_dir=stage_dir, final=final, start=start, log=log)
     run.mark_stage(stage_key(round_number), "done", inputs, final=str(final), score=result.last.get("score"),
                    kl=result.last.get("kl"))
     log(f"{STAGE}: done in {result.wall_s:.0f}s; policy in {final}")

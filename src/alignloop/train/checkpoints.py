@@ -41,10 +41,20 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_pretrained(directory: Path, model, tokenizer=None) -> None:
-    """HF `save_pretrained` of the model (safetensors) and the tokenizer into `directory`."""
+def save_pretrained(directory: Path, model, tokenizer=None, merged: bool = True) -> None:
+    """HF `save_pretrained` of the model (safetensors) and the tokenizer into `directory`.
+
+    A LoRA model writes its adapter into `adapter/`, and with `merged` (finished models) the merged
+    weights as an ordinary HF checkpoint too; training checkpoints pass merged=False and hold the
+    adapter alone (the frozen base is the stage's start checkpoint).
+    """
+    from alignloop.models.lora import is_lora, save_lora
+
     unwrapped = getattr(model, "module", model)
-    unwrapped.save_pretrained(str(directory), safe_serialization=True)
+    if is_lora(unwrapped):
+        save_lora(Path(directory), unwrapped, merged=merged)
+    else:
+        unwrapped.save_pretrained(str(directory), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
 
@@ -85,9 +95,9 @@ def save_training_checkpoint(stage_dir: Path, step: int, model, tokenizer, optim
     """
     target = Path(stage_dir) / "checkpoints" / f"step-{step:06d}"
     with atomic_directory(target) as tmp:
-        save_pretrained(tmp, model, tokenizer)
+        save_pretrained(tmp, model, tokenizer, merged=False)
         for name, other in (extra_models or {}).items():
-            save_pretrained(tmp / name, other)
+            save_pretrained(tmp / name, other, merged=False)
         state = {"step": step, "optimizer": optimizer.state_dict() if optimizer is not None else None,
                  "rng": rng_state(), **(extra_state or {})}
         torch.save(state, tmp / STATE_FILE)

@@ -1,0 +1,142 @@
+"""LoRA through peft: only the adapters train, the reference is the policy with its adapter off,
+`final/` is a merged HF checkpoint with the adapter beside it, and a killed LoRA run resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignloop.config.base import load_config
+from alignloop.errors import ConfigError
+from alignloop.models.causal_lm import load_causal_lm
+from alignloop.models.lora import LoraSettings, ReferenceView, add_lora, with_lora
+from alignloop.reward.model import load_reward_model
+from alignloop.rl.config import PPOConfig
+from alignloop.rl.critic import Critic, critic_from_reward_model
+from alignloop.rl.inputs import open_models, resolve_stage_inputs
+from alignloop.rl.ppo import ppo_iteration, ppo_state, run_ppo
+from alignloop.rl.rollout import RewardScorer, encode_prompts, rollout_logprobs
+from alignloop.runs import RunDir
+from conftest import TINY_RL, run_cli
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+LORA_PPO = ["models.lora.r=4", "ppo.rollout_prompts=8", "ppo.epochs=2", "ppo.minibatches=2", "ppo.lr=0.01",
+            "ppo.critic_lr=0.01", "run.save_every=1"]
+
+
+def _split(model) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(frozen weights, trainable weights) of a model, copied."""
+    frozen, trainable = {}, {}
+    for name, parameter in model.named_parameters():
+        (trainable if parameter.requires_grad else frozen)[name] = parameter.detach().clone()
+    return frozen, trainable
+
+
+def test_lora_ppo_trains_only_the_adapters_against_the_adapter_free_reference(rl_run):
+    cfg = load_config(PPOConfig, None, [f"prompts.path={rl_run / 'prompts.jsonl'}", *LORA_PPO, *TINY_RL])
+    _, paths, _, prompts = resolve_stage_inputs(RunDir(rl_run), cfg.models, cfg.prompts, None)
+    models = open_models(paths, rl_run / "unused", "cpu", 1, 0, cfg.models.lora)
+    policy, reference = models.policy, models.reference
+    assert isinstance(reference, ReferenceView)  # no second copy of the start model
+    frozen, adapters = _split(policy)
+    assert adapters and all("lora_" in name for name in adapters)
+    critic = Critic(with_lora(critic_from_reward_model(paths.reward).model, cfg.models.lora, "seq_cls"))
+    critic_frozen, critic_trainable = _split(critic)
+    assert any("score" in name for name in critic_trainable)  # the value head trains fully
+    scorer = RewardScorer(load_reward_model(paths.reward, "cpu"), models.tokenizer, batch_size=8)
+    state = ppo_state(policy, reference, critic, scorer, models.tokenizer, cfg)
+    ids = encode_prompts(models.tokenizer, prompts, 64)
+    text = torch.tensor([ids[0] + list(range(40, 52))])
+    # At the start B = 0: the adapted policy is the reference, bit for bit.
+    assert torch.equal(rollout_logprobs(policy, text, torch.ones_like(text), len(ids[0]), 1.0, 8),
+                       rollout_logprobs(reference, text, torch.ones_like(text), len(ids[0]), 1.0, 8))
+
+    exp, first = ppo_iteration(state, prompts, ids, cfg)
+    assert abs(first["kl"]) < 1e-4 and first["ratio_dev"] < 1e-5
+    _, second = ppo_iteration(state, prompts, ids, cfg)
+
+    after_frozen, after_adapters = _split(policy)
+    assert after_frozen.keys() == frozen.keys()
+    assert all(torch.equal(frozen[name], after_frozen[name]) for name in frozen)  # every base weight as it was
+    assert all(not torch.equal(adapters[name], after_adapters[name]) for name in adapters if "lora_B" in name)
+    critic_after_frozen, critic_after = _split(critic)
+    assert all(torch.equal(critic_frozen[name], critic_after_frozen[name]) for name in critic_frozen)
+    assert any(not torch.equal(critic_trainable[name], critic_after[name]) for name in critic_trainable)
+    # The adapter moved the policy, while the reference is still exactly the start checkpoint.
+    start = load_causal_lm(paths.policy).eval()
+    args = (exp.input_ids, exp.attention_mask, exp.prompt_length, 1.0, 8)
+    assert torch.allclose(rollout_logprobs(reference, *args), rollout_logprobs(start, *args), atol=1e-6)
+    assert not torch.allclose(rollout_logprobs(policy, *args), rollout_logprobs(start, *args), atol=1e-3)
+    assert second["kl"] != 0
+
+
+def _ppo_cli(run: Path, env: dict[str, str] | None = None):
+    return run_cli("ppo", "--run", str(run), f"prompts.path={run / 'prompts.jsonl'}", "ppo.iterations=3", *LORA_PPO,
+                   *TINY_RL, env=env)
+
+
+def test_lora_ppo_final_is_a_merged_checkpoint_and_a_killed_run_resumes_exactly(rl_run, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    crashed = tmp_path / "crashed"
+    shutil.copytree(rl_run, crashed)
+    cfg = load_config(PPOConfig, None, [f"prompts.path={rl_run / 'prompts.jsonl'}", "ppo.iterations=3", *LORA_PPO,
+                                        *TINY_RL])
+    assert run_ppo(RunDir(rl_run), cfg, log=lambda message: None).iterations == 3
+    final = rl_run / "rounds" / "001" / "policy" / "final"
+    checkpoint = rl_run / "rounds" / "001" / "ppo" / "checkpoints" / "step-000003"
+    # Training checkpoints hold adapters (policy and critic) and optimizer state, not whole models.
+    assert (checkpoint / "adapter" / "adapter_model.safetensors").exists()
+    assert (checkpoint / "critic" / "adapter" / "adapter_model.safetensors").exists()
+    assert not (checkpoint / "model.safetensors").exists()
+
+    merged = AutoModelForCausalLM.from_pretrained(str(final), local_files_only=True).eval()
+    start_dir = rl_run / "pretrain" / "final"
+    adapted = PeftModel.from_pretrained(load_causal_lm(start_dir), str(final / "adapter")).eval()
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-5)
+        assert not torch.allclose(merged(input_ids=ids).logits, load_causal_lm(start_dir)(input_ids=ids).logits,
+                                  atol=1e-4)
+
+    killed = _ppo_cli(crashed, env={"ALIGNLOOP_CRASH_AT": "ppo:saved:2"})
+    assert killed.returncode == -9
+    resumed = _ppo_cli(crashed)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming round 1 from iteration 2" in resumed.stderr
+    metrics = [json.loads(line) for line in (final.parent.parent / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    resumed_metrics = [json.loads(line) for line in
+                       (crashed / "rounds" / "001" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("score", "kl", "policy_loss", "value_loss"):
+        assert resumed_metrics[2][key] == metrics[2][key], key
+    weights = load_file(str(final / "model.safetensors"))
+    resumed_weights = load_file(str(crashed / "rounds" / "001" / "policy" / "final" / "model.safetensors"))
+    assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
+
+
+def test_lora_settings_errors_are_one_line(rl_run):
+    model = load_causal_lm(rl_run / "pretrain" / "final")
+    with pytest.raises(ConfigError, match=r"lora.target_modules \['nope'\] do not fit LlamaForCausalLM.*q_proj"):
+        add_lora(model, LoraSettings(r=4, target_modules=["nope"]), "causal_lm")
+    result = run_cli("ppo", "--run", str(rl_run), "models.lora.r=4", "models.lora.target_modules=[nope]",
+                     "ppo.iterations=1", f"prompts.path={rl_run / 'prompts.jsonl'}", *TINY_RL)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "lora.target_modules ['nope'] do not fit" in result.stderr
+
+
+def test_bf16_on_cpu_is_a_one_line_error(pretrained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_run, run)
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"prompt": "Tom went", "response": "to the park."}) + "\n")
+    result = run_cli("sft", "--run", str(run), f"data.path={data}", "data.val_fraction=0", "train.precision=bf16",
+                     "train.device=cpu", "train.max_steps=1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train.precision=bf16 needs a CUDA device" in result.stderr
