@@ -140,3 +140,55 @@ def test_bf16_on_cpu_is_a_one_line_error(pretrained_run, tmp_path):
                      "train.device=cpu", "train.max_steps=1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "train.precision=bf16 needs a CUDA device" in result.stderr
+
+
+REWARD_FAST = ["train.batch_size=8", "train.lr=3e-3", "train.warmup_steps=2", "train.eval_every=4",
+               "train.save_every=4", "train.log_every=2", "train.threads=1", "train.patience=0", "model.max_length=48",
+               "train.epochs=2", "model.lora.r=4"]
+
+
+def test_lora_reward_model_resumes_exactly_and_keeps_its_head_trainable(tmp_path):
+    from reward_helpers import good_bad_pairs, tiny_decoder, write_jsonl
+
+    from alignloop.reward.config import RewardConfig
+    from alignloop.reward.stage import run_reward
+
+    backbone = tiny_decoder(tmp_path / "backbone")
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", good_bad_pairs(48))
+    args = [f"data.path={prefs}", f"model.path={backbone}", *REWARD_FAST]
+    crashed = run_cli("reward", "--run", str(tmp_path / "resumed"), *args, env={"ALIGNLOOP_CRASH_AT": "reward:saved:4"})
+    assert crashed.returncode != 0
+    checkpoint = tmp_path / "resumed" / "rounds" / "001" / "reward" / "checkpoints" / "step-000004"
+    adapter = load_file(str(checkpoint / "adapter" / "adapter_model.safetensors"))
+    assert any("score" in key for key in adapter)  # the head is saved (and trained) with the adapters
+    resumed = run_cli("reward", "--run", str(tmp_path / "resumed"), *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step 4" in resumed.stderr
+
+    run_reward(RunDir(tmp_path / "straight"), load_config(RewardConfig, None, args), log=lambda message: None)
+    finals = [tmp_path / name / "rounds" / "001" / "reward" / "final" for name in ("resumed", "straight")]
+    one, two = (load_file(str(final / "model.safetensors")) for final in finals)
+    assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], atol=1e-6) for k in one)
+    base = load_file(str(backbone / "model.safetensors"))
+    assert not torch.equal(one["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    reward = load_reward_model(finals[0], "cpu")  # an ordinary reward-model checkpoint, adapters merged
+    assert reward.score_texts(["Tom found a ball."], ["Tom was happy. The end."]).shape == (1,)
+
+
+def test_best_adapter_is_restored_onto_the_same_base(tmp_path):
+    from reward_helpers import tiny_decoder
+
+    from alignloop.models.lora import load_adapter
+    from alignloop.reward.model import build_reward_model
+    from alignloop.train.checkpoints import save_final
+
+    reward = build_reward_model(tiny_decoder(tmp_path / "backbone"))
+    reward.model = with_lora(reward.model, LoraSettings(r=4), "seq_cls")
+    best = {name: p.detach().clone() for name, p in reward.model.named_parameters()}
+    save_final(tmp_path / "best", reward.model, reward.tokenizer)
+    with torch.no_grad():
+        for name, parameter in reward.model.named_parameters():
+            if parameter.requires_grad:
+                parameter.add_(1.0)
+    load_adapter(reward.model, tmp_path / "best")
+    assert all(torch.equal(best[name], p) for name, p in reward.model.named_parameters())

@@ -83,8 +83,10 @@ def add_lora(model, settings: LoraSettings, task: Literal["causal_lm", "seq_cls"
     """
     peft = _peft()
     targets = settings.target_modules or "all-linear"
+    # GPT-2's Conv1D stores its weight transposed; peft must be told (it would guess, with a warning).
+    conv1d = any(type(module).__name__ == "Conv1D" for module in model.modules())
     config = peft.LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                             target_modules=targets, bias="none",
+                             target_modules=targets, bias="none", fan_in_fan_out=conv1d,
                              task_type=peft.TaskType.CAUSAL_LM if task == "causal_lm" else peft.TaskType.SEQ_CLS)
     try:
         with warnings.catch_warnings():
@@ -140,7 +142,9 @@ def save_lora(directory: Path, model, merged: bool) -> None:
     if merged:
         base = wrapper.get_base_model()
         base.save_pretrained(str(directory), state_dict=merged_state_dict(wrapper), safe_serialization=True)
-    wrapper.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
+    # Embeddings are never resized under LoRA here; saying so stops peft from comparing vocabularies
+    # with the base checkpoint's config (which it would look up on the Hub for a path that moved).
+    wrapper.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True, save_embedding_layers=False)
 
 
 def load_adapter(model, directory: Path) -> None:
