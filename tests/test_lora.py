@@ -170,7 +170,8 @@ def test_lora_reward_model_resumes_exactly_and_keeps_its_head_trainable(tmp_path
     one, two = (load_file(str(final / "model.safetensors")) for final in finals)
     assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], atol=1e-6) for k in one)
     base = load_file(str(backbone / "model.safetensors"))
-    assert not torch.equal(one["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(one[q_proj], base[q_proj])  # the adapters were merged in
     reward = load_reward_model(finals[0], "cpu")  # an ordinary reward-model checkpoint, adapters merged
     assert reward.score_texts(["Tom found a ball."], ["Tom was happy. The end."]).shape == (1,)
 

@@ -111,11 +111,23 @@ def trainable_parameters(model) -> int:
     return total
 
 
+def describe(model) -> str:
+    """One phrase for the logs: how many of the model's parameters train, e.g. under LoRA."""
+    from alignloop.models.causal_lm import count_parameters
+
+    total = count_parameters(model)
+    trained = trainable_parameters(model)
+    wrapper = peft_model_of(model)
+    kind = f"LoRA r={wrapper.peft_config[wrapper.active_adapter].r}: " if wrapper is not None else ""
+    return f"{kind}{trained:,} of {total:,} parameters train ({100 * trained / max(total, 1):.2f}%)"
+
+
 def merged_state_dict(model) -> dict[str, torch.Tensor]:
     """The weights of the adapted model as plain HF keys: W + (alpha / r) B A for each adapted layer.
 
     Computed beside the training weights (nothing is merged in place), so saving a best or final
-    model mid-run leaves the frozen base bit-for-bit as it was.
+    model mid-run leaves the frozen base bit-for-bit as it was. Each merged weight goes to the CPU as
+    soon as it is made (it is on its way to disk): on a GPU the copy costs one layer at a time.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils import ModulesToSaveWrapper
@@ -128,7 +140,7 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
         if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "lora_A", {}):
             base = module.get_base_layer().weight
             with torch.no_grad():
-                state[f"{name}.weight"] = (base + module.get_delta_weight(adapter).to(base.dtype)).detach()
+                state[f"{name}.weight"] = (base + module.get_delta_weight(adapter).to(base.dtype)).cpu()
         elif isinstance(module, ModulesToSaveWrapper):
             for key, value in module.modules_to_save[adapter].state_dict().items():
                 state[f"{name}.{key}"] = value.detach()

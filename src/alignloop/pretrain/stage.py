@@ -16,8 +16,8 @@ from alignloop import atomic
 from alignloop.data.corpus import read_corpus, train_val_split
 from alignloop.data.lm_batches import PackedBlocks, pack_blocks, tokenize_documents
 from alignloop.errors import CheckpointError, ConfigError, DataError
-from alignloop.models.causal_lm import build_model, count_parameters, load_causal_lm
-from alignloop.models.lora import with_lora
+from alignloop.models.causal_lm import build_model, load_causal_lm
+from alignloop.models.lora import describe, with_lora
 from alignloop.pretrain.config import PretrainConfig
 from alignloop.runs import RunDir, hash_inputs
 from alignloop.stages import builtin_data, sample_fn_for, tokenizer_for
@@ -97,7 +97,7 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig, log: Callable[[str], None] = 
         raise DataError(f"corpus {corpus_path} is too small: fewer than {cfg.data.seq_len} tokens "
                         f"(lower data.seq_len or add text)")
     data = PackedBlocks(train_blocks, val_blocks, cfg.train.batch_size, cfg.train.seed)
-    log(f"{STAGE}: {count_parameters(model):,} parameters, {len(train_docs):,} documents, "
+    log(f"{STAGE}: {describe(model)}, {len(train_docs):,} documents, "
         f"{data.tokens:,} training tokens in {train_blocks.shape[0]:,} blocks of {cfg.data.seq_len}")
 
     run.mark_stage(STAGE, "running", inputs)

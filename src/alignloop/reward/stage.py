@@ -16,7 +16,7 @@ import torch
 
 from alignloop import atomic
 from alignloop.errors import CheckpointError, ConfigError, DataError
-from alignloop.models.lora import with_lora
+from alignloop.models.lora import describe, with_lora
 from alignloop.reward.config import RewardConfig, RewardDataConfig, RewardEvalConfig
 from alignloop.reward.data import (
     Preferences,
@@ -154,7 +154,8 @@ def _train_one(run: RunDir, cfg: RewardConfig, prefs: Preferences, stage_dir: Pa
     n_val = sum(g.group.n_comparisons for g in encoded_val)
     kind = "decoder, last token" if reward.is_decoder else f"encoder, {reward.pooling} pooling"
     log(f"{STAGE}: {n_train:,} training comparisons on {len(encoded_train):,} prompts, {n_val:,} validation "
-        f"comparisons on {len(encoded_val):,} prompts; backbone {source} ({kind}), {reward.num_heads} head(s)")
+        f"comparisons on {len(encoded_val):,} prompts; backbone {source} ({kind}), {reward.num_heads} head(s); "
+        f"{describe(reward.model)}")
     return train_reward_model(stage=STAGE, stage_dir=stage_dir, reward=reward, data=batches, val_groups=encoded_val,
                               cfg=train_cfg, loss_cfg=cfg.loss, bootstrap=cfg.ensemble.bootstrap,
                               resume_state=state, stats_groups=encoded_train + encoded_val, log=log)

@@ -29,6 +29,7 @@ from alignloop.data.jsonl import iter_jsonl
 from alignloop.errors import DataError, TrainingError
 from alignloop.generation.logprobs import sequence_logprobs
 from alignloop.rl.config import DPOConfig, PreferenceDataConfig
+from alignloop.models.lora import describe
 from alignloop.rl.inputs import load_policy_and_reference, resolve_models, resolve_round
 from alignloop.rl.losses import dpo_loss
 from alignloop.rl.state import freeze
@@ -233,7 +234,7 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
     ref_val = reference_logprobs(reference, val, pad, cfg.dpo.batch_size, device) if val else None
     steps = cfg.dpo.epochs * -(-len(train) // cfg.dpo.batch_size)
     log(f"{STAGE}: {len(train):,} training and {len(val):,} held-out pairs from {source}; {steps} steps; "
-        f"policy {source_model}, reference {paths.reference}")
+        f"policy {source_model}, reference {paths.reference}; {describe(policy)}")
 
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.dpo.lr,
                                   weight_decay=cfg.dpo.weight_decay)

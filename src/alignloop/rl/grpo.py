@@ -28,6 +28,7 @@ import torch
 from alignloop.errors import TrainingError
 from alignloop.rl.advantages import masked_mean
 from alignloop.rl.config import GRPOConfig
+from alignloop.models.lora import describe
 from alignloop.rl.inputs import open_models, resolve_stage_inputs
 from alignloop.rl.kl import kl_penalty
 from alignloop.rl.losses import group_advantages, ppo_policy_loss
@@ -160,7 +161,7 @@ def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m
     if start:
         log(f"{STAGE}: resuming round {round_number} from iteration {start}")
     log(f"{STAGE}: round {round_number}: {cfg.grpo.estimator} with groups of {cfg.grpo.group_size}; policy {source}, "
-        f"reward model {paths.reward}, {len(prompts):,} prompts")
+        f"reward model {paths.reward}, {len(prompts):,} prompts; {describe(policy)}")
 
     run.mark_stage(stage_key(round_number), "running", inputs)
     with precision_scope(device, cfg.run.precision, "run.precision"):
