@@ -193,3 +193,34 @@ def test_best_adapter_is_restored_onto_the_same_base(tmp_path):
                 parameter.add_(1.0)
     load_adapter(reward.model, tmp_path / "best")
     assert all(torch.equal(best[name], p) for name, p in reward.model.named_parameters())
+
+
+def test_lora_sft_resumes_exactly_and_pretrain_needs_a_model_path(tmp_path):
+    from reward_helpers import good_bad_pairs, tiny_decoder, write_jsonl
+
+    from alignloop.pretrain.config import PretrainConfig
+    from alignloop.pretrain.stage import run_pretrain
+    from alignloop.sft.config import SFTConfig
+    from alignloop.sft.stage import run_sft
+
+    start = tiny_decoder(tmp_path / "start")
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "response": r["chosen"]}
+                                                for r in good_bad_pairs(24)])
+    args = [f"model.path={start}", f"data.path={data}", "model.lora.r=4", "train.batch_size=4", "train.lr=0.01",
+            "train.warmup_steps=0", "train.samples=0", "train.eval_batches=1", "train.threads=1", "train.max_steps=4",
+            "train.save_every=2"]
+    killed = run_cli("sft", "--run", str(tmp_path / "resumed"), *args, env={"ALIGNLOOP_CRASH_AT": "sft:saved:2"})
+    assert killed.returncode == -9
+    resumed = run_cli("sft", "--run", str(tmp_path / "resumed"), *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step 2" in resumed.stderr and "LoRA r=4:" in resumed.stderr
+    run_sft(RunDir(tmp_path / "straight"), load_config(SFTConfig, None, args), log=lambda message: None)
+    one, two = (load_file(str(tmp_path / name / "sft" / "final" / "model.safetensors"))
+                for name in ("resumed", "straight"))
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    base = load_file(str(start / "model.safetensors"))
+    assert not torch.equal(one["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+
+    with pytest.raises(ConfigError, match="model.lora needs model.path"):
+        run_pretrain(RunDir(tmp_path / "scratch"), load_config(PretrainConfig, None, [
+            f"data.path={data}", "model.lora.r=4", "model.preset=tiny"]), log=lambda message: None)

@@ -75,11 +75,12 @@ def is_lora(model) -> bool:
     return peft_model_of(model) is not None
 
 
-def add_lora(model, settings: LoraSettings, task: Literal["causal_lm", "seq_cls"]):
+def add_lora(model, settings: LoraSettings, task: Literal["causal_lm", "seq_cls"], seed: int = 0):
     """`model` wrapped with fresh adapters: only they (and a seq_cls model's head) stay trainable.
 
     task "seq_cls" (reward model, critic) keeps the scalar head (`score` or `classifier`) fully
-    trainable and saved with the adapter (peft's modules_to_save).
+    trainable and saved with the adapter (peft's modules_to_save). The adapters' random start
+    depends on `seed` alone (not on whatever ran before), and the global RNG is left as it was.
     """
     peft = _peft()
     targets = settings.target_modules or "all-linear"
@@ -89,9 +90,10 @@ def add_lora(model, settings: LoraSettings, task: Literal["causal_lm", "seq_cls"
                              target_modules=targets, bias="none", fan_in_fan_out=conv1d,
                              task_type=peft.TaskType.CAUSAL_LM if task == "causal_lm" else peft.TaskType.SEQ_CLS)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             # peft asks transformers for `is_gradient_checkpointing`, which transformers 5 deprecates.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            torch.manual_seed(seed)
             return peft.get_peft_model(model, config)
     except ValueError as exc:
         linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
@@ -179,11 +181,12 @@ def load_adapter(model, directory: Path) -> None:
                               f"{result.unexpected_keys[0]}); use the lora settings the run started with")
 
 
-def with_lora(model, settings: LoraSettings, task: Literal["causal_lm", "seq_cls"], checkpoint: Optional[Path] = None):
+def with_lora(model, settings: LoraSettings, task: Literal["causal_lm", "seq_cls"], checkpoint: Optional[Path] = None,
+              seed: int = 0):
     """`model` with adapters when `settings.enabled` (their weights from `checkpoint` when resuming), else itself."""
     if not settings.enabled:
         return model
-    wrapped = add_lora(model, settings, task)
+    wrapped = add_lora(model, settings, task, seed)
     if checkpoint is not None:
         load_adapter(wrapped, checkpoint)
     return wrapped

@@ -13,7 +13,6 @@ import contextlib
 from typing import Iterator
 
 
-
 def _unwrap(model):
     from alignloop.generation.logprobs import unwrap_model  # imported late: logprobs imports this module
 
@@ -28,7 +27,7 @@ def enable_gradient_checkpointing(model) -> None:
 
         raise ConfigError(f"gradient_checkpointing: {type(inner).__name__} does not support it; turn it off")
     kwargs = {"use_reentrant": False}
-    if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.2 renamed it
+    if hasattr(inner, "activation_checkpointing_enable"):  # newer transformers name it so (the old name warns)
         inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
@@ -38,7 +37,7 @@ def enable_gradient_checkpointing(model) -> None:
 def checkpointed_forward(model) -> Iterator[None]:
     """Inside the block, a model in eval mode with checkpointing on checkpoints its layers all the same."""
     inner = _unwrap(model)
-    # transformers >= 5.2 names it is_activation_checkpointing (the old name warns)
+    # newer transformers call it is_activation_checkpointing (the old name warns)
     flag = "is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing") \
         else "is_gradient_checkpointing"
     if not getattr(inner, flag, False):

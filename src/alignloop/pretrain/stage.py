@@ -88,7 +88,7 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig, log: Callable[[str], None] = 
                                 tokenizer.pad_token_id)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
-    model = with_lora(model, cfg.model.lora, "causal_lm", checkpoint)
+    model = with_lora(model, cfg.model.lora, "causal_lm", checkpoint, cfg.train.seed)
 
     train_blocks = pack_blocks(tokenize_documents(tokenizer, train_docs), cfg.data.seq_len)
     val_blocks = pack_blocks(tokenize_documents(tokenizer, val_docs), cfg.data.seq_len) if val_docs \

@@ -143,8 +143,8 @@ def _train_one(run: RunDir, cfg: RewardConfig, prefs: Preferences, stage_dir: Pa
         source = str(checkpoint)
     else:
         reward, source = _new_reward_model(run, cfg, prefs, stage_dir, log)
-    reward.model = with_lora(reward.model, cfg.model.lora, "seq_cls", checkpoint)
     train_cfg = cfg.train.model_copy(update={"seed": cfg.train.seed + seed_offset})
+    reward.model = with_lora(reward.model, cfg.model.lora, "seq_cls", checkpoint, train_cfg.seed)
     pack = train_cfg.share_prompt and reward.can_pack
     encoded_train = encode_groups(train_groups, reward.encode, encode_parts=reward.encode_group if pack else None)
     encoded_val = encode_groups(val_groups, reward.encode, first_uid=len(encoded_train))

@@ -218,7 +218,7 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
     source_model = checkpoint or paths.policy
     tokenizer = load_tokenizer(source_model)
     policy, reference = load_policy_and_reference(paths, checkpoint, cfg.models.lora, device,
-                                                  cfg.run.gradient_checkpointing)
+                                                  cfg.run.gradient_checkpointing, cfg.run.seed)
     policy.eval()  # dropout off, as in the reference pass
     freeze(reference)
 

@@ -92,7 +92,8 @@ def load_prompts(run: RunDir, cfg: PromptsConfig, kind: str = "prompts", limit: 
 
 
 def load_policy_and_reference(paths: ModelPaths, checkpoint: Optional[Path], lora: LoraSettings,
-                              device: torch.device, gradient_checkpointing: bool = False) -> tuple[object, object]:
+                              device: torch.device, gradient_checkpointing: bool = False, seed: int = 0
+                              ) -> tuple[object, object]:
     """The policy (resumed from `checkpoint` when given) and its frozen reference, on `device`.
 
     With LoRA the policy is the start checkpoint plus adapters (from `checkpoint` when resuming),
@@ -103,7 +104,7 @@ def load_policy_and_reference(paths: ModelPaths, checkpoint: Optional[Path], lor
     from alignloop.models.memory import enable_gradient_checkpointing
 
     if lora.enabled:
-        policy = with_lora(load_causal_lm(paths.policy), lora, "causal_lm", checkpoint).to(device)
+        policy = with_lora(load_causal_lm(paths.policy), lora, "causal_lm", checkpoint, seed).to(device)
     else:
         policy = load_causal_lm(checkpoint or paths.policy).to(device)
     if gradient_checkpointing:
@@ -142,7 +143,7 @@ def open_models(paths: ModelPaths, stage_dir: Path, device_name: str, threads: O
     tokenizer = load_tokenizer(source)
     torch.manual_seed(seed)
     policy, reference = load_policy_and_reference(paths, checkpoint, lora or LoraSettings(), device,
-                                                  gradient_checkpointing)
+                                                  gradient_checkpointing, seed)
     return OpenedModels(device, checkpoint, source, tokenizer, policy, reference)
 
 

@@ -268,7 +268,7 @@ def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: 
     if cfg.models.lora.enabled:  # adapters on the critic too; its checkpoint holds them and the value head
         base = _build_critic(cfg.models.critic, paths, scorer, log)
         critic_checkpoint = checkpoint / "critic" if checkpoint else None
-        critic = Critic(with_lora(base.model, cfg.models.lora, "seq_cls", critic_checkpoint))
+        critic = Critic(with_lora(base.model, cfg.models.lora, "seq_cls", critic_checkpoint, cfg.run.seed))
     elif checkpoint is not None:
         critic = load_critic(checkpoint / "critic")
     else:

@@ -55,7 +55,7 @@ def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: 
     source = checkpoint or start
     tokenizer = load_tokenizer(source)
     if cfg.model.lora.enabled:  # a LoRA checkpoint holds the adapter: the frozen base is the start checkpoint
-        model = with_lora(load_causal_lm(start), cfg.model.lora, "causal_lm", checkpoint)
+        model = with_lora(load_causal_lm(start), cfg.model.lora, "causal_lm", checkpoint, cfg.train.seed)
     else:
         model = load_causal_lm(source)
     state = load_training_state(checkpoint) if checkpoint else None
