@@ -81,6 +81,7 @@ def _ppo_cli(run: Path, env: dict[str, str] | None = None):
                    *TINY_RL, env=env)
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft's own call, in from_pretrained
 def test_lora_ppo_final_is_a_merged_checkpoint_and_a_killed_run_resumes_exactly(rl_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -122,7 +122,7 @@ class RunLoopConfig(Section):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 (CUDA only, an error on CPU); fp32.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute the policy's (and critic's) activations in the backward pass instead of "
-                           "keeping them (less memory, more compute).")
+                           "keeping them (less memory, more compute). Ignored by bon, which does not train.")
     save_every: int = Field(20, ge=1, description="Write a resumable checkpoint every N iterations (and at the end).")
     keep_last: int = Field(2, ge=1, description="Resumable checkpoints to keep.")
     log_every: int = Field(1, ge=1, description="Log metrics every N iterations.")
