@@ -124,12 +124,17 @@ def test_lora_ppo_final_is_a_merged_checkpoint_and_a_killed_run_resumes_exactly(
 
 def test_lora_settings_errors_are_one_line(rl_run):
     model = load_causal_lm(rl_run / "pretrain" / "final")
-    with pytest.raises(ConfigError, match=r"lora.target_modules \['nope'\] do not fit LlamaForCausalLM.*q_proj"):
-        add_lora(model, LoraSettings(r=4, target_modules=["nope"]), "causal_lm")
+    with pytest.raises(ConfigError, match=r"lora.target_modules \['nope'\] match no layer of LlamaForCausalLM.*q_proj"):
+        add_lora(model, LoraSettings(r=4, target_modules=["q_proj", "nope"]), "causal_lm")
+    with pytest.raises(ConfigError, match=r"do not fit LlamaForCausalLM"):  # a layer, but not one LoRA can adapt
+        add_lora(model, LoraSettings(r=4, target_modules=["act_fn"]), "causal_lm")
+    only_qv = LoraSettings(r=4, target_modules=["q_proj", "v_proj"])
+    adapted = add_lora(load_causal_lm(rl_run / "pretrain" / "final"), only_qv, "causal_lm")
+    assert {name.split(".")[-4] for name, p in adapted.named_parameters() if p.requires_grad} == {"q_proj", "v_proj"}
     result = run_cli("ppo", "--run", str(rl_run), "models.lora.r=4", "models.lora.target_modules=[nope]",
                      "ppo.iterations=1", f"prompts.path={rl_run / 'prompts.jsonl'}", *TINY_RL)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "lora.target_modules ['nope'] do not fit" in result.stderr
+    assert "lora.target_modules ['nope'] match no layer" in result.stderr
 
 
 def test_bf16_on_cpu_is_a_one_line_error(pretrained_run, tmp_path):

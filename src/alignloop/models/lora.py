@@ -83,24 +83,37 @@ def add_lora(model, settings: LoraSettings, task: Literal["causal_lm", "seq_cls"
     depends on `seed` alone (not on whatever ran before), and the global RNG is left as it was.
     """
     peft = _peft()
+    _check_targets(model, settings.target_modules)
     targets = settings.target_modules or "all-linear"
     # GPT-2's Conv1D stores its weight transposed; peft must be told (it would guess, with a warning).
     conv1d = any(type(module).__name__ == "Conv1D" for module in model.modules())
     config = peft.LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                              target_modules=targets, bias="none", fan_in_fan_out=conv1d,
                              task_type=peft.TaskType.CAUSAL_LM if task == "causal_lm" else peft.TaskType.SEQ_CLS)
-    try:
+    try:  # peft's own complaints (e.g. a target that is not a layer it can adapt) become one line too
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             # peft asks transformers for `is_gradient_checkpointing`, which transformers 5 deprecates.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             torch.manual_seed(seed)
             return peft.get_peft_model(model, config)
     except ValueError as exc:
-        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"})
         first = str(exc).splitlines()[0][:160]
         raise ConfigError(f"lora.target_modules {settings.target_modules} do not fit {type(model).__name__} "
-                          f"({first}); its linear layers are named {', '.join(linear)}") from None
+                          f"({first}); its linear layers are named {', '.join(_linear_names(model))}") from None
+
+
+def _linear_names(model) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"})
+
+
+def _check_targets(model, targets: Optional[list[str]]) -> None:
+    """Every named target must be some layer's name: peft would silently skip one that matches nothing."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()} | {name for name, _ in model.named_modules()}
+    missing = [t for t in targets or [] if t not in names]
+    if missing:
+        raise ConfigError(f"lora.target_modules {missing} match no layer of {type(model).__name__}; its linear "
+                          f"layers are named {', '.join(_linear_names(model))}")
 
 
 def trainable_parameters(model) -> int:
