@@ -81,6 +81,15 @@ def is_lora(model) -> bool:
     return peft_model_of(model) is not None
 
 
+def has_adapters(module: torch.nn.Module) -> bool:
+    """Whether any submodule of `module`, however deeply wrapped, is a peft adapter layer."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover
+        return False
+    return any(isinstance(sub, BaseTunerLayer) for sub in module.modules())
+
+
 def add_lora(model, settings: LoraSettings, task: Literal["causal_lm", "seq_cls"], seed: int = 0):
     """`model` wrapped with fresh adapters: only they (and a seq_cls model's head) stay trainable.
 

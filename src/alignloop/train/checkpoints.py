@@ -55,6 +55,7 @@ def save_pretrained(directory: Path, model, tokenizer=None, state_dict=None, mer
 
     unwrapped = distributed.unwrap(model)
     if is_lora(unwrapped):
+        # The engines LoRA runs under keep every weight whole on each rank (`distributed.prepare`).
         save_lora(Path(directory), unwrapped, merged=merged)
     else:
         kwargs = {"state_dict": state_dict} if state_dict is not None else {}
