@@ -128,12 +128,15 @@ def response_logits(
     if not 1 <= first < length:
         raise ValueError(f"response_start {first} must be in [1, {length - 1}] (a response needs a prompt before it)")
     n_predict = length - first
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_attention_mask(attention_mask),
-        **_model_kwargs(model, use_cache=False, logits_to_keep=n_predict + 1),
-    )
+    from alignloop.models.memory import checkpointed_forward
+
+    with checkpointed_forward(model):  # a no-op unless gradient checkpointing is on
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_attention_mask(attention_mask),
+            **_model_kwargs(model, use_cache=False, logits_to_keep=n_predict + 1),
+        )
     # The logits at position j predict token j + 1: keep positions first-1 .. L-2.
     logits = out.logits[:, -(n_predict + 1):-1, :]
     if isinstance(response_start, Tensor):

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from alignloop.config.base import Section
 from alignloop.errors import CheckpointError
+from alignloop.models.lora import LoraSettings
 
 # width, layers, heads, MLP width (Llama); GPT-2 uses 4x width for its MLP.
 PRESETS: dict[str, dict[str, int]] = {
@@ -33,6 +34,8 @@ class ModelConfig(Section):
     path: Optional[str] = Field(None, description="A local HF causal-LM checkpoint to start from instead of a preset.")
     max_position_embeddings: int = Field(512, ge=16, description="Longest sequence a preset model accepts.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout of a preset model (0 keeps PPO ratios exact).")
+    lora: LoraSettings = Field(default_factory=LoraSettings,
+                               description="Train LoRA adapters on `path` instead of every weight (needs `path`).")
 
 
 def build_model(config: ModelConfig, vocab_size: int, bos_token_id: int, eos_token_id: int, pad_token_id: int):

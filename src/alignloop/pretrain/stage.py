@@ -15,8 +15,9 @@ import torch
 from alignloop import atomic
 from alignloop.data.corpus import read_corpus, train_val_split
 from alignloop.data.lm_batches import PackedBlocks, pack_blocks, tokenize_documents
-from alignloop.errors import CheckpointError, DataError
-from alignloop.models.causal_lm import build_model, count_parameters, load_causal_lm
+from alignloop.errors import CheckpointError, ConfigError, DataError
+from alignloop.models.causal_lm import build_model, load_causal_lm
+from alignloop.models.lora import describe, with_lora
 from alignloop.pretrain.config import PretrainConfig
 from alignloop.runs import RunDir, hash_inputs
 from alignloop.stages import builtin_data, sample_fn_for, tokenizer_for
@@ -70,6 +71,9 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig, log: Callable[[str], None] = 
         log(f"{STAGE}: already finished ({final}); nothing to do")
         return None
     _check_compatible(run, cfg)
+    if cfg.model.lora.enabled and not cfg.model.path:
+        raise ConfigError("model.lora needs model.path: LoRA adapts a trained model, and a model built from "
+                          "scratch must train every weight")
     docs = read_corpus(corpus_path, cfg.data.text_field)
     train_docs, val_docs = train_val_split(docs, cfg.data.val_fraction, cfg.data.seed)
     run.record_config(STAGE, cfg)
@@ -79,7 +83,8 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig, log: Callable[[str], None] = 
     state = None
     if checkpoint is not None:
         tokenizer = load_tokenizer(checkpoint)
-        model = load_causal_lm(checkpoint)
+        # A LoRA checkpoint holds the adapter alone: the frozen base is model.path.
+        model = load_causal_lm(cfg.model.path if cfg.model.lora.enabled else checkpoint)
         state = load_training_state(checkpoint)
     else:
         tokenizer = _tokenizer(run, cfg, train_docs, log)
@@ -91,6 +96,7 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig, log: Callable[[str], None] = 
                                 tokenizer.pad_token_id)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
+    model = with_lora(model, cfg.model.lora, "causal_lm", checkpoint, cfg.train.seed)
 
     train_blocks = pack_blocks(tokenize_documents(tokenizer, train_docs), cfg.data.seq_len)
     val_blocks = pack_blocks(tokenize_documents(tokenizer, val_docs), cfg.data.seq_len) if val_docs \
@@ -99,7 +105,7 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig, log: Callable[[str], None] = 
         raise DataError(f"corpus {corpus_path} is too small: fewer than {cfg.data.seq_len} tokens "
                         f"(lower data.seq_len or add text)")
     data = PackedBlocks(train_blocks, val_blocks, cfg.train.batch_size, cfg.train.seed)
-    log(f"{STAGE}: {count_parameters(model):,} parameters, {len(train_docs):,} documents, "
+    log(f"{STAGE}: {describe(model)}, {len(train_docs):,} documents, "
         f"{data.tokens:,} training tokens in {train_blocks.shape[0]:,} blocks of {cfg.data.seq_len}")
 
     run.mark_stage(STAGE, "running", inputs)

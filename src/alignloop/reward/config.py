@@ -7,6 +7,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field
 
 from alignloop.config.base import Section
+from alignloop.models.lora import LoraSettings
 from alignloop.train.config import TrainConfig
 
 
@@ -24,6 +25,8 @@ class BackboneConfig(Section):
     pooling: Literal["mean", "native"] = Field(
         "mean", description="Encoders only: mean over tokens, or the model's own pooler (BERT's [CLS]).")
     max_length: int = Field(512, ge=8, description="Longest prompt+response in tokens (the prompt's start is cut first).")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Train LoRA adapters on the backbone instead "
+                                                                         "of every weight (the scalar head trains fully).")
 
 
 class RewardDataConfig(Section):

@@ -249,11 +249,23 @@ class RewardModel(nn.Module):
             config.pad_token_id = tokenizer.pad_token_id
 
     @property
-    def _head(self) -> Optional[nn.Linear]:
+    def _hf_model(self):
+        """The transformers model (inside a LoRA wrapper, when there is one)."""
+        from alignloop.generation.logprobs import unwrap_model
+
+        return unwrap_model(self.model)
+
+    @property
+    def _backbone(self):
+        inner = self._hf_model
+        return getattr(inner, inner.base_model_prefix)
+
+    @property
+    def _head(self) -> Optional[nn.Module]:
         """The scalar head, when it is a plain linear layer we can apply to pooled states (else None:
-        the model's own forward is used)."""
-        head = getattr(self.model, "score" if self.is_decoder else "classifier", None)
-        return head if isinstance(head, nn.Linear) else None
+        the model's own forward is used). Under LoRA it is peft's trainable copy of that layer."""
+        head = getattr(self._hf_model, "score" if self.is_decoder else "classifier", None)
+        return head if isinstance(getattr(head, "original_module", head), nn.Linear) else None
 
     @property
     def num_heads(self) -> int:
@@ -272,7 +284,7 @@ class RewardModel(nn.Module):
                 # HF finds the scored position from pad ids; position ids from the mask make padding harmless.
                 kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits.float()
-        backbone = getattr(self.model, self.model.base_model_prefix)
+        backbone = self._backbone
         if self.is_decoder:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)[0]
@@ -292,7 +304,7 @@ class RewardModel(nn.Module):
     def packed_heads(self, input_ids: torch.Tensor, position_ids: torch.Tensor, packed_mask: torch.Tensor,
                      score_row: torch.Tensor, score_col: torch.Tensor) -> torch.Tensor:
         """Rewards [responses, heads] of a `pack_groups` batch, in the order the responses were packed."""
-        backbone = getattr(self.model, self.model.base_model_prefix)
+        backbone = self._backbone
         hidden = backbone(input_ids=input_ids, attention_mask=packed_mask, position_ids=position_ids)[0]
         return self._head(hidden[score_row, score_col]).float()
 
@@ -339,13 +351,17 @@ class RewardModel(nn.Module):
         return (rewards - self.stats.mean) / self.stats.std
 
     def save(self, directory: Path | str) -> None:
-        """Write the checkpoint (HF format), tokenizer and `reward_stats.json` into `directory`."""
+        """Write the checkpoint (HF format), tokenizer and `reward_stats.json` into `directory`.
+
+        With LoRA the checkpoint is the merged model, with the adapter (and head) in `adapter/`.
+        """
         from alignloop import atomic
+        from alignloop.train.checkpoints import save_pretrained
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.config.architectures = [type(self.model).__name__]
-        self.model.save_pretrained(str(directory), safe_serialization=True)
+        self.model.config.architectures = [type(self._hf_model).__name__]
+        save_pretrained(directory, self.model)
         self.tokenizer.save_pretrained(str(directory))
         atomic.write_json(directory / STATS_FILE, self.stats.to_json())
 

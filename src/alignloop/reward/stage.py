@@ -15,7 +15,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from alignloop import atomic
-from alignloop.errors import CheckpointError, DataError
+from alignloop.errors import CheckpointError, ConfigError, DataError
+from alignloop.models.lora import describe, with_lora
 from alignloop.reward.config import RewardConfig, RewardDataConfig, RewardEvalConfig
 from alignloop.reward.data import (
     Preferences,
@@ -112,6 +113,9 @@ def _train_scratch_tokenizer(prefs: Preferences, cfg: RewardConfig, target: Path
 def _new_reward_model(run: RunDir, cfg: RewardConfig, prefs: Preferences, out_dir: Path, log: Log
                       ) -> tuple[RewardModel, str]:
     heads = cfg.ensemble.heads
+    if cfg.model.scratch and cfg.model.lora.enabled:
+        raise ConfigError("model.lora needs a trained backbone: a from-scratch reward model (model.scratch=true) "
+                          "must train every weight")
     if cfg.model.scratch:
         tokenizer = _scratch_tokenizer(run, prefs, cfg, out_dir, log)
         torch.manual_seed(cfg.train.seed)
@@ -138,13 +142,19 @@ def _train_one(run: RunDir, cfg: RewardConfig, prefs: Preferences, stage_dir: Pa
     train_groups, val_groups = split_groups(groups, cfg.data.val_fraction, cfg.data.seed)
     checkpoint = latest_checkpoint(stage_dir)
     state = None
-    if checkpoint is not None:
+    if checkpoint is not None and cfg.model.lora.enabled:
+        # A LoRA checkpoint holds the adapter and head alone: the frozen backbone is rebuilt as at the start.
+        reward, _ = _new_reward_model(run, cfg, prefs, stage_dir, log)
+        state = load_training_state(checkpoint)
+        source = str(checkpoint)
+    elif checkpoint is not None:
         reward = build_reward_model(checkpoint, cfg.ensemble.heads, cfg.model.max_length, cfg.model.pooling)
         state = load_training_state(checkpoint)
         source = str(checkpoint)
     else:
         reward, source = _new_reward_model(run, cfg, prefs, stage_dir, log)
     train_cfg = cfg.train.model_copy(update={"seed": cfg.train.seed + seed_offset})
+    reward.model = with_lora(reward.model, cfg.model.lora, "seq_cls", checkpoint, train_cfg.seed)
     pack = train_cfg.share_prompt and reward.can_pack
     encoded_train = encode_groups(train_groups, reward.encode, encode_parts=reward.encode_group if pack else None)
     encoded_val = encode_groups(val_groups, reward.encode, first_uid=len(encoded_train))
@@ -154,7 +164,8 @@ def _train_one(run: RunDir, cfg: RewardConfig, prefs: Preferences, stage_dir: Pa
     n_val = sum(g.group.n_comparisons for g in encoded_val)
     kind = "decoder, last token" if reward.is_decoder else f"encoder, {reward.pooling} pooling"
     log(f"{STAGE}: {n_train:,} training comparisons on {len(encoded_train):,} prompts, {n_val:,} validation "
-        f"comparisons on {len(encoded_val):,} prompts; backbone {source} ({kind}), {reward.num_heads} head(s)")
+        f"comparisons on {len(encoded_val):,} prompts; backbone {source} ({kind}), {reward.num_heads} head(s); "
+        f"{describe(reward.model)}")
     return train_reward_model(stage=STAGE, stage_dir=stage_dir, reward=reward, data=batches, val_groups=encoded_val,
                               cfg=train_cfg, loss_cfg=cfg.loss, bootstrap=cfg.ensemble.bootstrap,
                               resume_state=state, stats_groups=encoded_train + encoded_val, log=log)

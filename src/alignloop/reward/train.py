@@ -33,7 +33,7 @@ from alignloop.reward.objective import batch_objective
 from alignloop.train import distributed
 from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.crash import crash_point
-from alignloop.train.device import autocast
+from alignloop.train.device import autocast, precision_scope
 from alignloop.train.lm_loop import make_optimizer
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import training_progress
@@ -103,9 +103,23 @@ def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data
     """Train `reward` on `data`, validating on `val_groups`; write the best model with its stats to `final_dir`."""
     device = distributed.start(cfg.device)
     distributed.local_slice(cfg.batch_size, "train.batch_size")  # a clear error if it does not split evenly
+    with precision_scope(device, cfg.precision):
+        return _train(stage=stage, stage_dir=stage_dir, reward=reward, data=data, val_groups=val_groups, cfg=cfg,
+                      loss_cfg=loss_cfg, bootstrap=bootstrap, resume_state=resume_state, stats_groups=stats_groups,
+                      final_dir=final_dir, device=device, log=log)
+
+
+def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: PreferenceBatches,
+           val_groups: Sequence[EncodedGroup], cfg: RewardTrainConfig, loss_cfg: RewardLossConfig, bootstrap: float,
+           resume_state: Optional[dict[str, Any]], stats_groups: Sequence[EncodedGroup], final_dir: Optional[Path],
+           device: torch.device, log: Callable[[str], None]) -> RewardTrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     reward.to(device)
+    if cfg.gradient_checkpointing:
+        from alignloop.models.memory import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(reward.model)
     reward.train()
     optimizer = make_optimizer(reward.model, cfg)
     # Training calls `heads` / `packed_heads`, not `forward`: this adapter routes them through the
@@ -228,8 +242,12 @@ def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data
     if best_step is not None and best_dir.exists() and best_step != step + 1:
         from safetensors.torch import load_file
 
-        state = load_file(str(best_dir / "model.safetensors"))
-        reward.model.load_state_dict(state, strict=False)
+        from alignloop.models.lora import is_lora, load_adapter
+
+        if is_lora(reward.model):  # the adapter (and head) of the best step onto the same frozen base
+            load_adapter(reward.model, best_dir)
+        else:
+            reward.model.load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=False)
         log(f"{stage}: keeping the best model (step {best_step}, validation accuracy {best_accuracy:.4f})")
     reward.stats = reward_stats(reward, stats_groups or val_groups, cfg.stats_responses, cfg.batch_size)
     from alignloop.atomic import atomic_directory

@@ -30,7 +30,7 @@ from alignloop.rl.inputs import load_prompts, prompts_path, resolve_models, reso
 from alignloop.rl.rollout import RewardScorer, encode_prompts, make_sampler, sample
 from alignloop.runs import RunDir
 from alignloop.tokenizer import load_tokenizer
-from alignloop.train.device import pick_device
+from alignloop.train.device import pick_device, precision_scope
 
 
 def best_of_n_kl(n: int) -> float:
@@ -65,15 +65,21 @@ def best_of_n(policy, tokenizer, scorer: RewardScorer, prompts: list[str], n: in
 def run_bon(run: RunDir, cfg: BoNConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
             ) -> dict[str, Any]:
     """Best-of-n on the evaluation prompts (by default), judged against the baseline; writes rounds/NNN/bon/."""
-    from alignloop.evaluation.stage import judge_pairs, sample_responses, write_samples
-    from alignloop.reward.model import load_reward_model
-
     started = time.monotonic()
     round_number = resolve_round(run, cfg.run.round)
     paths = resolve_models(run, cfg.models, round_number)
     prompt_file = prompts_path(run, cfg.prompts, "eval_prompts")
     prompts = load_prompts(run, cfg.prompts, "eval_prompts")
     device = pick_device(cfg.run.device)
+    with precision_scope(device, cfg.run.precision, "run.precision"):
+        return _best_of_n_stage(run, cfg, round_number, paths, prompt_file, prompts, device, started, log)
+
+
+def _best_of_n_stage(run: RunDir, cfg: BoNConfig, round_number: int, paths, prompt_file: Path, prompts: list[str],
+                     device: torch.device, started: float, log: Callable[[str], None]) -> dict[str, Any]:
+    from alignloop.evaluation.stage import judge_pairs, sample_responses, write_samples
+    from alignloop.reward.model import load_reward_model
+
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     tokenizer = load_tokenizer(paths.policy)

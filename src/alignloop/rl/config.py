@@ -14,6 +14,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from alignloop.config.base import Section
+from alignloop.models.lora import LoraSettings
 
 
 class RLModelsConfig(Section):
@@ -30,6 +31,10 @@ class RLModelsConfig(Section):
         "reward", description="PPO only: the critic starts from the reward model (backbone and head) or from the "
                               "policy (backbone, new zero head). Falls back to the policy when the reward model "
                               "has another tokenizer or is not a decoder.")
+    lora: LoraSettings = Field(
+        default_factory=LoraSettings, description="Train LoRA adapters on the policy (and PPO's critic) instead of "
+                                                  "every weight; the reference is then the policy with its adapter "
+                                                  "off when it is the policy's start checkpoint. Ignored by bon.")
 
 
 class PromptsConfig(Section):
@@ -113,6 +118,11 @@ class RunLoopConfig(Section):
     seed: int = Field(0, description="Seed of the prompt order, the sampling and the new heads.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 (CUDA only, an error on CPU); fp32.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute the policy's (and critic's) activations in the backward pass instead of "
+                           "keeping them (less memory, more compute). Ignored by bon, which does not train.")
     save_every: int = Field(20, ge=1, description="Write a resumable checkpoint every N iterations (and at the end).")
     keep_last: int = Field(2, ge=1, description="Resumable checkpoints to keep.")
     log_every: int = Field(1, ge=1, description="Log metrics every N iterations.")

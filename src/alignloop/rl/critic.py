@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.errors import CheckpointError
-from alignloop.generation.logprobs import position_ids_from_attention_mask
+from alignloop.generation.logprobs import position_ids_from_attention_mask, unwrap_model
 from alignloop.models.causal_lm import check_checkpoint_dir
 
 
@@ -27,11 +27,13 @@ class Critic(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
-        head = getattr(model, "score", None)
-        if not isinstance(head, nn.Linear) or head.out_features != 1:
-            raise CheckpointError(f"{type(model).__name__} has no scalar `score` head to use as a value head")
-        self.backbone = getattr(model, model.base_model_prefix)
+        self.model = model  # a transformers model, or one wrapped with LoRA adapters (alignloop.models.lora)
+        inner = unwrap_model(model)
+        head = getattr(inner, "score", None)
+        plain = getattr(head, "original_module", head)  # under LoRA: peft's trainable copy of the head
+        if not isinstance(plain, nn.Linear) or plain.out_features != 1:
+            raise CheckpointError(f"{type(inner).__name__} has no scalar `score` head to use as a value head")
+        self.backbone = getattr(inner, inner.base_model_prefix)
         self.head = head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
@@ -42,8 +44,11 @@ class Critic(nn.Module):
         position response_start - 1 + t: the same alignment as the policy's
         logits (`alignloop.generation.logprobs.response_logits`).
         """
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids_from_attention_mask(attention_mask), use_cache=False)[0]
+        from alignloop.models.memory import checkpointed_forward
+
+        with checkpointed_forward(self.model):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                   position_ids=position_ids_from_attention_mask(attention_mask), use_cache=False)[0]
         hidden = hidden[:, response_start - 1:-1]
         return self.head(hidden).squeeze(-1).float()
 

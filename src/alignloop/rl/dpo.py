@@ -34,9 +34,9 @@ from alignloop.data.formatting import encode_prompt, encode_response
 from alignloop.data.jsonl import iter_jsonl
 from alignloop.errors import DataError, TrainingError
 from alignloop.generation.logprobs import sequence_logprobs
-from alignloop.models.causal_lm import load_causal_lm
 from alignloop.rl.config import DPOConfig, PreferenceDataConfig
-from alignloop.rl.inputs import resolve_models, resolve_round
+from alignloop.models.lora import describe
+from alignloop.rl.inputs import load_policy_and_reference, resolve_models, resolve_round
 from alignloop.rl.losses import dpo_loss
 from alignloop.rl.state import freeze
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
@@ -45,7 +45,7 @@ from alignloop.train import distributed
 from alignloop.train.checkpoints import (latest_checkpoint, load_training_state, restore_rng_state, save_final,
                                          save_training_checkpoint)
 from alignloop.train.crash import crash_point
-from alignloop.train.device import autocast
+from alignloop.train.device import autocast, precision_scope
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.schedule import learning_rate
 
@@ -214,13 +214,21 @@ def run_dpo(run: RunDir, cfg: DPOConfig, log: Callable[[str], None] = lambda m: 
 
     device = distributed.start(cfg.run.device)
     distributed.local_slice(cfg.dpo.batch_size, "dpo.batch_size")  # a clear error now if it does not split evenly
+    with precision_scope(device, cfg.run.precision, "run.precision"):
+        return _train(run, cfg, round_number, paths, pairs, source, stage_dir, final, inputs, device, log)
+
+
+def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tuple[str, str, str]], source: str,
+           stage_dir: Path, final: Path, inputs: str, device: torch.device, log: Callable[[str], None]) -> Path:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     checkpoint = latest_checkpoint(stage_dir)
     source_model = checkpoint or paths.policy
     tokenizer = load_tokenizer(source_model)
-    policy = load_causal_lm(source_model).to(device).eval()  # eval: dropout off, as in the reference pass
-    reference = freeze(load_causal_lm(paths.reference).to(device))
+    policy, reference = load_policy_and_reference(paths, checkpoint, cfg.models.lora, device,
+                                                  cfg.run.gradient_checkpointing, cfg.run.seed)
+    policy.eval()  # dropout off, as in the reference pass
+    freeze(reference)
 
     order = list(range(len(pairs)))
     random.Random(cfg.run.seed).shuffle(order)
@@ -234,7 +242,7 @@ def run_dpo(run: RunDir, cfg: DPOConfig, log: Callable[[str], None] = lambda m: 
     ref_val = reference_logprobs(reference, val, pad, cfg.dpo.batch_size, device) if val else None
     steps = cfg.dpo.epochs * -(-len(train) // cfg.dpo.batch_size)
     log(f"{STAGE}: {len(train):,} training and {len(val):,} held-out pairs from {source}; {steps} steps; "
-        f"policy {source_model}, reference {paths.reference}")
+        f"policy {source_model}, reference {paths.reference}; {describe(policy)}")
 
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.dpo.lr,
                                   weight_decay=cfg.dpo.weight_decay)

@@ -32,6 +32,7 @@ import torch
 from alignloop.errors import TrainingError
 from alignloop.rl.advantages import masked_mean
 from alignloop.rl.config import GRPOConfig
+from alignloop.models.lora import describe
 from alignloop.rl.inputs import open_models, resolve_stage_inputs
 from alignloop.rl.kl import kl_penalty
 from alignloop.rl.losses import group_advantages, ppo_policy_loss
@@ -40,7 +41,7 @@ from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, train_loop
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
 from alignloop.train import distributed
-from alignloop.train.device import autocast
+from alignloop.train.device import autocast, precision_scope
 
 STAGE = "grpo"
 
@@ -157,7 +158,8 @@ def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m
         return None
     run.record_config(STAGE, cfg)
 
-    models = open_models(paths, stage_dir, cfg.run.device, cfg.run.threads, cfg.run.seed)
+    models = open_models(paths, stage_dir, cfg.run.device, cfg.run.threads, cfg.run.seed, cfg.models.lora,
+                         cfg.run.gradient_checkpointing)
     device, checkpoint, source = models.device, models.checkpoint, models.source
     tokenizer, policy, reference = models.tokenizer, models.policy, models.reference
     scorer = RewardScorer(load_reward_model(paths.reward, device), tokenizer, batch_size=cfg.sampling.batch_size)
@@ -166,14 +168,15 @@ def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m
     if start:
         log(f"{STAGE}: resuming round {round_number} from iteration {start}")
     log(f"{STAGE}: round {round_number}: {cfg.grpo.estimator} with groups of {cfg.grpo.group_size}; policy {source}, "
-        f"reward model {paths.reward}, {len(prompts):,} prompts")
+        f"reward model {paths.reward}, {len(prompts):,} prompts; {describe(policy)}")
 
     run.mark_stage(stage_key(round_number), "running", inputs)
-    result = train_loop(stage=STAGE, state=state, prompts=prompts,
-                        iteration_fn=lambda st, p, ids: grpo_iteration(st, p, ids, cfg),
-                        iterations=cfg.grpo.iterations, rollout_prompts=cfg.grpo.rollout_prompts,
-                        warmup=cfg.grpo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens, loop=cfg.run,
-                        stage_dir=stage_dir, final=final, start=start, log=log)
+    with precision_scope(device, cfg.run.precision, "run.precision"):
+        result = train_loop(stage=STAGE, state=state, prompts=prompts,
+                            iteration_fn=lambda st, p, ids: grpo_iteration(st, p, ids, cfg),
+                            iterations=cfg.grpo.iterations, rollout_prompts=cfg.grpo.rollout_prompts,
+                            warmup=cfg.grpo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens, loop=cfg.run,
+                            stage_dir=stage_dir, final=final, start=start, log=log)
     run.mark_stage(stage_key(round_number), "done", inputs, final=str(final), score=result.last.get("score"),
                    kl=result.last.get("kl"))
     log(f"{STAGE}: done in {result.wall_s:.0f}s; policy in {final}")

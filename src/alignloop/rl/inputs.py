@@ -19,6 +19,7 @@ import torch
 
 from alignloop.errors import CheckpointError, DataError
 from alignloop.models.causal_lm import check_checkpoint_dir
+from alignloop.models.lora import LoraSettings, ReferenceView, with_lora
 from alignloop.rl.config import PromptsConfig, RLModelsConfig
 from alignloop.runs import RunDir
 from alignloop.stages import builtin_paths, read_prompts
@@ -90,6 +91,31 @@ def load_prompts(run: RunDir, cfg: PromptsConfig, kind: str = "prompts", limit: 
     return read_prompts(prompts_path(run, cfg, kind), cfg.field, cap)
 
 
+def load_policy_and_reference(paths: ModelPaths, checkpoint: Optional[Path], lora: LoraSettings,
+                              device: torch.device, gradient_checkpointing: bool = False, seed: int = 0
+                              ) -> tuple[object, object]:
+    """The policy (resumed from `checkpoint` when given) and its frozen reference, on `device`.
+
+    With LoRA the policy is the start checkpoint plus adapters (from `checkpoint` when resuming),
+    and when the reference is that same start checkpoint it is the policy with its adapter off
+    (`ReferenceView`): one copy of the weights instead of two.
+    """
+    from alignloop.models.causal_lm import load_causal_lm
+    from alignloop.models.memory import enable_gradient_checkpointing
+
+    if lora.enabled:
+        policy = with_lora(load_causal_lm(paths.policy), lora, "causal_lm", checkpoint, seed).to(device)
+    else:
+        policy = load_causal_lm(checkpoint or paths.policy).to(device)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    if lora.enabled and paths.reference.resolve() == paths.policy.resolve():
+        reference = ReferenceView(policy)
+    else:
+        reference = load_causal_lm(paths.reference).to(device)
+    return policy, reference
+
+
 @dataclass
 class OpenedModels:
     """The policy (from the newest checkpoint when resuming), its tokenizer and the reference, on a device."""
@@ -102,10 +128,9 @@ class OpenedModels:
     reference: object
 
 
-def open_models(paths: ModelPaths, stage_dir: Path, device_name: str, threads: Optional[int], seed: int
-                ) -> OpenedModels:
+def open_models(paths: ModelPaths, stage_dir: Path, device_name: str, threads: Optional[int], seed: int,
+                lora: Optional[LoraSettings] = None, gradient_checkpointing: bool = False) -> OpenedModels:
     """Load what every stage-4 trainer starts with; the policy resumes from `stage_dir`'s newest checkpoint."""
-    from alignloop.models.causal_lm import load_causal_lm
     from alignloop.tokenizer import load_tokenizer
     from alignloop.train.checkpoints import latest_checkpoint
     from alignloop.train import distributed
@@ -117,8 +142,8 @@ def open_models(paths: ModelPaths, stage_dir: Path, device_name: str, threads: O
     source = checkpoint or paths.policy
     tokenizer = load_tokenizer(source)
     torch.manual_seed(seed)
-    policy = load_causal_lm(source).to(device)
-    reference = load_causal_lm(paths.reference).to(device)
+    policy, reference = load_policy_and_reference(paths, checkpoint, lora or LoraSettings(), device,
+                                                  gradient_checkpointing, seed)
     return OpenedModels(device, checkpoint, source, tokenizer, policy, reference)
 
 

@@ -47,6 +47,8 @@ from alignloop.generation.logprobs import logprobs_from_logits, response_logits
 from alignloop.rl.advantages import gae, masked_mean, masked_whiten, masked_whiten_across
 from alignloop.rl.config import PPOConfig
 from alignloop.rl.critic import Critic, critic_from_policy, critic_from_reward_model, load_critic
+from alignloop.models.lora import describe, with_lora
+from alignloop.models.memory import enable_gradient_checkpointing
 from alignloop.rl.inputs import open_models, resolve_stage_inputs
 from alignloop.rl.kl import kl_penalty, token_rewards
 from alignloop.rl.losses import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss
@@ -54,7 +56,7 @@ from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, train_loop
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
 from alignloop.train import distributed
-from alignloop.train.device import autocast
+from alignloop.train.device import autocast, precision_scope
 
 STAGE = "ppo"
 
@@ -288,26 +290,37 @@ def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: 
         return None
     run.record_config(STAGE, cfg)
 
-    models = open_models(paths, stage_dir, cfg.run.device, cfg.run.threads, cfg.run.seed)
+    models = open_models(paths, stage_dir, cfg.run.device, cfg.run.threads, cfg.run.seed, cfg.models.lora,
+                         cfg.run.gradient_checkpointing)
     device, checkpoint, source = models.device, models.checkpoint, models.source
     tokenizer, policy, reference = models.tokenizer, models.policy, models.reference
     reward_model = load_reward_model(paths.reward, device)
     scorer = RewardScorer(reward_model, tokenizer, batch_size=cfg.sampling.batch_size)
-    critic = load_critic(checkpoint / "critic") if checkpoint else _build_critic(cfg.models.critic, paths, scorer, log)
+    if cfg.models.lora.enabled:  # adapters on the critic too; its checkpoint holds them and the value head
+        base = _build_critic(cfg.models.critic, paths, scorer, log)
+        critic_checkpoint = checkpoint / "critic" if checkpoint else None
+        critic = Critic(with_lora(base.model, cfg.models.lora, "seq_cls", critic_checkpoint, cfg.run.seed))
+    elif checkpoint is not None:
+        critic = load_critic(checkpoint / "critic")
+    else:
+        critic = _build_critic(cfg.models.critic, paths, scorer, log)
     critic.to(device)
+    if cfg.run.gradient_checkpointing:
+        enable_gradient_checkpointing(critic.model)
     state = ppo_state(policy, reference, critic, scorer, tokenizer, cfg)
     start = restore_checkpoint(state, checkpoint) if checkpoint is not None else 0
     if start:
         log(f"{STAGE}: resuming round {round_number} from iteration {start}")
     log(f"{STAGE}: round {round_number}: policy {source}, reference {paths.reference}, reward model {paths.reward} "
-        f"(scored by {'token ids' if scorer.by_ids else 'text'}), {len(prompts):,} prompts")
+        f"(scored by {'token ids' if scorer.by_ids else 'text'}), {len(prompts):,} prompts; policy: {describe(policy)}")
 
     run.mark_stage(stage_key(round_number), "running", inputs)
-    result = train_loop(stage=STAGE, state=state, prompts=prompts,
-                        iteration_fn=lambda st, p, ids: ppo_iteration(st, p, ids, cfg), iterations=cfg.ppo.iterations,
-                        rollout_prompts=cfg.ppo.rollout_prompts, warmup=cfg.ppo.warmup_iterations,
-                        max_prompt_tokens=cfg.prompts.max_tokens, loop=cfg.run, stage_dir=stage_dir, final=final,
-                        start=start, log=log)
+    with precision_scope(device, cfg.run.precision, "run.precision"):
+        result = train_loop(stage=STAGE, state=state, prompts=prompts,
+                            iteration_fn=lambda st, p, ids: ppo_iteration(st, p, ids, cfg),
+                            iterations=cfg.ppo.iterations, rollout_prompts=cfg.ppo.rollout_prompts,
+                            warmup=cfg.ppo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens, loop=cfg.run,
+                            stage_dir=stage_dir, final=final, start=start, log=log)
     run.mark_stage(stage_key(round_number), "done", inputs, final=str(final),
                    score=result.last.get("score"), kl=result.last.get("kl"))
     log(f"{STAGE}: done in {result.wall_s:.0f}s; policy in {final}")

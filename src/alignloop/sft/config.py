@@ -7,6 +7,7 @@ from typing import Optional
 from pydantic import Field
 
 from alignloop.config.base import Section
+from alignloop.models.lora import LoraSettings
 from alignloop.train.config import TrainConfig
 
 
@@ -14,6 +15,7 @@ class StartConfig(Section):
     """The checkpoint fine-tuning starts from."""
 
     path: Optional[str] = Field(None, description="A local HF causal-LM checkpoint. Unset: this run's pretrain/final.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Train LoRA adapters instead of every weight.")
 
 
 class SupervisedDataConfig(Section):

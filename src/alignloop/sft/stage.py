@@ -10,6 +10,7 @@ from alignloop.data.split import split_indices
 from alignloop.data.lm_batches import SupervisedPairs, build_supervised_example, read_supervised_records
 from alignloop.errors import DataError
 from alignloop.models.causal_lm import check_checkpoint_dir, load_causal_lm
+from alignloop.models.lora import describe, with_lora
 from alignloop.runs import RunDir, hash_inputs
 from alignloop.sft.config import SFTConfig
 from alignloop.stages import builtin_data, sample_fn_for
@@ -55,7 +56,10 @@ def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: 
     checkpoint = latest_checkpoint(stage_dir)
     source = checkpoint or start
     tokenizer = load_tokenizer(source)
-    model = load_causal_lm(source)
+    if cfg.model.lora.enabled:  # a LoRA checkpoint holds the adapter: the frozen base is the start checkpoint
+        model = with_lora(load_causal_lm(start), cfg.model.lora, "causal_lm", checkpoint, cfg.train.seed)
+    else:
+        model = load_causal_lm(source)
     state = load_training_state(checkpoint) if checkpoint else None
 
     train_ids, val_ids = split_indices(len(pairs), cfg.data.val_fraction, cfg.data.seed)
@@ -63,7 +67,7 @@ def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: 
     data = SupervisedPairs([examples[i] for i in train_ids], [examples[i] for i in val_ids], cfg.train.batch_size,
                            tokenizer.pad_token_id, cfg.train.seed)
     log(f"{STAGE}: {len(train_ids):,} training and {len(val_ids):,} validation pairs from {data_path}; "
-        f"starting from {source}")
+        f"starting from {source}; {describe(model)}")
 
     run.mark_stage(STAGE, "running", inputs)
     prompts = [p for p, _ in pairs[: cfg.train.samples]] or None

@@ -42,15 +42,24 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_pretrained(directory: Path, model, tokenizer=None, state_dict=None) -> None:
+def save_pretrained(directory: Path, model, tokenizer=None, state_dict=None, merged: bool = True) -> None:
     """HF `save_pretrained` of the model (safetensors) and the tokenizer into `directory`.
 
-    `state_dict`: the gathered weights when an engine shards them (`distributed.full_state_dict`).
+    `model` may be wrapped by the launcher (`distributed.unwrap` takes it out). `state_dict`: the
+    gathered weights when an engine shards them (`distributed.full_state_dict`).
+    A LoRA model writes its adapter into `adapter/`, and with `merged` (finished models) the merged
+    weights as an ordinary HF checkpoint too; training checkpoints pass merged=False and hold the
+    adapter alone (the frozen base is the stage's start checkpoint).
     """
+    from alignloop.models.lora import is_lora, save_lora
+
     unwrapped = distributed.unwrap(model)
-    unwrapped = getattr(unwrapped, "module", unwrapped)
-    kwargs = {"state_dict": state_dict} if state_dict is not None else {}
-    unwrapped.save_pretrained(str(directory), safe_serialization=True, **kwargs)
+    if is_lora(unwrapped):
+        # The engines LoRA runs under keep every weight whole on each rank (`distributed.prepare`).
+        save_lora(Path(directory), unwrapped, merged=merged)
+    else:
+        kwargs = {"state_dict": state_dict} if state_dict is not None else {}
+        unwrapped.save_pretrained(str(directory), safe_serialization=True, **kwargs)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
 
@@ -106,9 +115,9 @@ def save_training_checkpoint(stage_dir: Path, step: int, model, tokenizer, optim
     weights = _gathered({"": model, **(extra_models or {})})
     if distributed.is_main():
         with atomic_directory(target) as tmp:
-            save_pretrained(tmp, model, tokenizer, weights[""])
+            save_pretrained(tmp, model, tokenizer, weights[""], merged=False)
             for name, other in (extra_models or {}).items():
-                save_pretrained(tmp / name, other, state_dict=weights[name])
+                save_pretrained(tmp / name, other, state_dict=weights[name], merged=False)
             state = {"step": step, "optimizer": optimizer.state_dict() if optimizer is not None else None,
                      "rng": rng_state(), **(extra_state or {})}
             torch.save(state, tmp / STATE_FILE)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -34,3 +34,8 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed for initialisation, data order and sampling.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 (CUDA only, an error on CPU); fp32.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass instead of keeping them (less memory, "
+                           "about a third more compute).")

@@ -1,10 +1,30 @@
-"""Where tensors live and at what precision: fp32 on CPU, bf16 autocast on CUDA."""
+"""Where tensors live and at what precision: fp32 on CPU, bf16 autocast on CUDA.
+
+`precision` (a stage's `train.precision` or `run.precision`):
+- auto: bf16 autocast on CUDA, fp32 on CPU (where fp32 is both faster and exact);
+- bf16: bf16 autocast, CUDA only: asking for it on a CPU is a one-line error
+  rather than a silent fallback, so a run never reports figures of another
+  precision than the one it was asked for;
+- fp32: no autocast anywhere.
+
+A stage sets its precision once for everything it runs (`precision_scope`);
+every forward pass then asks `autocast(device)`. A context variable rather than
+a parameter, because the forward passes live in shared code (sampler,
+log-probs, reward scoring) that a dozen call sites reach.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+from typing import Iterator, Literal
 
 import torch
+
+from alignloop.errors import ConfigError
+
+Precision = Literal["auto", "bf16", "fp32"]
+_PRECISION: contextvars.ContextVar[str] = contextvars.ContextVar("alignloop_precision", default="auto")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -14,8 +34,27 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def check_precision(device: torch.device, precision: str, key: str = "train.precision") -> None:
+    """A one-line `ConfigError` when `precision` cannot run on `device`."""
+    if precision == "bf16" and device.type != "cuda":
+        raise ConfigError(f"{key}=bf16 needs a CUDA device (this run is on {device.type}); use {key}=fp32 or auto")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"{key}=bf16: this GPU does not support bfloat16; use {key}=fp32")
+
+
+@contextlib.contextmanager
+def precision_scope(device: torch.device, precision: str, key: str = "train.precision") -> Iterator[None]:
+    """Check `precision` against `device`, then make it the one `autocast` uses inside the block."""
+    check_precision(device, precision, key)
+    token = _PRECISION.set(precision)
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; a no-op on CPU, where fp32 is both faster and exact."""
-    if enabled and device.type == "cuda":
+    """bf16 autocast on CUDA unless the stage asked for fp32; a no-op on CPU."""
+    if enabled and device.type == "cuda" and _PRECISION.get() != "fp32":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

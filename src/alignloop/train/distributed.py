@@ -248,6 +248,14 @@ def prepare(model: torch.nn.Module, *optimizers: torch.optim.Optimizer):
     """
     if _accelerator is None:
         return (model, *optimizers)
+    engine = _sharding_engine()
+    if engine is not None:
+        from alignloop.models.lora import has_adapters
+
+        if has_adapters(model):
+            # Saving merges each adapter into its whole base weight, which these engines split across ranks.
+            raise ConfigError(f"lora.r > 0 runs under DDP (torchrun, or accelerate's multi-GPU config), not "
+                              f"{engine}, which shards the weights; set lora.r=0 or choose DDP")
     prepared = _accelerator.prepare(model, *optimizers)
     return prepared if isinstance(prepared, tuple) else (prepared,)
 
@@ -285,9 +293,17 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
 
     Every process must call it: gathering the shards is collective.
     """
-    if _accelerator is None or not (_accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")):
+    if _sharding_engine() is None:
         return None
     return _accelerator.get_state_dict(model)
+
+
+def _sharding_engine() -> str | None:
+    """The name of accelerate's engine when it may shard the weights (FSDP, DeepSpeed), else None."""
+    if _accelerator is None:
+        return None
+    name = _accelerator.distributed_type.name
+    return name if name in ("FSDP", "DEEPSPEED") else None
 
 
 class Forward(torch.nn.Module):

@@ -28,7 +28,7 @@ from alignloop.train import distributed
 from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.config import TrainConfig
 from alignloop.train.crash import crash_point
-from alignloop.train.device import autocast
+from alignloop.train.device import autocast, precision_scope
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import training_progress
 from alignloop.train.schedule import learning_rate
@@ -126,11 +126,26 @@ def train_language_model(*, stage: str, stage_dir: Path, model, tokenizer, data:
                          resume_state: dict[str, Any] | None = None,
                          sample_fn: Callable[[Any], list[str]] | None = None,
                          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> LoopResult:
-    """Train `model` on `data` for `cfg.max_steps`, checkpointing into `stage_dir`; write `final/`."""
+    """Train `model` on `data` for `cfg.max_steps`, checkpointing into `stage_dir`; write `final/`.
+
+    `model` may carry LoRA adapters (`alignloop.models.lora`): then only they train, checkpoints hold
+    them alone, and `final/` is the merged model.
+    """
     device = distributed.start(cfg.device)
+    with precision_scope(device, cfg.precision):
+        return _train(stage=stage, stage_dir=stage_dir, model=model, tokenizer=tokenizer, data=data, cfg=cfg,
+                      device=device, resume_state=resume_state, sample_fn=sample_fn, log=log)
+
+
+def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, cfg: TrainConfig,
+           device: torch.device, resume_state: dict[str, Any] | None, sample_fn, log) -> LoopResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model.to(device)
+    if cfg.gradient_checkpointing:
+        from alignloop.models.memory import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     model.train()
     optimizer = make_optimizer(model, cfg)
     start_step = 0
