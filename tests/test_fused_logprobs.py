@@ -46,6 +46,33 @@ def test_gradient_matches_autograd():
     assert torch.allclose(grad, expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("with_entropy", [True, False])
+def test_overwriting_the_logits_gives_the_same_values_and_gradient(with_entropy):
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(2, 7, 16, generator=generator, requires_grad=True)
+    head = torch.randn(300, 16, generator=generator)
+    tokens = torch.randint(0, 300, (2, 7), generator=generator)
+    results = []
+    for overwrite in (False, True):
+        logits = hidden @ head.T
+        logprobs, entropy = token_logprobs_and_entropy(logits, tokens, with_entropy, overwrite=overwrite)
+        (grad,) = torch.autograd.grad(logprobs.sum(), hidden)
+        results.append((logprobs, entropy, grad))
+    (kept, kept_entropy, kept_grad), (over, over_entropy, over_grad) = results
+    assert torch.allclose(kept, over, atol=1e-6) and torch.allclose(kept_grad, over_grad, atol=1e-6)
+    if with_entropy:
+        assert torch.allclose(kept_entropy, over_entropy, atol=1e-6)
+
+
+def test_overwritten_logits_that_a_graph_still_needs_are_caught():
+    logits = torch.randn(3, 20, requires_grad=True)
+    squared = logits * 1.0
+    kept_for_backward = squared.square()  # saves `squared` for its backward
+    logprobs, _ = token_logprobs_and_entropy(squared, torch.tensor([0, 1, 2]), overwrite=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (logprobs.sum() + kept_for_backward.sum()).backward()
+
+
 def test_a_second_backward_is_refused_not_wrong():
     logits = torch.randn(2, 10, requires_grad=True)
     logprobs, _ = token_logprobs_and_entropy(logits, torch.tensor([1, 2]))

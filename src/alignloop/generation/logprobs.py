@@ -192,5 +192,8 @@ def sequence_logprobs(
     """
     logits = response_logits(model, input_ids, attention_mask, response_start, temperature)
     tokens, mask = response_tokens_and_mask(input_ids, attention_mask, response_start)
-    logprobs = logprobs_from_logits(logits, tokens)
+    if logits.dtype in (torch.float32, torch.float64):  # the logits are ours: they become the working buffer
+        logprobs = token_logprobs_and_entropy(logits, tokens, with_entropy=False, overwrite=True)[0]
+    else:
+        logprobs = logprobs_from_logits(logits, tokens)
     return logprobs * mask.to(logprobs.dtype)

@@ -72,7 +72,7 @@ def policy_forward(policy, batch: Experience, temperature: float, with_entropy: 
     logits = response_logits(policy, batch.input_ids, batch.attention_mask, batch.prompt_length, temperature)
     if with_entropy and not (entropy_grad and torch.is_grad_enabled()) and logits.dtype == torch.float32:
         # Logged only: both from one pass over the logits, the entropy without a graph.
-        logprobs, entropy = token_logprobs_and_entropy(logits, batch.response_ids)
+        logprobs, entropy = token_logprobs_and_entropy(logits, batch.response_ids, overwrite=True)
         return logprobs * batch.response_mask, entropy
     logprobs = logprobs_from_logits(logits, batch.response_ids) * batch.response_mask
     entropy = None
