@@ -117,3 +117,15 @@ def test_other_architectures_and_short_windows_fall_back():
     with torch.no_grad():
         recomputed = sequence_logprobs(neox, batch.input_ids, batch.attention_mask, batch.prompt_length)
     assert torch.allclose(recomputed, batch.logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_bfloat16_model_stays_finite_with_left_padding(kind):
+    # The padding bias is float32 (its most negative value would be -inf in bfloat16, and a left-padding
+    # query that sees only padding would turn into NaN and leak into later layers).
+    model = build(kind).to(torch.bfloat16)
+    batch = draw(model, True, seed=4)
+    assert torch.isfinite(batch.logprobs).all()
+    with torch.no_grad():
+        recomputed = sequence_logprobs(model, batch.input_ids, batch.attention_mask, batch.prompt_length)
+    assert torch.allclose(recomputed, batch.logprobs, atol=0.1)

@@ -114,8 +114,8 @@ class _KVCache:
         return self.keys_t[layer][..., :end], self.values[layer][:, :, :end]
 
 
-def _attention_bias(attention_mask: Tensor, new: int, dtype: torch.dtype) -> Tensor:
-    """Additive bias [B, 1, S, L]: 0 where a query may attend, a very negative number elsewhere.
+def _attention_bias(attention_mask: Tensor, new: int) -> Tensor:
+    """Additive float32 bias [B, 1, S, L]: 0 where a query may attend, a very negative number elsewhere.
 
     Masked keys are padding, and for the S newest queries also any later key
     (causal). The most negative finite value, not -inf, keeps a left-padding
@@ -128,8 +128,8 @@ def _attention_bias(attention_mask: Tensor, new: int, dtype: torch.dtype) -> Ten
         query_positions = torch.arange(length - new, length, device=attention_mask.device).view(-1, 1)
         causal = torch.arange(length, device=attention_mask.device).view(1, -1) <= query_positions
         allowed = allowed & causal
-    zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)
+    zero = torch.zeros((), dtype=torch.float32, device=attention_mask.device)
+    return torch.where(allowed, zero, torch.finfo(torch.float32).min)
 
 
 def _attend(query: Tensor, keys_t: Tensor, value: Tensor, bias: Tensor, scaling: float) -> Tensor:
@@ -144,8 +144,9 @@ def _attend(query: Tensor, keys_t: Tensor, value: Tensor, bias: Tensor, scaling:
     if groups > 1:
         query = query.reshape(batch, keys_t.shape[1], groups * new, dim)
         bias = bias.repeat(1, 1, groups, 1)
-    scores = torch.matmul(query, keys_t).mul_(scaling).add_(bias)
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    # float32 scores: the bias's "very negative" float32 value would round to -inf in bfloat16
+    scores = torch.matmul(query, keys_t).float().mul_(scaling).add_(bias)
+    weights = torch.softmax(scores, dim=-1).to(value.dtype)
     out = torch.matmul(weights, value).view(batch, heads, new, dim)
     return out.transpose(1, 2).reshape(batch, new, heads * dim)
 
@@ -178,7 +179,7 @@ class _GPT2Stepper:
     def __call__(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
         batch, new = input_ids.shape
         hidden = self.body.wte(input_ids) + self.body.wpe(position_ids)
-        bias = _attention_bias(attention_mask, new, hidden.dtype)
+        bias = _attention_bias(attention_mask, new)
         for index, block in enumerate(self.body.h):
             attn = block.attn
             query, key, value = attn.c_attn(block.ln_1(hidden)).split(attn.embed_dim, dim=2)
@@ -236,7 +237,7 @@ class _LlamaStepper:
         batch, new = input_ids.shape
         hidden = self.body.embed_tokens(input_ids)
         cos, sin = self.body.rotary_emb(hidden, position_ids)
-        bias = _attention_bias(attention_mask, new, hidden.dtype)
+        bias = _attention_bias(attention_mask, new)
         for index, layer in enumerate(self.body.layers):
             attn = layer.self_attn
             query, key, value = self._project(index, attn, layer.input_layernorm(hidden))
