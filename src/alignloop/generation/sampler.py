@@ -18,7 +18,9 @@ does not need (profiled on CPU: ``torch.cat`` growing the KV cache every step,
 and ``torch.multinomial`` drawing one exponential variate per vocabulary entry
 per row). Here the KV cache is pre-allocated once, a token is drawn by
 inverse-CDF sampling (one uniform per row), the lm_head runs on the last
-position only, and outputs are written into pre-allocated tensors.
+position only, and outputs are written into pre-allocated tensors. GPT-2 and
+Llama-family models go further, through ``alignloop.generation.fast_decode``
+(no transformers forward per step at all); the loop is the same for both.
 """
 
 from __future__ import annotations
