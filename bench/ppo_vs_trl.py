@@ -22,8 +22,11 @@ Three measurements, each in its own process (so peak memory is each one's own):
    update excluded -> `ppo_iteration_speedup_vs_trl`, `peak_rss_ratio_vs_trl`.
 
 Usage:
-    PYTHONPATH=src .venv/bin/python bench/ppo_vs_trl.py [--iterations 3] [--threads 2]
+    PYTHONPATH=src .venv/bin/python bench/ppo_vs_trl.py [--iterations 3] [--threads 2] [--rounds 1]
         [--trl-python .venv-trl-ppo/bin/python]
+With --rounds N the `ours` and `trl` workers run alternately N times each and
+their timed iterations are pooled (medians over all of them): on a machine
+shared with other jobs, load that comes and goes then falls on both sides.
 The last line printed is one JSON object with `rollout_speedup_vs_hf_generate`,
 `ppo_iteration_speedup_vs_trl` and `peak_rss_ratio_vs_trl` (and the raw figures).
 """
@@ -165,7 +168,7 @@ def worker_ours(folder: Path, iterations: int) -> dict:
             cpu.append(elapsed_cpu)
             parts.append({k: stats[k] for k in ("rollout_s", "experience_s", "update_s")})
     return {"iteration_s": statistics.median(timings), "iteration_runs_s": timings,
-            "iteration_cpu_s": statistics.median(cpu),
+            "iteration_cpu_s": statistics.median(cpu), "iteration_cpu_runs_s": cpu,
             "breakdown_s": {k: statistics.median(p[k] for p in parts) for k in parts[0]},
             "response_length": stats["response_length"], "peak_rss_mb": peak_rss_mb()}
 
@@ -214,7 +217,7 @@ def worker_trl(folder: Path, iterations: int) -> dict:
     import trl
 
     return {"iteration_s": statistics.median(steps), "iteration_runs_s": steps,
-            "iteration_cpu_s": statistics.median(cpu), "peak_rss_mb": peak_rss_mb(),
+            "iteration_cpu_s": statistics.median(cpu), "iteration_cpu_runs_s": cpu, "peak_rss_mb": peak_rss_mb(),
             "trl_version": trl.__version__, "torch_threads": torch.get_num_threads()}
 
 
@@ -235,11 +238,27 @@ def run_worker(python: str, name: str, folder: Path, count: int, threads: int) -
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def pool_rounds(results: list[dict]) -> dict:
+    """One side's results over several rounds: medians over every timed iteration, the largest peak RSS."""
+    pooled = dict(results[0])
+    for key in ("iteration_runs_s", "iteration_cpu_runs_s"):
+        pooled[key] = [t for r in results for t in r[key]]
+    pooled["iteration_s"] = statistics.median(pooled["iteration_runs_s"])
+    pooled["iteration_cpu_s"] = statistics.median(pooled["iteration_cpu_runs_s"])
+    pooled["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
+    if "breakdown_s" in pooled:
+        pooled["breakdown_s"] = {k: statistics.median(r["breakdown_s"][k] for r in results)
+                                 for k in results[0]["breakdown_s"]}
+    return pooled
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3, help="Timed PPO iterations per side (after a warm-up).")
     parser.add_argument("--repeats", type=int, default=3, help="Timed rollouts per sampler.")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides.")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="Run ours then TRL this many times (alternating) and pool the timed iterations.")
     parser.add_argument("--trl-python", default=str(ROOT / ".venv-trl-ppo" / "bin" / "python"),
                         help="Python of the TRL 1.12.0 virtualenv (bench/setup_trl_ppo_venv.sh makes it).")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -260,8 +279,11 @@ def main() -> None:
         folder = Path(tmp)
         prepare(folder)
         rollout = run_worker(sys.executable, "rollout", folder, args.repeats, args.threads)
-        ours = run_worker(sys.executable, "ours", folder, args.iterations, args.threads)
-        trl = run_worker(args.trl_python, "trl", folder, args.iterations, args.threads)
+        # Alternating the two sides over rounds spreads the machine's changing background load over both.
+        rounds = [(run_worker(sys.executable, "ours", folder, args.iterations, args.threads),
+                   run_worker(args.trl_python, "trl", folder, args.iterations, args.threads))
+                  for _ in range(args.rounds)]
+        ours, trl = pool_rounds([r[0] for r in rounds]), pool_rounds([r[1] for r in rounds])
 
     print(f"rollout: ours {rollout['ours_rollout_tokens_per_s']:,.0f} tokens/s, HF generate "
           f"{rollout['hf_generate_tokens_per_s']:,.0f} tokens/s")
@@ -273,7 +295,7 @@ def main() -> None:
     print(f"peak RSS: ours {ours['peak_rss_mb']:,.0f} MB, TRL {trl['peak_rss_mb']:,.0f} MB")
     print(json.dumps({
         "workload": f"gpt2 {LAYERS}x{WIDTH} vocab {VOCAB}, {BATCH} prompts x {PROMPT_TOKENS} tokens, {NEW_TOKENS} new "
-                    f"tokens, T=1, 1 epoch x 1 minibatch, cpu fp32, {args.threads} threads",
+                    f"tokens, T=1, 1 epoch x 1 minibatch, cpu fp32, {args.threads} threads, {args.rounds} round(s)",
         "trl_version": trl["trl_version"],
         "ours_rollout_tokens_per_s": round(rollout["ours_rollout_tokens_per_s"], 1),
         "hf_generate_tokens_per_s": round(rollout["hf_generate_tokens_per_s"], 1),

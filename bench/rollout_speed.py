@@ -4,9 +4,10 @@ Workload (fixed, so numbers compare across commits): a random-init GPT-2
 (4 layers, width 256, 4 heads, vocab 8192), 64 prompts of 16 tokens, exactly
 48 new tokens per prompt (min_new_tokens = max_new_tokens), sampling at
 temperature 1 with no top-k/top-p, on CPU in float32 with 2 torch threads.
-Both run on the same model and prompts; each gets a warm-up call, then the
-two are timed alternately (so background load hits both alike) and the
-median of ``--repeats`` runs is reported. A third timing, the weight matrix
+Both run on the same model and prompts (ours also through the model's own
+forward, ``fast_decode=False``, to show what the lean decode path adds); each
+gets a warm-up call, then they are timed alternately (so background load hits
+all alike) and the median of ``--repeats`` runs is reported. A last timing, the weight matrix
 products alone (no attention, norms, activations, sampling or Python), is the
 ceiling any float32 sampler of this model can reach on this machine: the
 speedup over ``generate`` cannot exceed ``matmul_floor_speedup_vs_hf_generate``.
@@ -84,6 +85,11 @@ def main() -> None:
                          temperature=1.0, generator=generator, min_new_tokens=args.new_tokens)
         return int(batch.response_mask.sum())
 
+    def generic() -> int:  # the same sampler through the model's own forward (no lean decode path)
+        batch = generate(model, prompt_lists, max_new_tokens=args.new_tokens, eos_token_id=EOS, pad_token_id=PAD,
+                         temperature=1.0, generator=generator, min_new_tokens=args.new_tokens, fast_decode=False)
+        return int(batch.response_mask.sum())
+
     def hf() -> int:
         with torch.inference_mode():
             out = model.generate(
@@ -96,7 +102,7 @@ def main() -> None:
     def floor() -> int:
         return linear_floor(model, args.batch, args.prompt_tokens, args.new_tokens)
 
-    runners = (("ours", ours), ("hf", hf), ("matmul_floor", floor))
+    runners = (("ours", ours), ("ours_generic", generic), ("hf", hf), ("matmul_floor", floor))
     timings: dict[str, list[float]] = {name: [] for name, _ in runners}
     cpu_times: dict[str, list[float]] = {name: [] for name, _ in runners}
     tokens: dict[str, int] = {}
@@ -113,7 +119,7 @@ def main() -> None:
     hf_tps = tokens["hf"] / statistics.median(timings["hf"])
     floor_tps = tokens["matmul_floor"] / statistics.median(timings["matmul_floor"])
     for name, _ in runners:
-        print(f"{name:>12}: {tokens[name]} tokens, wall " + ", ".join(f"{t:.3f}s" for t in timings[name])
+        print(f"{name:>13}: {tokens[name]} tokens, wall " + ", ".join(f"{t:.3f}s" for t in timings[name])
               + "; cpu " + ", ".join(f"{t:.3f}s" for t in cpu_times[name]))
     print(json.dumps({
         "workload": f"gpt2 4x256 vocab {args.vocab}, {args.batch} prompts x {args.prompt_tokens} tokens, "
@@ -125,6 +131,8 @@ def main() -> None:
         # (with --threads 1 they measure the work done; with more, OpenMP spin-waits count too)
         "ours_cpu_s": round(statistics.median(cpu_times["ours"]), 3),
         "hf_generate_cpu_s": round(statistics.median(cpu_times["hf"]), 3),
+        "ours_generic_cpu_s": round(statistics.median(cpu_times["ours_generic"]), 3),
+        "matmul_floor_cpu_s": round(statistics.median(cpu_times["matmul_floor"]), 3),
         # the weight matmuls alone: what any float32 sampler of this model is bounded by
         "matmul_floor_tokens_per_s": round(floor_tps, 1),
         "matmul_floor_speedup_vs_hf_generate": round(floor_tps / hf_tps, 3),

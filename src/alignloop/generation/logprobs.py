@@ -21,6 +21,8 @@ import inspect
 import torch
 from torch import Tensor
 
+from alignloop.generation.fused_logprobs import token_logprobs_and_entropy
+
 __all__ = [
     "position_ids_from_attention_mask",
     "logprobs_from_logits",
@@ -46,17 +48,18 @@ def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
     """log softmax(logits)[token] for every position.
 
     logits: [..., V]; tokens: [...] (long). Returns [...] in float32 (or
-    float64 when the logits are). Computed as ``logit[token] - logsumexp``,
-    so no [..., V] log-softmax tensor is built and kept for autograd beside the
-    logits themselves. Half-precision logits are upcast to float32 one row at
-    a time (a bf16 log-softmax loses too much precision), which bounds the
-    peak memory of scoring without gradients.
+    float64 when the logits are). Computed as ``logit[token] - logsumexp``
+    with one [..., V] buffer for forward and backward
+    (``alignloop.generation.fused_logprobs``), so no log-softmax tensor is
+    built and kept for autograd beside the logits themselves. Half-precision
+    logits are upcast to float32 one row at a time (a bf16 log-softmax loses
+    too much precision), which bounds the peak memory of scoring without
+    gradients.
     """
     if logits.shape[:-1] != tokens.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} do not match")
     if logits.dtype in (torch.float32, torch.float64):
-        picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        return picked - torch.logsumexp(logits, dim=-1)
+        return token_logprobs_and_entropy(logits, tokens, with_entropy=False)[0]
     rows = [
         torch.log_softmax(row.float(), dim=-1).gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
         for row, row_tokens in zip(logits, tokens)
@@ -130,15 +133,21 @@ def response_logits(
     n_predict = length - first
     from alignloop.models.memory import checkpointed_forward
 
+    kwargs = _model_kwargs(model, use_cache=False, logits_to_keep=n_predict + 1)
+    if "logits_to_keep" in kwargs:
+        # The logits at position j predict token j + 1: ask for exactly positions first-1 .. L-2. Slicing
+        # them out of n_predict + 1 positions instead would cost a [B, T, V] zero-fill and copy in backward.
+        kwargs["logits_to_keep"] = torch.arange(first - 1, length - 1, device=input_ids.device)
     with checkpointed_forward(model):  # a no-op unless gradient checkpointing is on
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids_from_attention_mask(attention_mask),
-            **_model_kwargs(model, use_cache=False, logits_to_keep=n_predict + 1),
+            **kwargs,
         )
-    # The logits at position j predict token j + 1: keep positions first-1 .. L-2.
-    logits = out.logits[:, -(n_predict + 1):-1, :]
+    logits = out.logits
+    if logits.shape[1] != n_predict:  # the model kept a count of last positions (or all of them)
+        logits = logits[:, -(n_predict + 1):-1, :]
     if isinstance(response_start, Tensor):
         offsets = (response_start.to(logits.device) - first).view(-1, 1)
         index = (offsets + torch.arange(n_predict, device=logits.device)).clamp_(max=n_predict - 1)
@@ -186,5 +195,8 @@ def sequence_logprobs(
     """
     logits = response_logits(model, input_ids, attention_mask, response_start, temperature)
     tokens, mask = response_tokens_and_mask(input_ids, attention_mask, response_start)
-    logprobs = logprobs_from_logits(logits, tokens)
+    if logits.dtype in (torch.float32, torch.float64):  # the logits are ours: they become the working buffer
+        logprobs = token_logprobs_and_entropy(logits, tokens, with_entropy=False, overwrite=True)[0]
+    else:
+        logprobs = logprobs_from_logits(logits, tokens)
     return logprobs * mask.to(logprobs.dtype)

@@ -18,7 +18,9 @@ does not need (profiled on CPU: ``torch.cat`` growing the KV cache every step,
 and ``torch.multinomial`` drawing one exponential variate per vocabulary entry
 per row). Here the KV cache is pre-allocated once, a token is drawn by
 inverse-CDF sampling (one uniform per row), the lm_head runs on the last
-position only, and outputs are written into pre-allocated tensors.
+position only, and outputs are written into pre-allocated tensors. GPT-2 and
+Llama-family models go further, through ``alignloop.generation.fast_decode``
+(no transformers forward per step at all); the loop is the same for both.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor
 
 from alignloop.errors import DataError
+from alignloop.generation.fast_decode import Stepper, lean_stepper
 from alignloop.generation.logprobs import _model_kwargs, position_ids_from_attention_mask, unwrap_model
 
 __all__ = ["RolloutBatch", "Sampler", "generate", "sample_from_logits"]
@@ -169,6 +172,23 @@ def _preallocated_cache(model, capacity: int):
     return cache
 
 
+def _transformers_stepper(model, capacity: int) -> Stepper:
+    """The model's own forward with a pre-allocated cache, as a ``Stepper`` (any architecture)."""
+    cache = _preallocated_cache(model, capacity)
+
+    def step(input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        nonlocal cache
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    **_model_kwargs(model, use_cache=True, logits_to_keep=1, cache=cache))
+        if cache is None:  # pragma: no cover - old transformers: reuse what the model returned
+            cache = getattr(out, "past_key_values", None)
+        if getattr(out, "logits", None) is None:  # pragma: no cover
+            raise RuntimeError("the model returned no logits")
+        return out.logits[:, -1, :]
+
+    return step
+
+
 # ---------------------------------------------------------------------------
 # Drawing one token per row.
 
@@ -233,9 +253,9 @@ def sample_from_logits(
     scaled = logits.float()
     if temperature != 1.0:
         scaled = scaled / temperature
-    row_max = scaled.amax(-1, keepdim=True)
-    weights = (scaled - row_max).exp_()
-    log_normalizer = weights.sum(-1, keepdim=True).log_().add_(row_max)
+    # softmax in one fused pass (max, exp, sum, divide): the draw needs only relative weights, and the
+    # log-prob log p[token] equals logit - logsumexp to float rounding (~1e-7).
+    weights = torch.softmax(scaled, dim=-1)
     filtered = top_k > 0 or top_p < 1.0
 
     if banned_token_ids is not None:
@@ -262,8 +282,14 @@ def sample_from_logits(
     else:
         tokens = _inverse_cdf_sample(weights, generator)
 
-    logprobs = scaled.gather(-1, tokens)
-    return tokens.squeeze(-1), (logprobs - log_normalizer).squeeze(-1)
+    # Banning and filtering only zeroed other tokens' weights: a drawn token's p is the untruncated one.
+    picked = weights.gather(-1, tokens)
+    if bool((picked < torch.finfo(picked.dtype).tiny).any()):
+        # p underflowed (a token ~90 nats below the best, drawn after filtering): exact in log space
+        logprobs = scaled.gather(-1, tokens) - torch.logsumexp(scaled, dim=-1, keepdim=True)
+    else:
+        logprobs = picked.log_()
+    return tokens.squeeze(-1), logprobs.squeeze(-1)
 
 
 # ---------------------------------------------------------------------------
@@ -295,6 +321,7 @@ def generate(
     generator: torch.Generator | None = None,
     min_new_tokens: int = 0,
     stop_at_eos: bool = True,
+    fast_decode: bool = True,
 ) -> RolloutBatch:
     """Sample a response for every prompt, in one batch, with log-probs.
 
@@ -304,7 +331,10 @@ def generate(
     mask 0. EOS cannot be drawn before ``min_new_tokens`` tokens. ``generator``
     (on the model's device) makes the draw reproducible. The model runs in
     eval mode (dropout off) under ``torch.inference_mode``; its train/eval mode
-    is restored afterwards. See ``RolloutBatch`` for the result.
+    is restored afterwards. ``fast_decode`` runs GPT-2 and Llama-family
+    models through ``alignloop.generation.fast_decode`` (same log-probs, less
+    overhead per step); False, or any other architecture, runs the model's own
+    forward. See ``RolloutBatch`` for the result.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -358,16 +388,10 @@ def generate(
     model.eval()
     try:
         with torch.inference_mode():
-            cache = _preallocated_cache(model, total_width)
-            out = model(
-                input_ids=input_ids[:, :prompt_width],
-                attention_mask=step_mask[:, :prompt_width],
-                position_ids=position_ids_from_attention_mask(step_mask[:, :prompt_width]),
-                **_model_kwargs(model, use_cache=True, logits_to_keep=1, cache=cache),
-            )
-            if cache is None:  # pragma: no cover - old transformers: reuse what the model returned
-                cache = getattr(out, "past_key_values", None)
-            logits = out.logits[:, -1, :]
+            step_forward = (lean_stepper(model, batch, total_width) if fast_decode else None) \
+                or _transformers_stepper(model, total_width)
+            logits = step_forward(input_ids[:, :prompt_width], step_mask[:, :prompt_width],
+                                  position_ids_from_attention_mask(step_mask[:, :prompt_width]))
             steps = 0
             for step in range(max_new_tokens):
                 banned = eos if (eos is not None and step < min_new_tokens) else None
@@ -390,15 +414,8 @@ def generate(
                         ended_with_eos.copy_(hit)
                 if steps == max_new_tokens:
                     break  # the last token needs no forward pass
-                out = model(
-                    input_ids=tokens.unsqueeze(-1),
-                    attention_mask=step_mask[:, : prompt_width + steps],
-                    position_ids=prompt_lengths + step,
-                    **_model_kwargs(model, use_cache=True, logits_to_keep=1, cache=cache),
-                )
-                if getattr(out, "logits", None) is None:  # pragma: no cover
-                    raise RuntimeError("the model returned no logits")
-                logits = out.logits[:, -1, :]
+                logits = step_forward(tokens.unsqueeze(-1), step_mask[:, : prompt_width + steps],
+                                      prompt_lengths + step)
     finally:
         model.train(was_training)
 

@@ -43,6 +43,7 @@ from typing import Callable, Optional
 import torch
 
 from alignloop.errors import TrainingError
+from alignloop.generation.fused_logprobs import token_logprobs_and_entropy
 from alignloop.generation.logprobs import logprobs_from_logits, response_logits
 from alignloop.rl.advantages import gae, masked_mean, masked_whiten, masked_whiten_across
 from alignloop.rl.config import PPOConfig
@@ -80,6 +81,10 @@ def policy_forward(policy, batch: Experience, temperature: float, with_entropy: 
                    entropy_grad: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Log-probs [B, T] of the batch's response tokens under the current policy (with grad), and entropy."""
     logits = response_logits(policy, batch.input_ids, batch.attention_mask, batch.prompt_length, temperature)
+    if with_entropy and not (entropy_grad and torch.is_grad_enabled()) and logits.dtype == torch.float32:
+        # Logged only: both from one pass over the logits, the entropy without a graph.
+        logprobs, entropy = token_logprobs_and_entropy(logits, batch.response_ids, overwrite=True)
+        return logprobs * batch.response_mask, entropy
     logprobs = logprobs_from_logits(logits, batch.response_ids) * batch.response_mask
     entropy = None
     if with_entropy:
