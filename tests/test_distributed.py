@@ -73,12 +73,13 @@ def _metrics(path: Path, key: str) -> list[tuple[int, float]]:
     return [(r["step"], r[key]) for r in records if key in r]
 
 
-def assert_same_metrics(one: Path, two: Path, keys: list[str]) -> None:
+def assert_same_metrics(one: Path, two: Path, keys: list[str], abs_tol: dict[str, float] | None = None) -> None:
     for key in keys:
+        tolerance = (abs_tol or {}).get(key, 1e-6)
         a, b = _metrics(one, key), _metrics(two, key)
         assert a and [s for s, _ in a] == [s for s, _ in b], (key, a, b)  # each step logged once, by rank 0
         for (step, x), (_, y) in zip(a, b):
-            assert y == pytest.approx(x, rel=REL, abs=1e-6), f"{key} at step {step}: 1 process {x}, 2 processes {y}"
+            assert y == pytest.approx(x, rel=REL, abs=tolerance), f"{key} at step {step}: 1 process {x}, 2 processes {y}"
 
 
 def assert_same_update(start: Path, one: Path, two: Path) -> None:
@@ -182,7 +183,10 @@ def test_ppo_two_processes_match_one(rl_run, tmp_path):
     _ok(launch("ppo", "-r", str(other), *args))
     stage = Path("rounds") / "001" / "ppo"
     assert_same_metrics(rl_run / stage / "metrics.jsonl", other / stage / "metrics.jsonl",
-                        ["score", "kl", "policy_loss", "value_loss", "approx_kl", "kl_coef"])
+                        ["score", "kl", "policy_loss", "value_loss", "approx_kl", "kl_coef"],
+                        # KL is a small difference of two log-prob sums of tens of nats: the sampler's
+                        # float rounding, which depends on the batch's shape, moves it by ~1e-5 nats.
+                        abs_tol={"kl": 1e-4})
     policy = Path("rounds") / "001" / "policy" / "final"
     assert_same_update(rl_run / "pretrain" / "final", rl_run / policy, other / policy)
     samples = (other / stage / "samples.jsonl").read_text().splitlines()
