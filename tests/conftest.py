@@ -172,3 +172,13 @@ def browser():
         launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module: models this small gain nothing from a second, and on a busy
+    machine every op would wait for it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

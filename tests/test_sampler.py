@@ -21,14 +21,7 @@ MANY_EOS = list(range(118, VOCAB))
 PROMPTS = [[BOS, 5, 6, 7], [BOS, 8, 9, 10, 11, 12, 13], [BOS], [BOS, 20, 21], [BOS, 30, 31, 32, 33]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Models this small gain nothing from a second thread, and on a busy
-    # machine every op would wait for it.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_gpt2():

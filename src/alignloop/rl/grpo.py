@@ -38,10 +38,10 @@ from alignloop.rl.kl import kl_penalty
 from alignloop.rl.losses import group_advantages, ppo_policy_loss
 from alignloop.rl.ppo import chunks, clip_gradients, minibatch_tokens, policy_forward, sum_across
 from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
-from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, train_loop
+from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
 from alignloop.train import distributed
-from alignloop.train.device import autocast, precision_scope
+from alignloop.train.device import autocast
 
 STAGE = "grpo"
 
@@ -170,14 +170,8 @@ def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m
     log(f"{STAGE}: round {round_number}: {cfg.grpo.estimator} with groups of {cfg.grpo.group_size}; policy {source}, "
         f"reward model {paths.reward}, {len(prompts):,} prompts; {describe(policy)}")
 
-    run.mark_stage(stage_key(round_number), "running", inputs)
-    with precision_scope(device, cfg.run.precision, "run.precision"):
-        result = train_loop(stage=STAGE, state=state, prompts=prompts,
-                            iteration_fn=lambda st, p, ids: grpo_iteration(st, p, ids, cfg),
-                            iterations=cfg.grpo.iterations, rollout_prompts=cfg.grpo.rollout_prompts,
-                            warmup=cfg.grpo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens, loop=cfg.run,
-                            stage_dir=stage_dir, final=final, start=start, log=log)
-    run.mark_stage(stage_key(round_number), "done", inputs, final=str(final), score=result.last.get("score"),
-                   kl=result.last.get("kl"))
-    log(f"{STAGE}: done in {result.wall_s:.0f}s; policy in {final}")
-    return result
+    return run_rl_stage(run, stage_key(round_number), inputs, device, cfg.run.precision, stage=STAGE, state=state,
+                        prompts=prompts, iteration_fn=lambda st, p, ids: grpo_iteration(st, p, ids, cfg),
+                        iterations=cfg.grpo.iterations, rollout_prompts=cfg.grpo.rollout_prompts,
+                        warmup=cfg.grpo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens,
+                        loop=cfg.run, stage_dir=stage_dir, final=final, start=start, log=log)

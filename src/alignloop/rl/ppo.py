@@ -54,10 +54,10 @@ from alignloop.rl.inputs import open_models, resolve_stage_inputs
 from alignloop.rl.kl import kl_penalty, token_rewards
 from alignloop.rl.losses import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss
 from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
-from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, train_loop
+from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
 from alignloop.train import distributed
-from alignloop.train.device import autocast, precision_scope
+from alignloop.train.device import autocast
 
 STAGE = "ppo"
 
@@ -319,14 +319,8 @@ def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: 
     log(f"{STAGE}: round {round_number}: policy {source}, reference {paths.reference}, reward model {paths.reward} "
         f"(scored by {'token ids' if scorer.by_ids else 'text'}), {len(prompts):,} prompts; policy: {describe(policy)}")
 
-    run.mark_stage(stage_key(round_number), "running", inputs)
-    with precision_scope(device, cfg.run.precision, "run.precision"):
-        result = train_loop(stage=STAGE, state=state, prompts=prompts,
-                            iteration_fn=lambda st, p, ids: ppo_iteration(st, p, ids, cfg),
-                            iterations=cfg.ppo.iterations, rollout_prompts=cfg.ppo.rollout_prompts,
-                            warmup=cfg.ppo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens, loop=cfg.run,
-                            stage_dir=stage_dir, final=final, start=start, log=log)
-    run.mark_stage(stage_key(round_number), "done", inputs, final=str(final),
-                   score=result.last.get("score"), kl=result.last.get("kl"))
-    log(f"{STAGE}: done in {result.wall_s:.0f}s; policy in {final}")
-    return result
+    return run_rl_stage(run, stage_key(round_number), inputs, device, cfg.run.precision, stage=STAGE, state=state,
+                        prompts=prompts, iteration_fn=lambda st, p, ids: ppo_iteration(st, p, ids, cfg),
+                        iterations=cfg.ppo.iterations, rollout_prompts=cfg.ppo.rollout_prompts,
+                        warmup=cfg.ppo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens,
+                        loop=cfg.run, stage_dir=stage_dir, final=final, start=start, log=log)

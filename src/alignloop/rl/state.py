@@ -31,6 +31,7 @@ from alignloop.rl.rollout import Experience, RewardScorer, encode_prompts, promp
 from alignloop.train import distributed
 from alignloop.train.checkpoints import load_training_state, restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.crash import crash_point
+from alignloop.train.device import precision_scope
 from alignloop.train.metrics import MetricsLog
 
 
@@ -247,3 +248,15 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
         samples.close()
     save_final(final, state.policy, state.tokenizer)
     return LoopResult(final_dir=final, iterations=done, last=stats, wall_s=time.monotonic() - started)
+
+
+def run_rl_stage(run, key: str, inputs: dict[str, Any], device: torch.device, precision: str,
+                 **loop_args: Any) -> LoopResult:
+    """`train_loop` as a stage of the run: marked running, trained at `precision`, marked done with its score and KL."""
+    run.mark_stage(key, "running", inputs)
+    with precision_scope(device, precision, "run.precision"):
+        result = train_loop(**loop_args)
+    run.mark_stage(key, "done", inputs, final=str(result.final_dir), score=result.last.get("score"),
+                   kl=result.last.get("kl"))
+    loop_args["log"](f"{loop_args['stage']}: done in {result.wall_s:.0f}s; policy in {result.final_dir}")
+    return result
