@@ -93,8 +93,8 @@ def main() -> None:
     common = ["run.round=1", f"run.threads={threads}", *sampling]
     seconds["ppo"] = alignloop("ppo", "--run", str(run), *common, f"ppo.iterations={args.ppo_iterations}",
                                f"run.max_minutes={args.ppo_minutes}", "ppo.rollout_prompts=32", "ppo.epochs=2",
-                               "ppo.minibatches=2", "ppo.lr=3e-5", "ppo.critic_lr=1e-4", "reward.kl_coef=0.1",
-                               "reward.kl_target=5", "reward.kl_horizon=320", "run.sample_table_every=10",
+                               "ppo.minibatches=2", "ppo.lr=3e-5", "ppo.critic_lr=1e-4", "reward.kl_coef=0.2",
+                               "reward.kl_target=4", "reward.kl_horizon=320", "run.sample_table_every=10",
                                "run.save_every=10", log=log)
     evals = {}
     eval_args = ["--run", str(run), *sampling, "threads=" + threads]
