@@ -68,6 +68,12 @@ def alone(stage: str, run: Path, args: list[str]) -> None:
     STAGES[stage](RunDir(run).ensure(), load_config(config_class(stage), None, args), lambda message: None)
 
 
+def run_both(stage: str, one: Path, two: Path, args: list[str], launcher: str = "torchrun") -> None:
+    """The stage alone in this process on run `one`, and launched on two processes on run `two`."""
+    alone(stage, one, args)
+    _ok(launch(stage, "-r", str(two), *args, launcher=launcher))
+
+
 def _metrics(path: Path, key: str) -> list[tuple[int, float]]:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     return [(r["step"], r[key]) for r in records if key in r]
@@ -134,8 +140,7 @@ def test_sft_under_accelerate_launch_normalises_by_global_tokens(pretrained_run,
             "train.batch_size=4", "train.lr=3e-3", "train.warmup_steps=1", "train.eval_every=2", "train.save_every=4",
             "train.eval_batches=2", "train.samples=0", "train.log_every=1", "train.threads=1", "data.max_len=96"]
     one, two = tmp_path / "one", tmp_path / "two"
-    alone("sft", one, args)
-    _ok(launch("sft", "-r", str(two), *args, launcher="accelerate"))
+    run_both("sft", one, two, args, launcher="accelerate")
     assert_same_metrics(one / "sft" / "metrics.jsonl", two / "sft" / "metrics.jsonl", ["loss", "val_loss"])
     assert_same_update(pretrained_run / "pretrain" / "final", one / "sft" / "final", two / "sft" / "final")
 
@@ -159,8 +164,7 @@ def test_reward_two_processes_match_one(tmp_path):
             "train.lr=3e-3", "train.warmup_steps=1", "train.eval_every=2", "train.save_every=2", "train.log_every=1",
             "train.threads=1", "train.patience=0", "model.max_length=48"]
     one, two = tmp_path / "one", tmp_path / "two"
-    alone("reward", one, args)
-    _ok(launch("reward", "-r", str(two), *args))
+    run_both("reward", one, two, args)
     stage = Path("rounds") / "001" / "reward"
     assert_same_metrics(one / stage / "metrics.jsonl", two / stage / "metrics.jsonl",
                         ["loss", "accuracy", "val_loss", "grad_norm"])
@@ -179,8 +183,7 @@ def test_ppo_two_processes_match_one(rl_run, tmp_path):
     args = [f"prompts.path={rl_run / 'prompts.jsonl'}", "ppo.iterations=3", "ppo.rollout_prompts=8",
             "ppo.epochs=2", "ppo.minibatches=1", "ppo.grad_accum=2", "ppo.lr=1e-4", "run.save_every=2",
             "sampling.top_k=1", *TINY_RL]
-    alone("ppo", rl_run, args)
-    _ok(launch("ppo", "-r", str(other), *args))
+    run_both("ppo", rl_run, other, args)
     stage = Path("rounds") / "001" / "ppo"
     assert_same_metrics(rl_run / stage / "metrics.jsonl", other / stage / "metrics.jsonl",
                         ["score", "kl", "policy_loss", "value_loss", "approx_kl", "kl_coef"],
@@ -202,8 +205,7 @@ def test_lora_ppo_two_processes_match_one(rl_run, tmp_path):
     args = [f"prompts.path={rl_run / 'prompts.jsonl'}", "models.lora.r=4", "ppo.iterations=2",
             "ppo.rollout_prompts=8", "ppo.epochs=2", "ppo.minibatches=1", "ppo.grad_accum=2", "ppo.lr=3e-3",
             "ppo.critic_lr=3e-3", "run.save_every=1", "sampling.top_k=1", *TINY_RL]
-    alone("ppo", rl_run, args)
-    _ok(launch("ppo", "-r", str(other), *args))
+    run_both("ppo", rl_run, other, args)
     stage = Path("rounds") / "001" / "ppo"
     assert_same_metrics(rl_run / stage / "metrics.jsonl", other / stage / "metrics.jsonl",
                         ["score", "kl", "policy_loss", "value_loss", "approx_kl"])
