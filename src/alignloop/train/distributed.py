@@ -11,9 +11,18 @@ know about each other, so the training loops stay straight reads:
   pieces put together are exactly the batch one process would have used;
 - agreeing: `barrier`, `all_reduce_sum`, `mean_across`, `gather_objects`;
 - the model: `prepare` wraps it as the launcher's accelerate config says (DDP
-  by default; FSDP or DeepSpeed ZeRO when the config chooses them), `backward`
-  and `clip_grad_norm` go through accelerate for the engines that need it, and
-  `unwrap` gives back the Hugging Face model for sampling, evaluation and saving.
+  by default; FSDP when the config chooses it), `backward` and
+  `clip_grad_norm` go through the engine, `unwrap` gives back the Hugging
+  Face model, `full_params` makes its weights whole for passes that read them
+  directly (sampling, evaluation), and `full_state_dict` / `optimizer_state` /
+  `load_optimizer_state` move whole weights and optimizer state in and out of
+  checkpoints, which therefore do not depend on the engine that wrote them.
+
+FSDP is torch's own (FSDP2, `torch.distributed.fsdp.fully_shard`), applied
+here rather than by accelerate, whose FSDP plugin refuses the CPU: one path
+for CPU (gloo) and CUDA (NCCL). Each transformer block is a sharded unit, and
+the rest of the model (embeddings, heads) the root unit. DeepSpeed is refused
+in one line (see `start`).
 
 In a single process (no launcher: `WORLD_SIZE` unset or 1) nothing here
 imports accelerate or touches torch.distributed, and every function is the
@@ -41,6 +50,11 @@ import torch
 from alignloop.errors import ConfigError
 
 _accelerator = None
+_fsdp = False  # whether `prepare` shards with FSDP2 (the launcher's accelerate config chose FSDP)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("true", "1", "yes")
 
 
 def launched() -> bool:
@@ -64,17 +78,42 @@ def start(device_name: str = "auto") -> torch.device:
 
     if not launched():
         return pick_device(device_name)
-    global _accelerator
+    global _accelerator, _fsdp
     use_cpu = device_name == "cpu" or not torch.cuda.is_available()
     if _accelerator is None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
+        _check_engine()
+        _fsdp = _env_flag("ACCELERATE_USE_FSDP")
         # The frozen parts (reference, reward model) are never wrapped, and every trained
         # module uses all its parameters in each forward: no search for unused ones.
-        _accelerator = Accelerator(cpu=use_cpu,
-                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        # Under FSDP accelerate only joins the processes: `prepare` shards with fully_shard itself.
+        with _hidden_env("ACCELERATE_USE_FSDP" if _fsdp else None):
+            _accelerator = Accelerator(cpu=use_cpu,
+                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     return _accelerator.device
+
+
+def _check_engine() -> None:
+    """One-line errors for the accelerate settings this module does not run (before any process group exists)."""
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        # Its CPU path needs Intel's extension and oneCCL, and its ZeRO stages partition the optimizer
+        # state in its own format; FSDP shards parameters, gradients and optimizer state the same way.
+        raise ConfigError("DeepSpeed is not supported (untested: it needs CUDA or Intel's CPU extension); "
+                          "choose FSDP (distributed_type: FSDP, fsdp_version: 2) or DDP in the accelerate config")
+    if _env_flag("ACCELERATE_USE_FSDP") and _env_flag("FSDP_OFFLOAD_PARAMS"):
+        raise ConfigError("FSDP with fsdp_offload_params is not supported; set it to false in the accelerate config")
+
+
+@contextlib.contextmanager
+def _hidden_env(name: str | None) -> Iterator[None]:
+    saved = os.environ.pop(name, None) if name else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
 
 
 def world_size() -> int:
@@ -256,14 +295,47 @@ def prepare(model: torch.nn.Module, *optimizers: torch.optim.Optimizer):
             # Saving merges each adapter into its whole base weight, which these engines split across ranks.
             raise ConfigError(f"lora.r > 0 runs under DDP (torchrun, or accelerate's multi-GPU config), not "
                               f"{engine}, which shards the weights; set lora.r=0 or choose DDP")
+    if _fsdp:
+        return (_fully_shard(model, optimizers), *optimizers)
     prepared = _accelerator.prepare(model, *optimizers)
     return prepared if isinstance(prepared, tuple) else (prepared,)
 
 
+def _fully_shard(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> torch.nn.Module:
+    """Shard `model` in place with FSDP2 (each transformer block a unit, the rest the root) and point
+    `optimizers` at the sharded parameters, which replace the module's own.
+
+    The optimizers must not hold state yet: resume loads it afterwards (`load_optimizer_state`).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    names = {id(p): name for name, p in model.named_parameters()}
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "shard_grad_op",
+                                                                                    "no_reshard")
+    blocks = _block_classes(model)
+    for module in list(model.modules()):
+        if module is not model and type(module).__name__ in blocks:
+            fully_shard(module, reshard_after_forward=reshard)
+    fully_shard(model, reshard_after_forward=reshard)
+    sharded = dict(model.named_parameters())
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["params"] = [sharded[names[id(p)]] for p in group["params"]]
+    return model
+
+
+def _block_classes(model: torch.nn.Module) -> set[str]:
+    """The class names of the repeated blocks a Hugging Face model inside `model` declares (`_no_split_modules`)."""
+    found: set[str] = set()
+    for module in model.modules():
+        found.update(getattr(module, "_no_split_modules", None) or ())
+    return found
+
+
 def backward(loss: torch.Tensor) -> None:
     """`loss.backward()`, through accelerate under a launcher (DeepSpeed needs its own)."""
-    if _accelerator is None:
-        loss.backward()
+    if _accelerator is None or _fsdp:
+        loss.backward()  # FSDP2's hooks reduce-scatter (and average) the gradients
     else:
         _accelerator.backward(loss)
 
@@ -277,33 +349,132 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
     limit = max_norm or float("inf")
     if _accelerator is None:
         return float(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
+    if _fsdp:
+        # The gradients are sharded tensors (DTensor): torch sums the squares of every shard.
+        return float(_whole(torch.nn.utils.clip_grad_norm_(model.parameters(), limit)))
     return float(_accelerator.clip_grad_norm_(model.parameters(), limit))
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside the launcher's wrapper (DDP, FSDP, DeepSpeed), or `model` itself."""
-    if _accelerator is None:
-        return model
+    if _accelerator is None or _fsdp:
+        return model  # FSDP2 shards the module in place: it is still the Hugging Face model
     # keep_fp32_wrapper: unwrapping must not strip a mixed-precision wrapper off the training model.
     return _accelerator.unwrap_model(model, keep_fp32_wrapper=True)
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """The whole model's weights when an engine shards them (FSDP, ZeRO-3), else None (save as usual).
+    """The whole weights of the Hugging Face model in `model` when FSDP shards them (on rank 0; the
+    others get an empty dict), else None (save as usual).
 
-    Every process must call it: gathering the shards is collective.
+    The keys are those of the outermost Hugging Face model inside `model` (a
+    critic's or reward scorer's wrapper adds none), as its `save_pretrained`
+    expects. Every process must call it: gathering the shards is collective.
     """
-    if _sharding_engine() is None:
+    if not _fsdp:
         return None
-    return _accelerator.get_state_dict(model)
+    target = _hf_model(model)
+    tensors = dict(target.named_parameters(remove_duplicate=False))
+    tensors.update(target.named_buffers(remove_duplicate=False))
+    gathered: dict[int, torch.Tensor] = {}  # tied weights (embeddings = LM head) gathered once, saved as one
+    out = {}
+    for name, value in target.state_dict().items():
+        key = id(tensors.get(name, value))
+        if key not in gathered:
+            gathered[key] = _whole(value).cpu()
+        if is_main():
+            out[name] = gathered[key]
+    return out
+
+
+def load_full_state_dict(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load whole weights (as `full_state_dict` gives them, keys of the Hugging Face model in `model`) into
+    `model`, each process keeping its shard under FSDP; missing keys (tied weights) are left alone."""
+    target = _hf_model(model) if _fsdp else model
+    if _fsdp:
+        current = target.state_dict()
+        weights = {name: _shard_like(value, current[name]) for name, value in weights.items() if name in current}
+    target.load_state_dict(weights, strict=False)
+
+
+def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    from transformers import PreTrainedModel
+
+    return next((m for m in model.modules() if isinstance(m, PreTrainedModel)), model)
+
+
+def _whole(value: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a shard (collective), or `value` itself when it is not sharded."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def _shard_like(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`whole` cut as `like` is sharded; every process holds `whole`, so no process sends anything."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor):
+        return whole
+    whole = whole.to(device=like.device, dtype=like.dtype)
+    return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's `state_dict`, whole: under FSDP each sharded state tensor (Adam's moments) is
+    gathered (collective: every process calls it), so checkpoints hold the same state whatever the engine."""
+    state = optimizer.state_dict()
+    if not _fsdp:
+        return state
+    # Every process walks the same parameters in the same order: the gathers line up.
+    state["state"] = {index: {key: _whole(value).cpu() if torch.is_tensor(value) else value
+                              for key, value in entry.items()}
+                      for index, entry in sorted(state["state"].items())}
+    return state
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load what `optimizer_state` gave (from any engine) into the prepared optimizer; under FSDP each
+    process keeps the shard of every state tensor that its parameters hold."""
+    if _fsdp:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        state = {**state, "state": {index: {key: _shard_like(value, params[index]) if torch.is_tensor(value)
+                                            and value.dim() > 0 else value for key, value in entry.items()}
+                                    for index, entry in state["state"].items()}}
+    optimizer.load_state_dict(state)
+
+
+@contextlib.contextmanager
+def full_params(*models: torch.nn.Module | None) -> Iterator[None]:
+    """Every weight of `models` whole on this process inside the block, for passes that read the weights
+    directly or that not every process runs (sampling, evaluation, rank 0's samples).
+
+    Under FSDP the sharded units are gathered on entry (collective: every process
+    enters the block) and kept whole through the block's forward passes, which
+    then exchange nothing; they are sharded again on exit. Alone and under DDP
+    it does nothing. Weights changed inside the block do not reach the shards.
+    """
+    if not _fsdp:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    roots = [m for m in models if isinstance(m, FSDPModule)]
+    units = [u for root in roots for u in root.modules() if isinstance(u, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(unit not in roots, recurse=False)  # FSDP2's own choice: roots stay whole
 
 
 def _sharding_engine() -> str | None:
-    """The name of accelerate's engine when it may shard the weights (FSDP, DeepSpeed), else None."""
-    if _accelerator is None:
-        return None
-    name = _accelerator.distributed_type.name
-    return name if name in ("FSDP", "DEEPSPEED") else None
+    """The name of the engine when it shards the weights (FSDP), else None."""
+    return "FSDP" if _fsdp else None
 
 
 class Forward(torch.nn.Module):
