@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -45,10 +46,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# An accelerate config choosing FSDP, as `accelerate config` writes it (alignloop shards with FSDP2 itself).
+FSDP_CONFIG = """compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+num_machines: 1
+num_processes: 2
+mixed_precision: 'no'
+fsdp_config:
+  fsdp_version: 2
+  fsdp_reshard_after_forward: true
+"""
+
+
 def launch(*args: str, launcher: str = "torchrun", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`alignloop ARGS` on two CPU processes, started the way a user would."""
+    """`alignloop ARGS` on two CPU processes, started the way a user would.
+
+    `launcher`: "torchrun" (DDP), "accelerate" (its multi-GPU launcher: DDP) or "fsdp"
+    (`accelerate launch --config_file` with an FSDP config).
+    """
     if launcher == "torchrun":
         command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "alignloop", *args]
+    elif launcher == "fsdp":
+        config = Path(args[args.index("-r") + 1]).parent / "accelerate-fsdp.yaml"
+        config.write_text(FSDP_CONFIG)
+        command = [str(BIN / "accelerate"), "launch", "--config_file", str(config),
+                   "--main_process_port", str(_free_port()), "-m", "alignloop", *args]
     else:
         # On a machine without GPUs, accelerate's --multi_gpu launcher still starts N processes
         # (through torch.distributed.run); alignloop then joins them with gloo on the CPU.
@@ -68,10 +90,18 @@ def alone(stage: str, run: Path, args: list[str]) -> None:
     STAGES[stage](RunDir(run).ensure(), load_config(config_class(stage), None, args), lambda message: None)
 
 
-def run_both(stage: str, one: Path, two: Path, args: list[str], launcher: str = "torchrun") -> None:
-    """The stage alone in this process on run `one`, and launched on two processes on run `two`."""
+def run_both(stage: str, one: Path, two: Path, args: list[str], launcher: str = "torchrun") -> str:
+    """The stage alone in this process on run `one`, and launched on two processes on run `two` (its stderr)."""
     alone(stage, one, args)
-    _ok(launch(stage, "-r", str(two), *args, launcher=launcher))
+    result = launch(stage, "-r", str(two), *args, launcher=launcher)
+    _ok(result)
+    return result.stderr
+
+
+def assert_sharded(stderr: str, launcher: str, models: int = 1) -> None:
+    """Under the FSDP launcher, rank 0 said once per trained model that FSDP sharded it (and never otherwise)."""
+    shardings = re.findall(r"FSDP: \w+ sharded over 2 processes \((\d+) blocks", stderr)
+    assert len(shardings) == (models if launcher == "fsdp" else 0) and all(int(n) > 0 for n in shardings), stderr
 
 
 def _metrics(path: Path, key: str) -> list[tuple[int, float]]:
@@ -101,19 +131,22 @@ def _ok(result: subprocess.CompletedProcess) -> None:
 
 
 @pytest.mark.slow
-def test_pretrain_two_processes_match_one_and_resume(tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "fsdp"])
+def test_pretrain_two_processes_match_one_and_resume(tmp_path, launcher):
     corpus = write_tiny_corpus(tmp_path / "corpus.txt")
     args = [f"data.path={corpus}", "train.max_steps=6", "train.save_every=3", "train.eval_every=3",
             *TINY_PRETRAIN, "train.log_every=1"]
     one, two = tmp_path / "one", tmp_path / "two"
     alone("pretrain", one, args)
 
-    crashed = launch("pretrain", "-r", str(two), *args, env={"ALIGNLOOP_CRASH_AT": "pretrain:saved:3"})
+    crashed = launch("pretrain", "-r", str(two), *args, launcher=launcher,
+                     env={"ALIGNLOOP_CRASH_AT": "pretrain:saved:3"})
     assert crashed.returncode != 0
     assert [p.name for p in (two / "pretrain" / "checkpoints").iterdir()] == ["step-000003"]
-    resumed = launch("pretrain", "-r", str(two), *args)
+    resumed = launch("pretrain", "-r", str(two), *args, launcher=launcher)
     _ok(resumed)
     assert resumed.stderr.count("resuming from step 3") == 1  # every rank resumed; one spoke
+    assert_sharded(resumed.stderr, launcher)
 
     assert_same_metrics(one / "pretrain" / "metrics.jsonl", two / "pretrain" / "metrics.jsonl", ["loss", "val_loss"])
     w1, w2 = (load_file(str(r / "pretrain" / "final" / "model.safetensors")) for r in (one, two))
@@ -157,14 +190,15 @@ def _uneven_preferences() -> list[dict]:
 
 
 @pytest.mark.slow
-def test_reward_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "fsdp"])
+def test_reward_two_processes_match_one(tmp_path, launcher):
     backbone = tiny_decoder(tmp_path / "backbone")
     prefs = write_jsonl(tmp_path / "prefs.jsonl", _uneven_preferences())
     args = [f"data.path={prefs}", f"model.path={backbone}", "train.max_steps=4", "train.batch_size=8",
             "train.lr=3e-3", "train.warmup_steps=1", "train.eval_every=2", "train.save_every=2", "train.log_every=1",
             "train.threads=1", "train.patience=0", "model.max_length=48"]
     one, two = tmp_path / "one", tmp_path / "two"
-    run_both("reward", one, two, args)
+    assert_sharded(run_both("reward", one, two, args, launcher=launcher), launcher)
     stage = Path("rounds") / "001" / "reward"
     assert_same_metrics(one / stage / "metrics.jsonl", two / stage / "metrics.jsonl",
                         ["loss", "accuracy", "val_loss", "grad_norm"])
@@ -174,7 +208,8 @@ def test_reward_two_processes_match_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_ppo_two_processes_match_one(rl_run, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "fsdp"])
+def test_ppo_two_processes_match_one(rl_run, tmp_path, launcher):
     # top_k=1 makes the rollouts a function of the prompts alone, whichever process samples them
     # (log-probs and the update still use the full distribution). Two micro-batches per minibatch
     # take the unfused critic path and the token-weighted accumulation across processes.
@@ -183,7 +218,7 @@ def test_ppo_two_processes_match_one(rl_run, tmp_path):
     args = [f"prompts.path={rl_run / 'prompts.jsonl'}", "ppo.iterations=3", "ppo.rollout_prompts=8",
             "ppo.epochs=2", "ppo.minibatches=1", "ppo.grad_accum=2", "ppo.lr=1e-4", "run.save_every=2",
             "sampling.top_k=1", *TINY_RL]
-    run_both("ppo", rl_run, other, args)
+    assert_sharded(run_both("ppo", rl_run, other, args, launcher=launcher), launcher, models=2)  # policy, critic
     stage = Path("rounds") / "001" / "ppo"
     assert_same_metrics(rl_run / stage / "metrics.jsonl", other / stage / "metrics.jsonl",
                         ["score", "kl", "policy_loss", "value_loss", "approx_kl", "kl_coef"],

@@ -350,10 +350,11 @@ class RewardModel(nn.Module):
         """(r - mean) / std with the reference-set statistics of `reward_stats.json`."""
         return (rewards - self.stats.mean) / self.stats.std
 
-    def save(self, directory: Path | str) -> None:
+    def save(self, directory: Path | str, state_dict: Optional[dict] = None) -> None:
         """Write the checkpoint (HF format), tokenizer and `reward_stats.json` into `directory`.
 
         With LoRA the checkpoint is the merged model, with the adapter (and head) in `adapter/`.
+        `state_dict`: the gathered weights when FSDP shards them (`distributed.full_state_dict`).
         """
         from alignloop import atomic
         from alignloop.train.checkpoints import save_pretrained
@@ -361,7 +362,7 @@ class RewardModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.config.architectures = [type(self._hf_model).__name__]
-        save_pretrained(directory, self.model)
+        save_pretrained(directory, self.model, state_dict=state_dict)
         self.tokenizer.save_pretrained(str(directory))
         atomic.write_json(directory / STATS_FILE, self.stats.to_json())
 

@@ -128,8 +128,9 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
                                  else reward.heads(**inputs))
     max_steps = total_steps(cfg, data.batches_per_epoch)
     start_step, best_accuracy, best_step, stale = 0, -1.0, None, 0
+    scorer, optimizer = distributed.prepare(scorer, optimizer)
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
+        distributed.load_optimizer_state(optimizer, resume_state["optimizer"])  # after prepare: FSDP's shards
         restore_rng_state(resume_state["rng"])
         start_step = int(resume_state["step"])
         best_accuracy = float(resume_state.get("best_accuracy", -1.0))
@@ -140,7 +141,6 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
         log(f"{stage}: resuming from step {start_step}")
     else:
         torch.manual_seed(cfg.seed)
-    scorer, optimizer = distributed.prepare(scorer, optimizer)
     # Epochs set the run's length, so warmup is capped at a fifth of it to leave room for the peak.
     warmup = min(cfg.warmup_steps, max_steps // 5)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start_step if resume_state else None)
@@ -206,8 +206,9 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
                 out_of_time = distributed.broadcast_object(out_of_time)  # every rank stops at the same step
             last = done == max_steps or out_of_time
             if val_groups and (done % cfg.eval_every == 0 or last):
-                chosen, rejected, strength = score_groups(reward, val_groups[: cfg.eval_batches * cfg.batch_size],
-                                                          cfg.batch_size)
+                with distributed.full_params(scorer):
+                    chosen, rejected, strength = score_groups(reward, val_groups[: cfg.eval_batches * cfg.batch_size],
+                                                              cfg.batch_size)
                 # Every rank scores the same groups with the same weights; rank 0's figures make sure
                 # that every rank takes the same early-stopping decision.
                 figures = distributed.broadcast_object(preference_metrics(chosen, rejected, strength))
@@ -246,15 +247,17 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
 
         if is_lora(reward.model):  # the adapter (and head) of the best step onto the same frozen base
             load_adapter(reward.model, best_dir)
-        else:
-            reward.model.load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=False)
+        else:  # under FSDP each process keeps its shard of the best weights
+            distributed.load_full_state_dict(reward.model, load_file(str(best_dir / "model.safetensors")))
         log(f"{stage}: keeping the best model (step {best_step}, validation accuracy {best_accuracy:.4f})")
-    reward.stats = reward_stats(reward, stats_groups or val_groups, cfg.stats_responses, cfg.batch_size)
+    with distributed.full_params(scorer):
+        reward.stats = reward_stats(reward, stats_groups or val_groups, cfg.stats_responses, cfg.batch_size)
+    weights = distributed.full_state_dict(reward.model)  # gathered by every process under FSDP
     from alignloop.atomic import atomic_directory
 
     if distributed.is_main():
         with atomic_directory(final_dir) as tmp:
-            reward.save(tmp)
+            reward.save(tmp, state_dict=weights)
     distributed.barrier()
     return RewardTrainResult(steps=step + 1 if max_steps > start_step else start_step,
                              val_accuracy=best_accuracy if best_step is not None else val_accuracy,

@@ -247,13 +247,13 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.dpo.lr,
                                   weight_decay=cfg.dpo.weight_decay)
     start = 0
+    policy, optimizer = distributed.prepare(policy, optimizer)
     if checkpoint is not None:
         saved = load_training_state(checkpoint)
-        optimizer.load_state_dict(saved["optimizer"])
+        distributed.load_optimizer_state(optimizer, saved["optimizer"])  # after prepare: FSDP's shards
         restore_rng_state(saved["rng"])
         start = int(saved["step"])
         log(f"{STAGE}: resuming from step {start}")
-    policy, optimizer = distributed.prepare(policy, optimizer)
     run.mark_stage(stage_key(round_number), "running", inputs)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start if start else None)
     started = time.monotonic()
@@ -282,7 +282,8 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
         stats = {**distributed.mean_across(totals), "lr": lr, "grad_norm": grad_norm}
         last = done == steps
         if val and last:
-            stats.update(evaluate_pairs(distributed.unwrap(policy), val, ref_val, cfg, pad, device))
+            with distributed.full_params(policy):  # every process evaluates all held-out pairs
+                stats.update(evaluate_pairs(distributed.unwrap(policy), val, ref_val, cfg, pad, device))
         if done % cfg.run.log_every == 0 or last:
             metrics.log(done, **stats)
             log(f"{STAGE} step {done}/{steps}  loss {stats['loss']:.4f}  accuracy {stats['reward_accuracy']:.2f}  "

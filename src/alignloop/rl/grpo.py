@@ -100,11 +100,13 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
     """Sample a group per prompt, score, compute group advantages, update; returns experience and statistics."""
     group = cfg.grpo.group_size
     started = time.perf_counter()
-    exp = make_experience(policy=state.sampling_policy, reference=state.reference, critic=None, scorer=state.scorer,
-                          tokenizer=state.tokenizer, sampler=make_sampler(cfg.sampling, state.tokenizer),
-                          prompts=[p for p in prompts for _ in range(group)],
-                          prompt_ids=[ids for ids in prompt_ids for _ in range(group)],
-                          generator=state.generator, shaping=cfg.reward, batch_size=cfg.sampling.batch_size)
+    with state.rollout_weights():
+        exp = make_experience(policy=state.sampling_policy, reference=state.reference, critic=None,
+                              scorer=state.scorer, tokenizer=state.tokenizer,
+                              sampler=make_sampler(cfg.sampling, state.tokenizer),
+                              prompts=[p for p in prompts for _ in range(group)],
+                              prompt_ids=[ids for ids in prompt_ids for _ in range(group)],
+                              generator=state.generator, shaping=cfg.reward, batch_size=cfg.sampling.batch_size)
     experience_seconds = time.perf_counter() - started
     mask = exp.response_mask
     beta = state.kl_controller.beta

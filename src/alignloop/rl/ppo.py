@@ -224,10 +224,11 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
     # values of GAE, and the update reuses its graph (one critic forward fewer per iteration).
     fuse_critic = cfg.ppo.minibatches == 1 and cfg.ppo.grad_accum == 1
     started = time.perf_counter()
-    exp = make_experience(policy=state.sampling_policy, reference=state.reference,
-                          critic=None if fuse_critic else state.scoring_critic, scorer=state.scorer,
-                          tokenizer=state.tokenizer, sampler=sampler, prompts=prompts, prompt_ids=prompt_ids,
-                          generator=state.generator, shaping=cfg.reward, batch_size=cfg.sampling.batch_size)
+    with state.rollout_weights():
+        exp = make_experience(policy=state.sampling_policy, reference=state.reference,
+                              critic=None if fuse_critic else state.scoring_critic, scorer=state.scorer,
+                              tokenizer=state.tokenizer, sampler=sampler, prompts=prompts, prompt_ids=prompt_ids,
+                              generator=state.generator, shaping=cfg.reward, batch_size=cfg.sampling.batch_size)
     first_values = None
     if fuse_critic:
         with autocast(exp.input_ids.device):

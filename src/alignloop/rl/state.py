@@ -102,8 +102,16 @@ class RLState:
 
     @property
     def sampling_policy(self):
-        """The policy for passes without gradient (sampling): outside any launcher wrapper."""
+        """The policy for passes without gradient (sampling): outside any launcher wrapper.
+
+        Under FSDP its weights are whole only inside `rollout_weights()`.
+        """
         return distributed.unwrap(self.policy)
+
+    def rollout_weights(self):
+        """A context in which the policy's and critic's weights are whole on every process (FSDP gathers
+        them; collective), so that each process samples and scores its share alone."""
+        return distributed.full_params(self.policy, self.critic)
 
     @property
     def scoring_critic(self):
@@ -147,7 +155,7 @@ def save_checkpoint(state: RLState, stage_dir: Path, step: int, keep_last: int) 
     if distributed.world_size() > 1:  # every rank's sampling stream, so that resuming continues each one
         extra["rank_generators"] = distributed.gather_objects(state.generator.get_state())
     if state.critic_optimizer is not None:
-        extra["critic_optimizer"] = state.critic_optimizer.state_dict()
+        extra["critic_optimizer"] = distributed.optimizer_state(state.critic_optimizer)
     return save_training_checkpoint(stage_dir, step, state.policy, state.tokenizer, state.policy_optimizer,
                                     keep_last=keep_last, extra_state=extra,
                                     extra_models={"critic": state.critic} if state.critic is not None else None)
@@ -156,9 +164,9 @@ def save_checkpoint(state: RLState, stage_dir: Path, step: int, keep_last: int) 
 def restore_checkpoint(state: RLState, checkpoint: Path) -> int:
     """Load what `save_checkpoint` wrote into `state` (whose policy and critic came from `checkpoint`); the step."""
     saved = load_training_state(checkpoint)
-    state.policy_optimizer.load_state_dict(saved["optimizer"])
+    distributed.load_optimizer_state(state.policy_optimizer, saved["optimizer"])
     if state.critic_optimizer is not None:
-        state.critic_optimizer.load_state_dict(saved["critic_optimizer"])
+        distributed.load_optimizer_state(state.critic_optimizer, saved["critic_optimizer"])
     state.kl_controller.load_state_dict(saved["kl_controller"])
     state.generator.set_state(saved["generator"])
     streams = saved.get("rank_generators")

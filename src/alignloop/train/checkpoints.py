@@ -108,17 +108,19 @@ def save_training_checkpoint(stage_dir: Path, step: int, model, tokenizer, optim
     """Atomically write `checkpoints/step-NNNNNN/` and prune all but the newest `keep_last`.
 
     `extra_models` (name -> model) are saved in subfolders, e.g. PPO's critic.
-    With several processes rank 0 writes it (its optimizer state: under DDP
-    every rank's is the same) and the others wait for it.
+    With several processes rank 0 writes it and the others wait for it. The
+    optimizer state is whole (`distributed.optimizer_state`: gathered under
+    FSDP), so any number of processes, with any engine, resumes from it.
     """
     target = Path(stage_dir) / "checkpoints" / f"step-{step:06d}"
     weights = _gathered({"": model, **(extra_models or {})})
+    optimizer_state = distributed.optimizer_state(optimizer) if optimizer is not None else None
     if distributed.is_main():
         with atomic_directory(target) as tmp:
             save_pretrained(tmp, model, tokenizer, weights[""], merged=False)
             for name, other in (extra_models or {}).items():
                 save_pretrained(tmp / name, other, state_dict=weights[name], merged=False)
-            state = {"step": step, "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            state = {"step": step, "optimizer": optimizer_state,
                      "rng": rng_state(), **(extra_state or {})}
             torch.save(state, tmp / STATE_FILE)
         for _, old in checkpoint_steps(stage_dir)[:-max(1, keep_last)]:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -86,12 +87,15 @@ def start(device_name: str = "auto") -> torch.device:
 
         _check_engine()
         _fsdp = _env_flag("ACCELERATE_USE_FSDP")
+        if _fsdp:
+            # `prepare` shards with fully_shard itself; accelerate only joins the processes. Neither it
+            # (which would wrap the model on CUDA) nor transformers (which would then load weights on
+            # rank 0 alone) may act on the flag.
+            os.environ.pop("ACCELERATE_USE_FSDP")
         # The frozen parts (reference, reward model) are never wrapped, and every trained
         # module uses all its parameters in each forward: no search for unused ones.
-        # Under FSDP accelerate only joins the processes: `prepare` shards with fully_shard itself.
-        with _hidden_env("ACCELERATE_USE_FSDP" if _fsdp else None):
-            _accelerator = Accelerator(cpu=use_cpu,
-                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        _accelerator = Accelerator(cpu=use_cpu,
+                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     return _accelerator.device
 
 
@@ -104,16 +108,6 @@ def _check_engine() -> None:
                           "choose FSDP (distributed_type: FSDP, fsdp_version: 2) or DDP in the accelerate config")
     if _env_flag("ACCELERATE_USE_FSDP") and _env_flag("FSDP_OFFLOAD_PARAMS"):
         raise ConfigError("FSDP with fsdp_offload_params is not supported; set it to false in the accelerate config")
-
-
-@contextlib.contextmanager
-def _hidden_env(name: str | None) -> Iterator[None]:
-    saved = os.environ.pop(name, None) if name else None
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ[name] = saved
 
 
 def world_size() -> int:
@@ -313,10 +307,13 @@ def _fully_shard(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimi
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "shard_grad_op",
                                                                                     "no_reshard")
     blocks = _block_classes(model)
-    for module in list(model.modules()):
-        if module is not model and type(module).__name__ in blocks:
-            fully_shard(module, reshard_after_forward=reshard)
+    units = [m for m in model.modules() if m is not model and type(m).__name__ in blocks]
+    for module in units:
+        fully_shard(module, reshard_after_forward=reshard)
     fully_shard(model, reshard_after_forward=reshard)
+    if is_main():  # the one line that says the accelerate config's FSDP was taken up
+        print(f"FSDP: {type(_hf_model(model)).__name__} sharded over {world_size()} processes "
+              f"({len(units)} blocks and the rest)", file=sys.stderr)
     sharded = dict(model.named_parameters())
     for optimizer in optimizers:
         for group in optimizer.param_groups:

@@ -84,18 +84,19 @@ def evaluate_loss(model, batches: list[dict[str, torch.Tensor]], device: torch.d
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for batch in batches:
-        if distributed.world_size() > 1:
-            rows = distributed.uneven_slice(batch["input_ids"].shape[0])
-            batch = {key: value[rows] for key, value in batch.items()}
-            if batch["input_ids"].shape[0] == 0:
-                continue
-        batch = _to(batch, device)
-        with autocast(device):
-            loss = model(**batch).loss
-        tokens = target_tokens(batch)
-        total += float(loss) * tokens
-        count += tokens
+    with distributed.full_params(model):  # shares may differ in size (or be empty): no collective inside
+        for batch in batches:
+            if distributed.world_size() > 1:
+                rows = distributed.uneven_slice(batch["input_ids"].shape[0])
+                batch = {key: value[rows] for key, value in batch.items()}
+                if batch["input_ids"].shape[0] == 0:
+                    continue
+            batch = _to(batch, device)
+            with autocast(device):
+                loss = model(**batch).loss
+            tokens = target_tokens(batch)
+            total += float(loss) * tokens
+            count += tokens
     model.train(was_training)
     total, count = distributed.all_reduce_sum([total, count])
     return total / max(count, 1)
@@ -149,14 +150,14 @@ def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, 
     model.train()
     optimizer = make_optimizer(model, cfg)
     start_step = 0
+    model, optimizer = distributed.prepare(model, optimizer)
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
+        distributed.load_optimizer_state(optimizer, resume_state["optimizer"])  # after prepare: FSDP's shards
         restore_rng_state(resume_state["rng"])
         start_step = int(resume_state["step"])
         log(f"{stage}: resuming from step {start_step}")
     else:
         torch.manual_seed(cfg.seed)
-    model, optimizer = distributed.prepare(model, optimizer)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start_step if resume_state else None)
 
     started = time.monotonic()
@@ -207,9 +208,10 @@ def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, 
                 perplexity = math.exp(min(val_loss, 50))
                 metrics.log(done, val_loss=val_loss, val_perplexity=perplexity)
                 log(f"{stage} step {done}: validation loss {val_loss:.4f}, perplexity {perplexity:.2f}")
-                if sample_fn is not None and cfg.samples and distributed.is_main():
-                    for text in sample_fn(distributed.unwrap(model)):
-                        log(f"  sample: {text}")
+                if sample_fn is not None and cfg.samples:
+                    with distributed.full_params(model):  # every process gathers; rank 0 samples alone
+                        for text in sample_fn(distributed.unwrap(model)) if distributed.is_main() else []:
+                            log(f"  sample: {text}")
             # The last step is saved too, so a rerun with a larger max_steps continues from it.
             if done % cfg.save_every == 0 or last:
                 save_training_checkpoint(stage_dir, done, model, tokenizer, optimizer, keep_last=cfg.keep_last)
