@@ -167,13 +167,14 @@ def _uneven_sft_pairs(n: int = 24) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sft_under_accelerate_launch_normalises_by_global_tokens(pretrained_run, tmp_path):
+@pytest.mark.parametrize("launcher", ["accelerate", "fsdp"])
+def test_sft_under_accelerate_launch_normalises_by_global_tokens(pretrained_run, tmp_path, launcher):
     data = write_jsonl(tmp_path / "sft.jsonl", _uneven_sft_pairs())
     args = [f"data.path={data}", f"model.path={pretrained_run / 'pretrain' / 'final'}", "train.max_steps=4",
             "train.batch_size=4", "train.lr=3e-3", "train.warmup_steps=1", "train.eval_every=2", "train.save_every=4",
             "train.eval_batches=2", "train.samples=0", "train.log_every=1", "train.threads=1", "data.max_len=96"]
     one, two = tmp_path / "one", tmp_path / "two"
-    run_both("sft", one, two, args, launcher="accelerate")
+    assert_sharded(run_both("sft", one, two, args, launcher=launcher), launcher)
     assert_same_metrics(one / "sft" / "metrics.jsonl", two / "sft" / "metrics.jsonl", ["loss", "val_loss"])
     assert_same_update(pretrained_run / "pretrain" / "final", one / "sft" / "final", two / "sft" / "final")
 
@@ -263,6 +264,23 @@ def test_lora_refuses_an_engine_that_shards_the_weights(monkeypatch):
     monkeypatch.setattr(distributed, "_sharding_engine", lambda: "FSDP")
     with pytest.raises(ConfigError, match=r"^lora.r > 0 runs under DDP .* not FSDP, which shards the weights"):
         distributed.prepare(distributed.Forward(model, model))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("ACCELERATE_USE_DEEPSPEED", r"^DeepSpeed is not supported \(sampling, checkpoints and resume are built for DDP "
+                                 r"and FSDP\); choose FSDP .* or DDP in the accelerate config$"),
+    ("FSDP_OFFLOAD_PARAMS", r"^FSDP with fsdp_offload_params is not supported; set it to false"),
+])
+def test_unsupported_engine_settings_are_one_line_errors(monkeypatch, setting, message):
+    # As `accelerate launch` sets them from a config choosing DeepSpeed, or FSDP with CPU offload;
+    # refused before any process group is joined.
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "ACCELERATE_USE_FSDP": "true", setting: "true"}.items():
+        monkeypatch.setenv(name, value)
+    if setting == "ACCELERATE_USE_DEEPSPEED":
+        monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    with pytest.raises(ConfigError, match=message):
+        distributed.start("cpu")
+    assert distributed._accelerator is None and not torch.distributed.is_initialized()
 
 
 # ---- a single process: every helper is the identity ------------------------------------------

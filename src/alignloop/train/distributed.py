@@ -102,10 +102,11 @@ def start(device_name: str = "auto") -> torch.device:
 def _check_engine() -> None:
     """One-line errors for the accelerate settings this module does not run (before any process group exists)."""
     if _env_flag("ACCELERATE_USE_DEEPSPEED"):
-        # Its CPU path needs Intel's extension and oneCCL, and its ZeRO stages partition the optimizer
-        # state in its own format; FSDP shards parameters, gradients and optimizer state the same way.
-        raise ConfigError("DeepSpeed is not supported (untested: it needs CUDA or Intel's CPU extension); "
-                          "choose FSDP (distributed_type: FSDP, fsdp_version: 2) or DDP in the accelerate config")
+        # Its ZeRO stages partition weights and optimizer state in DeepSpeed's own formats, which the
+        # sampling, checkpoint and resume paths here do not read; FSDP shards the same three things.
+        raise ConfigError("DeepSpeed is not supported (sampling, checkpoints and resume are built for DDP and "
+                          "FSDP); choose FSDP (distributed_type: FSDP, fsdp_version: 2) or DDP in the accelerate "
+                          "config")
     if _env_flag("ACCELERATE_USE_FSDP") and _env_flag("FSDP_OFFLOAD_PARAMS"):
         raise ConfigError("FSDP with fsdp_offload_params is not supported; set it to false in the accelerate config")
 
@@ -308,11 +309,12 @@ def _fully_shard(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimi
                                                                                     "no_reshard")
     blocks = _block_classes(model)
     units = [m for m in model.modules() if m is not model and type(m).__name__ in blocks]
+    name = type(_hf_model(model)).__name__  # before fully_shard renames the class (FSDP<name>)
     for module in units:
         fully_shard(module, reshard_after_forward=reshard)
     fully_shard(model, reshard_after_forward=reshard)
     if is_main():  # the one line that says the accelerate config's FSDP was taken up
-        print(f"FSDP: {type(_hf_model(model)).__name__} sharded over {world_size()} processes "
+        print(f"FSDP: {name} sharded over {world_size()} processes "
               f"({len(units)} blocks and the rest)", file=sys.stderr)
     sharded = dict(model.named_parameters())
     for optimizer in optimizers:
