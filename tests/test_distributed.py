@@ -296,6 +296,13 @@ def test_alone_each_process_takes_everything():
     assert distributed.mean_across({"a": 1.0}, summed=("a",)) == {"a": 1.0}
     model = torch.nn.Linear(2, 2)
     assert distributed.unwrap(model) is model and distributed.prepare(model) == (model,)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    with distributed.full_params(model):
+        pass
+    assert distributed.full_state_dict(model) is None  # saved as usual
+    assert distributed.optimizer_state(optimizer).keys() == optimizer.state_dict().keys()
 
 
 def test_a_global_batch_that_does_not_split_is_a_one_line_error(monkeypatch):

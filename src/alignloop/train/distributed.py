@@ -305,8 +305,7 @@ def _fully_shard(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimi
     from torch.distributed.fsdp import fully_shard
 
     names = {id(p): name for name, p in model.named_parameters()}
-    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "shard_grad_op",
-                                                                                    "no_reshard")
+    reshard = _reshard_after_forward()
     blocks = _block_classes(model)
     units = [m for m in model.modules() if m is not model and type(m).__name__ in blocks]
     name = type(_hf_model(model)).__name__  # before fully_shard renames the class (FSDP<name>)
@@ -323,6 +322,12 @@ def _fully_shard(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimi
     return model
 
 
+def _reshard_after_forward() -> bool:
+    """The accelerate config's `fsdp_reshard_after_forward` (FSDP2's true/false, or FSDP1's strategy names)."""
+    setting = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
+    return setting not in ("false", "shard_grad_op", "no_reshard")
+
+
 def _block_classes(model: torch.nn.Module) -> set[str]:
     """The class names of the repeated blocks a Hugging Face model inside `model` declares (`_no_split_modules`)."""
     found: set[str] = set()
@@ -332,7 +337,7 @@ def _block_classes(model: torch.nn.Module) -> set[str]:
 
 
 def backward(loss: torch.Tensor) -> None:
-    """`loss.backward()`, through accelerate under a launcher (DeepSpeed needs its own)."""
+    """`loss.backward()`, through accelerate under DDP."""
     if _accelerator is None or _fsdp:
         loss.backward()  # FSDP2's hooks reduce-scatter (and average) the gradients
     else:
@@ -355,7 +360,7 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside the launcher's wrapper (DDP, FSDP, DeepSpeed), or `model` itself."""
+    """The module inside the launcher's wrapper (DDP), or `model` itself (alone, and FSDP's sharded module)."""
     if _accelerator is None or _fsdp:
         return model  # FSDP2 shards the module in place: it is still the Hugging Face model
     # keep_fp32_wrapper: unwrapping must not strip a mixed-precision wrapper off the training model.
@@ -451,7 +456,9 @@ def full_params(*models: torch.nn.Module | None) -> Iterator[None]:
     Under FSDP the sharded units are gathered on entry (collective: every process
     enters the block) and kept whole through the block's forward passes, which
     then exchange nothing; they are sharded again on exit. Alone and under DDP
-    it does nothing. Weights changed inside the block do not reach the shards.
+    it does nothing. Weights changed inside the block do not reach the shards,
+    and `state_dict()` inside it would shard them again (FSDP2's hook): save
+    and load outside it.
     """
     if not _fsdp:
         yield
@@ -468,7 +475,8 @@ def full_params(*models: torch.nn.Module | None) -> Iterator[None]:
     finally:
         for unit in units:
             unit.reshard()
-            unit.set_reshard_after_forward(unit not in roots, recurse=False)  # FSDP2's own choice: roots stay whole
+            # As before: FSDP2 keeps a root gathered after forward (its backward comes right after).
+            unit.set_reshard_after_forward(_reshard_after_forward() and unit not in roots, recurse=False)
 
 
 def _sharding_engine() -> str | None:
