@@ -312,6 +312,9 @@ def _fully_shard(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimi
     for module in units:
         fully_shard(module, reshard_after_forward=reshard)
     fully_shard(model, reshard_after_forward=reshard)
+    # FSDP2 names its root at the first forward. Evaluations that call a backbone (the reward model's)
+    # could reach a block first and make it a root; naming `model` now rules that out. (No public API.)
+    model._get_fsdp_state()._lazy_init()
     if is_main():  # the one line that says the accelerate config's FSDP was taken up
         print(f"FSDP: {name} sharded over {world_size()} processes "
               f"({len(units)} blocks and the rest)", file=sys.stderr)
