@@ -266,6 +266,53 @@ def test_lora_refuses_an_engine_that_shards_the_weights(monkeypatch):
         distributed.prepare(distributed.Forward(model, model))
 
 
+FSDP_HELPERS_SCRIPT = """
+import torch
+from torch.distributed.tensor import DTensor
+from transformers import GPT2Config, GPT2LMHeadModel
+from alignloop.train import distributed as d
+
+d.start("cpu")
+torch.manual_seed(0)
+model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
+shapes = {name: p.shape for name, p in model.named_parameters()}
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+model, optimizer = d.prepare(model, optimizer)
+assert all(isinstance(p, DTensor) for p in model.parameters())  # sharded
+tokens = torch.arange(24).reshape(4, 6) % 50
+with d.full_params(model), torch.no_grad():
+    # Whole plain tensors, and forward passes that exchange nothing: the ranks run different
+    # batches, and through the backbone (a block's hooks) before any forward of the root.
+    assert all(not isinstance(p, DTensor) and p.shape == shapes[n] for n, p in model.named_parameters())
+    model.transformer(input_ids=tokens[: 1 + d.rank()])
+assert all(isinstance(p, DTensor) for p in model.parameters())  # sharded again
+model(input_ids=tokens, labels=tokens).loss.backward()
+optimizer.step()
+weights, state = d.full_state_dict(model), d.optimizer_state(optimizer)
+if d.is_main():
+    assert weights["lm_head.weight"] is weights["transformer.wte.weight"]  # tied: one tensor
+    assert all(weights[n].shape == shapes[n] for n in shapes)
+assert all(v["exp_avg"].shape == shapes[n] for v, n in zip(state["state"].values(), shapes))
+before = [p.to_local().clone() for p in model.parameters()]
+d.load_optimizer_state(optimizer, state)
+d.load_full_state_dict(model, d.broadcast_object(weights))
+assert all(torch.equal(p.to_local(), b) for p, b in zip(model.parameters(), before))
+print("helpers ok on rank", d.rank())
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_helpers_on_two_processes(tmp_path):
+    # `full_params`, the whole state dicts and their way back, on two processes sharded by FSDP2.
+    script = tmp_path / "helpers.py"
+    script.write_text(FSDP_HELPERS_SCRIPT)
+    result = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script)],
+                            capture_output=True, text=True, timeout=300,
+                            env=cli_env(OMP_NUM_THREADS="1", ACCELERATE_USE_FSDP="true"))
+    _ok(result)
+    assert result.stdout.count("helpers ok on rank") == 2
+
+
 @pytest.mark.parametrize("setting, message", [
     ("ACCELERATE_USE_DEEPSPEED", r"^DeepSpeed is not supported \(sampling, checkpoints and resume are built for DDP "
                                  r"and FSDP\); choose FSDP .* or DDP in the accelerate config$"),
