@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from pydantic import Field
@@ -163,30 +163,49 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     from peft.utils import ModulesToSaveWrapper
     from peft.utils.save_and_load import get_base_model_state_dict
 
+    from alignloop.train.distributed import whole
+
     wrapper = peft_model_of(model)
     adapter = wrapper.active_adapter
-    state = {key: value.detach() for key, value in get_base_model_state_dict(wrapper).items()}
+    # Under FSDP every value is a shard: `whole` gathers it (every process runs this, in the same order).
+    state = {key: whole(value.detach()) for key, value in get_base_model_state_dict(wrapper).items()}
     for name, module in wrapper.get_base_model().named_modules():
         if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "lora_A", {}):
             base = module.get_base_layer().weight
             with torch.no_grad():
-                state[f"{name}.weight"] = (base + module.get_delta_weight(adapter).to(base.dtype)).cpu()
+                state[f"{name}.weight"] = whole(base + module.get_delta_weight(adapter).to(base.dtype)).cpu()
         elif isinstance(module, ModulesToSaveWrapper):
             for key, value in module.modules_to_save[adapter].state_dict().items():
-                state[f"{name}.{key}"] = value.detach()
+                state[f"{name}.{key}"] = whole(value.detach())
     return state
 
 
-def save_lora(directory: Path, model, merged: bool) -> None:
-    """Write `adapter/` into `directory`, and with `merged` the merged model as an HF checkpoint too."""
+def gathered_lora(model, merged: bool) -> dict[str, Any]:
+    """What `save_lora` writes, whole, from a model FSDP shards: {"merged": HF weights or None, "peft":
+    the peft model's state}. Every process must call it (it gathers); rank 0 writes."""
+    from alignloop.train.distributed import whole
+
+    wrapper = peft_model_of(model)
+    return {"merged": merged_state_dict(wrapper) if merged else None,
+            "peft": {key: whole(value).cpu() for key, value in wrapper.state_dict().items()}}
+
+
+def save_lora(directory: Path, model, merged: bool, gathered: Optional[dict[str, Any]] = None) -> None:
+    """Write `adapter/` into `directory`, and with `merged` the merged model as an HF checkpoint too.
+
+    `gathered`: `gathered_lora`'s whole weights when FSDP shards the model.
+    """
     wrapper = peft_model_of(model)
     directory = Path(directory)
     if merged:
         base = wrapper.get_base_model()
-        base.save_pretrained(str(directory), state_dict=merged_state_dict(wrapper), safe_serialization=True)
+        weights = gathered["merged"] if gathered is not None else merged_state_dict(wrapper)
+        base.save_pretrained(str(directory), state_dict=weights, safe_serialization=True)
     # Embeddings are never resized under LoRA here; saying so stops peft from comparing vocabularies
     # with the base checkpoint's config (which it would look up on the Hub for a path that moved).
-    wrapper.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True, save_embedding_layers=False)
+    extra = {"state_dict": gathered["peft"]} if gathered is not None else {}
+    wrapper.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True, save_embedding_layers=False,
+                            **extra)
 
 
 def load_adapter(model, directory: Path) -> None:
@@ -202,8 +221,11 @@ def load_adapter(model, directory: Path) -> None:
         weights = load_file(str(file))
     except Exception as exc:
         raise CheckpointError(f"adapter {file} is corrupt: {str(exc).splitlines()[0][:200]}") from None
+    from alignloop.train.distributed import loads_whole_tensors
+
     wrapper = peft_model_of(model)
-    result = set_peft_model_state_dict(wrapper, weights)
+    with loads_whole_tensors(wrapper):  # under FSDP each process keeps its shards of the adapter
+        result = set_peft_model_state_dict(wrapper, weights)
     if result.unexpected_keys:
         raise CheckpointError(f"adapter {file} does not match this model's LoRA settings (e.g. "
                               f"{result.unexpected_keys[0]}); use the lora settings the run started with")

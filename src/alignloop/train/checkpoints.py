@@ -55,8 +55,7 @@ def save_pretrained(directory: Path, model, tokenizer=None, state_dict=None, mer
 
     unwrapped = distributed.unwrap(model)
     if is_lora(unwrapped):
-        # The engines LoRA runs under keep every weight whole on each rank (`distributed.prepare`).
-        save_lora(Path(directory), unwrapped, merged=merged)
+        save_lora(Path(directory), unwrapped, merged=merged, gathered=state_dict)
     else:
         kwargs = {"state_dict": state_dict} if state_dict is not None else {}
         unwrapped.save_pretrained(str(directory), safe_serialization=True, **kwargs)
@@ -64,9 +63,9 @@ def save_pretrained(directory: Path, model, tokenizer=None, state_dict=None, mer
         tokenizer.save_pretrained(str(directory))
 
 
-def _gathered(models: dict[str, Any]) -> dict[str, Any]:
-    # Collective under FSDP/ZeRO-3, so every process gathers before rank 0 writes.
-    return {name: distributed.full_state_dict(model) for name, model in models.items()}
+def _gathered(models: dict[str, Any], merged: bool) -> dict[str, Any]:
+    # Collective under FSDP, so every process gathers before rank 0 writes.
+    return {name: distributed.full_state_dict(model, merged) for name, model in models.items()}
 
 
 def save_final(target: Path, model, tokenizer=None, extra_files: dict[str, str] | None = None) -> None:
@@ -74,7 +73,7 @@ def save_final(target: Path, model, tokenizer=None, extra_files: dict[str, str] 
 
     With several processes rank 0 writes it and the others wait for it.
     """
-    weights = _gathered({"model": model})["model"]
+    weights = _gathered({"model": model}, merged=True)["model"]
     if distributed.is_main():
         with atomic_directory(target) as tmp:
             save_pretrained(tmp, model, tokenizer, weights)
@@ -113,7 +112,7 @@ def save_training_checkpoint(stage_dir: Path, step: int, model, tokenizer, optim
     FSDP), so any number of processes, with any engine, resumes from it.
     """
     target = Path(stage_dir) / "checkpoints" / f"step-{step:06d}"
-    weights = _gathered({"": model, **(extra_models or {})})
+    weights = _gathered({"": model, **(extra_models or {})}, merged=False)
     optimizer_state = distributed.optimizer_state(optimizer) if optimizer is not None else None
     if distributed.is_main():
         with atomic_directory(target) as tmp:

@@ -282,14 +282,6 @@ def prepare(model: torch.nn.Module, *optimizers: torch.optim.Optimizer):
     """
     if _accelerator is None:
         return (model, *optimizers)
-    engine = _sharding_engine()
-    if engine is not None:
-        from alignloop.models.lora import has_adapters
-
-        if has_adapters(model):
-            # Saving merges each adapter into its whole base weight, which these engines split across ranks.
-            raise ConfigError(f"lora.r > 0 runs under DDP (torchrun, or accelerate's multi-GPU config), not "
-                              f"{engine}, which shards the weights; set lora.r=0 or choose DDP")
     if _fsdp:
         return (_fully_shard(model, optimizers), *optimizers)
     prepared = _accelerator.prepare(model, *optimizers)
@@ -358,7 +350,7 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
         return float(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
     if _fsdp:
         # The gradients are sharded tensors (DTensor): torch sums the squares of every shard.
-        return float(_whole(torch.nn.utils.clip_grad_norm_(model.parameters(), limit)))
+        return float(whole(torch.nn.utils.clip_grad_norm_(model.parameters(), limit)))
     return float(_accelerator.clip_grad_norm_(model.parameters(), limit))
 
 
@@ -370,16 +362,22 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return _accelerator.unwrap_model(model, keep_fp32_wrapper=True)
 
 
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+def full_state_dict(model: torch.nn.Module, merged: bool = True) -> dict[str, Any] | None:
     """The whole weights of the Hugging Face model in `model` when FSDP shards them (on rank 0; the
     others get an empty dict), else None (save as usual).
 
     The keys are those of the outermost Hugging Face model inside `model` (a
     critic's or reward scorer's wrapper adds none), as its `save_pretrained`
-    expects. Every process must call it: gathering the shards is collective.
+    expects. A LoRA model gives what `alignloop.models.lora.save_lora` writes
+    instead (`gathered_lora`; the merged weights only with `merged`). Every
+    process must call it: gathering the shards is collective.
     """
     if not _fsdp:
         return None
+    from alignloop.models.lora import gathered_lora, is_lora
+
+    if is_lora(model):
+        return gathered_lora(model, merged)
     target = _hf_model(model)
     tensors = dict(target.named_parameters(remove_duplicate=False))
     tensors.update(target.named_buffers(remove_duplicate=False))
@@ -388,7 +386,7 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     for name, value in target.state_dict().items():
         key = id(tensors.get(name, value))
         if key not in gathered:
-            gathered[key] = _whole(value).cpu()
+            gathered[key] = whole(value).cpu()
         if is_main():
             out[name] = gathered[key]
     return out
@@ -398,10 +396,32 @@ def load_full_state_dict(model: torch.nn.Module, weights: dict[str, torch.Tensor
     """Load whole weights (as `full_state_dict` gives them, keys of the Hugging Face model in `model`) into
     `model`, each process keeping its shard under FSDP; missing keys (tied weights) are left alone."""
     target = _hf_model(model) if _fsdp else model
-    if _fsdp:
-        current = target.state_dict()
-        weights = {name: _shard_like(value, current[name]) for name, value in weights.items() if name in current}
-    target.load_state_dict(weights, strict=False)
+    with loads_whole_tensors(target):
+        target.load_state_dict(weights, strict=False)
+
+
+@contextlib.contextmanager
+def loads_whole_tensors(module: torch.nn.Module) -> Iterator[None]:
+    """Inside the block, `module.load_state_dict` takes whole tensors (from a file every process read)
+    and each process keeps its shards under FSDP; it is the plain method otherwise.
+
+    For loaders that call `load_state_dict` themselves (peft's adapter loading).
+    """
+    if not _fsdp:
+        yield
+        return
+    current = module.state_dict()
+
+    def load(state_dict, strict: bool = True, assign: bool = False):
+        state_dict = {name: _shard_like(value, current[name]) if name in current else value
+                      for name, value in state_dict.items()}
+        return type(module).load_state_dict(module, state_dict, strict=strict)  # assign would unshard
+
+    module.load_state_dict = load
+    try:
+        yield
+    finally:
+        del module.load_state_dict
 
 
 def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -410,8 +430,9 @@ def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
     return next((m for m in model.modules() if isinstance(m, PreTrainedModel)), model)
 
 
-def _whole(value: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a shard (collective), or `value` itself when it is not sharded."""
+def whole(value: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP shard (collective: every process calls it, in the same order), or
+    `value` itself when it is not sharded."""
     from torch.distributed.tensor import DTensor
 
     return value.full_tensor() if isinstance(value, DTensor) else value
@@ -434,7 +455,7 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     if not _fsdp:
         return state
     # Every process walks the same parameters in the same order: the gathers line up.
-    state["state"] = {index: {key: _whole(value).cpu() if torch.is_tensor(value) else value
+    state["state"] = {index: {key: whole(value).cpu() if torch.is_tensor(value) else value
                               for key, value in entry.items()}
                       for index, entry in sorted(state["state"].items())}
     return state
@@ -480,11 +501,6 @@ def full_params(*models: torch.nn.Module | None) -> Iterator[None]:
             unit.reshard()
             # As before: FSDP2 keeps a root gathered after forward (its backward comes right after).
             unit.set_reshard_after_forward(_reshard_after_forward() and unit not in roots, recurse=False)
-
-
-def _sharding_engine() -> str | None:
-    """The name of the engine when it shards the weights (FSDP), else None."""
-    return "FSDP" if _fsdp else None
 
 
 class Forward(torch.nn.Module):
