@@ -29,7 +29,7 @@ imports accelerate or touches torch.distributed, and every function is the
 identity (a share of the whole, a sum over one rank...), so a plain
 `alignloop pretrain` behaves exactly as it always did.
 
-Loss normalisation. DDP (like FSDP and ZeRO) averages gradients over ranks.
+Loss normalisation. DDP (like FSDP) averages gradients over ranks.
 A rank's mean over its own tokens, averaged that way, is not the mean over
 the global batch when ranks hold different numbers of tokens (SFT responses,
 PPO responses, preference groups). So each rank turns its local mean into its
@@ -274,11 +274,13 @@ def gradient_scale() -> int:
 
 
 def prepare(model: torch.nn.Module, *optimizers: torch.optim.Optimizer):
-    """The model (and its optimizers) wrapped for this launch: unchanged alone; DDP, FSDP or DeepSpeed otherwise.
+    """The model (and its optimizers) wrapped for this launch: unchanged alone; DDP or FSDP otherwise.
 
-    Returns `(model, *optimizers)`. Which engine wraps it is accelerate's
-    decision, from the environment `accelerate launch` sets from its config
-    (plain DDP under torchrun).
+    Returns `(model, *optimizers)`. The engine is the accelerate config's choice,
+    from the environment `accelerate launch` sets from it (plain DDP under
+    torchrun, unless ACCELERATE_USE_FSDP=true). FSDP shards the model in place
+    and points the optimizers at its sharded parameters, so an optimizer's
+    state is loaded after this (`load_optimizer_state`).
     """
     if _accelerator is None:
         return (model, *optimizers)
@@ -343,7 +345,7 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
     """Clip the global gradient norm (0: no clipping); returns the norm before clipping.
 
     Under DDP every rank holds the same averaged gradients, so each computes
-    the same norm; FSDP and DeepSpeed shard them, and accelerate adds up the shards.
+    the same norm; FSDP shards them, and the norm adds up the squares of every shard.
     """
     limit = max_norm or float("inf")
     if _accelerator is None:
