@@ -36,8 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NEW_TOKENS = 96
 # The reward recipe (BENCHMARKS.md, "Built-in story task"): MiniLM, every judgment as its own record.
-REWARD = ("model.max_length=256", "data.aggregate=annotator", "train.lr=1e-4", "train.epochs=6",
-          "train.patience=4", "train.eval_every=20")
+REWARD = ("model.max_length=256", "data.aggregate=annotator", "train.lr=1e-4", "train.epochs=2",
+          "train.patience=4", "train.eval_every=10")
 
 
 def minilm_path() -> str:
