@@ -8,7 +8,7 @@ import pytest
 import torch
 from reward_helpers import tiny_decoder, tiny_encoder
 
-from alignloop.errors import CheckpointError
+from alignloop.errors import CheckpointError, ConfigError
 from alignloop.reward.model import (
     RewardStats,
     build_reward_model,
@@ -16,6 +16,7 @@ from alignloop.reward.model import (
     load_reward_model,
     masked_mean_pool,
     pad_batch,
+    response_mean_pool,
 )
 
 PROMPTS = ["Tom found a cat (1).", "Mia found a kite (2)."]
@@ -118,6 +119,33 @@ def test_encoder_backbone_pools_and_pairs(encoder_dir, tmp_path):
     loaded = load_reward_model(tmp_path / "enc", "cpu")
     assert loaded.pooling == "mean"
     assert torch.allclose(loaded.score_texts(PROMPTS, RESPONSES), scores, atol=1e-5)
+
+
+def test_response_mean_pool_by_hand():
+    hidden = torch.tensor([[[1.0], [2.0], [3.0], [4.0]], [[5.0], [7.0], [0.0], [9.0]]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    types = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])
+    # Row 0: the response's tokens 3 and 4 -> 3.5; row 1 has no response token: every real one -> 4.
+    assert response_mean_pool(hidden, mask, types).flatten().tolist() == pytest.approx([3.5, 4.0])
+    assert response_mean_pool(hidden, mask, None).flatten().tolist() == pytest.approx([2.5, 4.0])
+
+
+def test_response_pooling_ignores_the_prompt_tokens(encoder_dir, tmp_path):
+    reward = build_reward_model(encoder_dir, max_length=32, pooling="response")
+    assert reward.pooling == "response"
+    batch = reward.collate([reward.encode(p, r) for p, r in zip(PROMPTS, RESPONSES)])
+    with torch.no_grad():
+        hidden = reward._backbone(**batch)[0]
+        segment = batch["attention_mask"] * batch["token_type_ids"]
+        expected = reward._head(masked_mean_pool(hidden, segment)).squeeze(-1)
+    assert torch.allclose(reward.score_texts(PROMPTS, RESPONSES), expected, atol=1e-5)
+    reward.save(tmp_path / "resp")
+    assert load_reward_model(tmp_path / "resp", "cpu").pooling == "response"
+
+
+def test_response_pooling_refused_for_a_decoder(decoder_dir):
+    with pytest.raises(ConfigError, match="pooling=response is for encoders"):
+        build_reward_model(decoder_dir, pooling="response")
 
 
 def test_checkpoint_made_elsewhere_uses_its_own_head(encoder_dir, tmp_path):

@@ -131,6 +131,7 @@ def test_store_rounds_gold_eval_and_ensemble(backbone, tmp_path):
     assert figures["split"] == "val" and figures["n"] >= 1
     assert "gold" in figures and figures["gold"]["n"] + figures["gold"]["gold_ties_skipped"] == 6
     assert (reward_dir / "eval.json").exists()
+    assert figures["gold_ensemble"]["n"] == figures["gold"]["n"]  # two models: the ensemble is scored too
 
     ensemble = load_ensemble(reward_dir, device="cpu")
     assert ensemble.size == 4

@@ -22,8 +22,10 @@ class BackboneConfig(Section):
                                              "(with the run's tokenizer, or one trained on the preference data).")
     preset: Literal["tiny", "small", "base"] = Field("small", description="Size of a from-scratch backbone.")
     tokenizer_vocab: int = Field(8192, ge=300, description="Vocabulary of a tokenizer trained for a scratch backbone.")
-    pooling: Literal["mean", "native"] = Field(
-        "mean", description="Encoders only: mean over tokens, or the model's own pooler (BERT's [CLS]).")
+    pooling: Literal["mean", "native", "response"] = Field(
+        "mean", description="Encoders only: mean over tokens, the model's own pooler (BERT's [CLS]), or mean "
+                            "over the response's tokens alone (the second segment; the prompt still conditions "
+                            "them through attention).")
     max_length: int = Field(512, ge=8, description="Longest prompt+response in tokens (the prompt's start is cut first).")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Train LoRA adapters on the backbone instead "
                                                                          "of every weight (the scalar head trains fully).")

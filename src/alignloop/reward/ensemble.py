@@ -38,6 +38,10 @@ class RewardEnsemble:
         return torch.cat([m.score_texts(prompts, responses, batch_size, all_heads=True) for m in self.members],
                          dim=1)
 
+    def mean_scores(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+        """The ensemble's reward of each response: the mean over every estimate, shape [B]."""
+        return self.score_texts(prompts, responses, batch_size).mean(dim=1)
+
     def preference_probabilities(self, prompts: list[str], a: list[str], b: list[str],
                                  batch_size: int = 32) -> torch.Tensor:
         """sigmoid(r_a - r_b) for each pair and each estimate, shape [B, size]."""

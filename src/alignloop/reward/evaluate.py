@@ -93,14 +93,16 @@ def gold_agreement(reward, prompts: list[str], responses_a: list[str], responses
                    batch_size: int = 32, bins: int = 10) -> dict[str, Any]:
     """The reward model against the gold judge on pairs of responses: metrics of the gold-chosen side.
 
+    `reward`: a `RewardModel`, or a `RewardEnsemble` (scored by the mean of its estimates).
     Pairs the gold judge calls a tie are left out (and counted).
     """
     from alignloop.judges.gold import gold_preference
 
     labels = [gold_preference(p, a, b) for p, a, b in zip(prompts, responses_a, responses_b)]
     keep = [i for i, label in enumerate(labels) if label != 0.5]
-    r_a = reward.score_texts([prompts[i] for i in keep], [responses_a[i] for i in keep], batch_size)
-    r_b = reward.score_texts([prompts[i] for i in keep], [responses_b[i] for i in keep], batch_size)
+    score = reward.mean_scores if hasattr(reward, "mean_scores") else reward.score_texts
+    r_a = score([prompts[i] for i in keep], [responses_a[i] for i in keep], batch_size)
+    r_b = score([prompts[i] for i in keep], [responses_b[i] for i in keep], batch_size)
     a_wins = torch.tensor([labels[i] == 1.0 for i in keep], dtype=torch.bool)
     chosen = torch.where(a_wins, r_a, r_b)
     rejected = torch.where(a_wins, r_b, r_a)

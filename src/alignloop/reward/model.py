@@ -16,7 +16,8 @@ How a sequence gets one number:
 - encoder backbones (BERT, MiniLM, ...) read the pair `[CLS] prompt [SEP]
   response [SEP]` and pool their output: the mean over real tokens (how
   sentence-transformers' MiniLM was trained) for models we build, or the
-  model's own head (e.g. BERT's [CLS] pooler) for checkpoints made elsewhere.
+  model's own head (e.g. BERT's [CLS] pooler) for checkpoints made elsewhere,
+  or (pooling "response") the mean over the response's tokens alone.
 
 With `num_labels = N > 1` the checkpoint is an ensemble of N heads on one
 backbone: the reward is their mean and their spread measures disagreement
@@ -34,7 +35,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from alignloop.errors import CheckpointError
+from alignloop.errors import CheckpointError, ConfigError
 from alignloop.models.causal_lm import check_checkpoint_dir
 
 STATS_FILE = "reward_stats.json"
@@ -226,6 +227,21 @@ def masked_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torc
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+def response_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor,
+                       token_type_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean of the hidden states over the response's tokens: real tokens of segment 1 (`token_type_ids`).
+
+    An encoder reads `[CLS] prompt [SEP] response [SEP]`; the two responses of a pair share the prompt,
+    and a mean that includes it dilutes each response by its share of the tokens, unequally when their
+    lengths differ. Rows with no segment-1 token (or no `token_type_ids`) fall back to every real token.
+    """
+    if token_type_ids is None:
+        return masked_mean_pool(hidden, attention_mask)
+    response = attention_mask.long() * (token_type_ids == 1).long()
+    empty = response.sum(dim=1, keepdim=True) == 0
+    return masked_mean_pool(hidden, torch.where(empty, attention_mask.long(), response))
+
+
 class RewardModel(nn.Module):
     """A sequence-classification checkpoint read as a scalar reward r(prompt, response)."""
 
@@ -293,7 +309,10 @@ class RewardModel(nn.Module):
         else:
             kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[0]
-            pooled = masked_mean_pool(hidden, attention_mask)
+            if self.pooling == "response":
+                pooled = response_mean_pool(hidden, attention_mask, token_type_ids)
+            else:
+                pooled = masked_mean_pool(hidden, attention_mask)
         return self._head(pooled).float()
 
     @property
@@ -409,7 +428,8 @@ def build_reward_model(backbone: Path | str, num_heads: int = 1, max_length: int
 
     A fresh scalar head (or `num_heads` heads) is put on the backbone; a checkpoint that already is a
     reward model with as many heads keeps its head (warm start across rounds). `pooling` applies to
-    encoders: "mean" over tokens, or "native" (the model's own pooler, e.g. BERT's [CLS]).
+    encoders: "mean" over tokens, "native" (the model's own pooler, e.g. BERT's [CLS]), or "response"
+    (mean over the response's tokens; the tokenizer must mark them with token_type_ids).
     """
     path = check_checkpoint_dir(backbone)
     transformers = _quiet_transformers()
@@ -431,6 +451,11 @@ def build_reward_model(backbone: Path | str, num_heads: int = 1, max_length: int
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"cannot build a reward model on {path}: {first[:200]}") from None
     tokenizer = _load_tokenizer(Path(tokenizer_path) if tokenizer_path else path)
+    if pooling == "response" and config_is_decoder(config):
+        raise ConfigError("model.pooling=response is for encoders; a decoder backbone is scored at its last token")
+    if getattr(config, POOLING_KEY, None) == "response" and 1 not in tokenizer("a", "b").get("token_type_ids", []):
+        raise ConfigError(f"model.pooling=response needs a tokenizer that marks the response with "
+                          f"token_type_ids; {path}'s does not (use pooling=mean)")
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return RewardModel(model, tokenizer)
