@@ -6,8 +6,8 @@
 Steps, each an `alignloop` command:
 1. `pretrain` the `small` preset on the built-in stories for a few minutes;
 2. `sft` on the built-in story pairs;
-3. `sample` 4 responses to each of 334 story openings from the SFT model (96 new tokens), every
-   two of them a pair item: 2,004 pairs;
+3. `sample` 4 responses to each of 334 story openings from the SFT model (96 new tokens), each of
+   the 6 pairs among them a pair item: 2,004 pairs;
 4. `annotate --simulated`: 4 noisy simulated annotators (personas); each pair is judged by 3 of
    them (`--judgments 1` for one judgment per pair);
 5. `reward`: train the reward model on every judgment (`data.aggregate=annotator`), on the
