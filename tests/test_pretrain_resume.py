@@ -37,3 +37,22 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path, tiny_corpus):
     # A rerun of a finished stage does nothing.
     again = run_cli("pretrain", "--run", str(resumed), *common)
     assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+def test_a_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tmp_path, tiny_corpus):
+    # A learning rate of 1e6 sends the weights to inf within a few steps, so the loss turns NaN.
+    run = tmp_path / "run"
+    result = run_cli("pretrain", "--run", str(run), f"data.path={tiny_corpus}", *TINY_PRETRAIN, "train.max_steps=20",
+                     "train.save_every=1", "train.warmup_steps=0", "train.lr=1e6", "train.grad_clip=0")
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()[-1]
+    # Either check may see it first: the weights at a checkpoint, or the loss of the next step.
+    assert message.startswith(("error: pretrain: loss became nan at step", "error: pretrain: the weights became inf"))
+    assert "lower" in message and "is intact" in message
+    assert "Traceback" not in result.stderr
+    # Every checkpoint left holds finite weights: a rerun with a lower rate resumes from sound ones.
+    checkpoints = sorted((run / "pretrain" / "checkpoints").iterdir())
+    assert checkpoints
+    for checkpoint in checkpoints:
+        assert all(torch.isfinite(t).all() for t in load_file(str(checkpoint / "model.safetensors")).values())
+    assert not (run / "pretrain" / "final").exists()

@@ -24,7 +24,6 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from alignloop.errors import TrainingError
 from alignloop.reward.config import RewardLossConfig, RewardTrainConfig
 from alignloop.reward.data import MODEL_INPUTS, PACKED_INPUTS, EncodedGroup, PreferenceBatches
 from alignloop.reward.evaluate import preference_metrics, score_groups
@@ -34,7 +33,7 @@ from alignloop.train import distributed
 from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.crash import crash_point
 from alignloop.train.device import autocast, precision_scope
-from alignloop.train.lm_loop import make_optimizer
+from alignloop.train.lm_loop import backward_checked, make_optimizer
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import training_progress
 from alignloop.train.schedule import learning_rate
@@ -175,12 +174,7 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
                                                 bootstrap=bootstrap)
                 # This rank's part of the mean over the global batch's comparisons (1 alone).
                 loss = loss * distributed.global_share(figures["comparisons"] if local_ids else 0.0) / cfg.grad_accum
-                reported = distributed.all_reduce_sum([float(loss.detach())])[0]
-                if not math.isfinite(reported):
-                    raise TrainingError(f"{stage}: loss became {reported} at step {step + 1}; lower train.lr "
-                                        f"(the last checkpoint in {stage_dir / 'checkpoints'} is intact)")
-                distributed.backward(loss * distributed.gradient_scale())
-                step_loss += reported
+                step_loss += backward_checked(loss, stage, step, stage_dir)
                 step_figures.append(_global_figures(figures, bool(local_ids)))
                 window_pairs += int(figures["pairs"]) if local_ids else 0
             grad_norm = distributed.clip_grad_norm(scorer, cfg.grad_clip)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from alignloop.atomic import atomic_directory, clean_stale_temporaries
-from alignloop.errors import CheckpointError
+from alignloop.errors import CheckpointError, TrainingError
 from alignloop.train import distributed
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -101,6 +101,13 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
     return steps[-1][1] if steps else None
 
 
+def _finite(*models) -> bool:
+    """Whether every floating-point weight of `models` is finite, on every process (each checks its shard)."""
+    bad = any(not torch.isfinite(getattr(p, "_local_tensor", p)).all()
+              for model in models for p in model.parameters() if p.is_floating_point())
+    return distributed.all_reduce_max(float(bad)) == 0.0
+
+
 def save_training_checkpoint(stage_dir: Path, step: int, model, tokenizer, optimizer,
                              keep_last: int = 2, extra_state: dict[str, Any] | None = None,
                              extra_models: dict[str, Any] | None = None) -> Path:
@@ -112,6 +119,10 @@ def save_training_checkpoint(stage_dir: Path, step: int, model, tokenizer, optim
     FSDP), so any number of processes, with any engine, resumes from it.
     """
     target = Path(stage_dir) / "checkpoints" / f"step-{step:06d}"
+    if not _finite(model, *(extra_models or {}).values()):
+        # The loss check sees a blow-up one step late: the update that made the weights inf has already run.
+        raise TrainingError(f"{Path(stage_dir).name}: the weights became inf or NaN by step {step}; lower the "
+                            f"learning rate (the last checkpoint in {Path(stage_dir) / 'checkpoints'} is intact)")
     weights = _gathered({"": model, **(extra_models or {})}, merged=False)
     optimizer_state = distributed.optimizer_state(optimizer) if optimizer is not None else None
     if distributed.is_main():

@@ -51,6 +51,21 @@ class LoopResult:
     wall_s: float
 
 
+def backward_checked(loss: torch.Tensor, stage: str, step: int, stage_dir: Path) -> float:
+    """Backpropagate this rank's share of a micro-batch loss; returns the loss summed over ranks.
+
+    The sum is what every rank checks, so all stop together on a NaN or inf
+    (with a one-line error that says the last checkpoint is intact) instead
+    of one rank hanging in the next collective.
+    """
+    reported = distributed.all_reduce_sum([float(loss.detach())])[0]
+    if not math.isfinite(reported):
+        raise TrainingError(f"{stage}: loss became {reported} at step {step + 1}; lower train.lr "
+                            f"(the last checkpoint in {stage_dir / 'checkpoints'} is intact)")
+    distributed.backward(loss * distributed.gradient_scale())
+    return reported
+
+
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (norm gains and biases are not decayed)."""
     decay, no_decay, seen = [], [], set()
@@ -175,13 +190,7 @@ def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, 
                 batch = data.train_batch(step * cfg.grad_accum + micro)
                 batch = _to(distributed.shard_batch(batch, "train.batch_size"), device)
                 loss = micro_batch_loss(model, batch, device) / cfg.grad_accum
-                # Summed over ranks, so every rank sees the same value (and stops together on a bad one).
-                reported = distributed.all_reduce_sum([float(loss.detach())])[0]
-                if not math.isfinite(reported):
-                    raise TrainingError(f"{stage}: loss became {reported} at step {step + 1}; lower train.lr "
-                                        f"(the last checkpoint in {stage_dir / 'checkpoints'} is intact)")
-                distributed.backward(loss * distributed.gradient_scale())
-                step_loss += reported
+                step_loss += backward_checked(loss, stage, step, stage_dir)
                 window_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch \
                     else batch["input_ids"].numel()
             grad_norm = distributed.clip_grad_norm(model, cfg.grad_clip)
