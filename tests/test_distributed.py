@@ -208,24 +208,33 @@ def test_reward_two_processes_match_one(tmp_path, launcher):
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5, msg=name)
 
 
+def _ppo_both(rl_run: Path, tmp_path: Path, launcher: str, args: list[str], keys: list[str],
+              abs_tol: dict[str, float] | None = None) -> Path:
+    """PPO on `rl_run` alone and on a copy of it on two processes (8 prompts, 2 epochs, two micro-batches
+    a minibatch, greedy sampling); asserts they logged the same `keys`. Returns the copy."""
+    other = tmp_path / "two"
+    shutil.copytree(rl_run, other)
+    args = [f"prompts.path={rl_run / 'prompts.jsonl'}", "ppo.rollout_prompts=8", "ppo.epochs=2", "ppo.minibatches=1",
+            "ppo.grad_accum=2", *args, "sampling.top_k=1", *TINY_RL]
+    assert_sharded(run_both("ppo", rl_run, other, args, launcher=launcher), launcher, models=2)  # policy, critic
+    stage = Path("rounds") / "001" / "ppo"
+    assert_same_metrics(rl_run / stage / "metrics.jsonl", other / stage / "metrics.jsonl", keys, abs_tol=abs_tol)
+    return other
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "fsdp"])
 def test_ppo_two_processes_match_one(rl_run, tmp_path, launcher):
     # top_k=1 makes the rollouts a function of the prompts alone, whichever process samples them
     # (log-probs and the update still use the full distribution). Two micro-batches per minibatch
     # take the unfused critic path and the token-weighted accumulation across processes.
-    other = tmp_path / "two"
-    shutil.copytree(rl_run, other)
-    args = [f"prompts.path={rl_run / 'prompts.jsonl'}", "ppo.iterations=3", "ppo.rollout_prompts=8",
-            "ppo.epochs=2", "ppo.minibatches=1", "ppo.grad_accum=2", "ppo.lr=1e-4", "run.save_every=2",
-            "sampling.top_k=1", *TINY_RL]
-    assert_sharded(run_both("ppo", rl_run, other, args, launcher=launcher), launcher, models=2)  # policy, critic
+    other = _ppo_both(rl_run, tmp_path, launcher,
+                      ["ppo.iterations=3", "ppo.lr=1e-4", "run.save_every=2"],
+                      ["score", "kl", "policy_loss", "value_loss", "approx_kl", "kl_coef"],
+                      # KL is a small difference of two log-prob sums of tens of nats: the sampler's
+                      # float rounding, which depends on the batch's shape, moves it by ~1e-5 nats.
+                      abs_tol={"kl": 1e-4})
     stage = Path("rounds") / "001" / "ppo"
-    assert_same_metrics(rl_run / stage / "metrics.jsonl", other / stage / "metrics.jsonl",
-                        ["score", "kl", "policy_loss", "value_loss", "approx_kl", "kl_coef"],
-                        # KL is a small difference of two log-prob sums of tens of nats: the sampler's
-                        # float rounding, which depends on the batch's shape, moves it by ~1e-5 nats.
-                        abs_tol={"kl": 1e-4})
     policy = Path("rounds") / "001" / "policy" / "final"
     assert_same_update(rl_run / "pretrain" / "final", rl_run / policy, other / policy)
     samples = (other / stage / "samples.jsonl").read_text().splitlines()
@@ -238,15 +247,10 @@ def test_lora_ppo_two_processes_match_one(rl_run, tmp_path, launcher):
     # LoRA under DDP or FSDP: the wrapper holds the peft policy (and the LoRA critic), the reference is
     # the policy with its adapter off, and rank 0 saves adapters in checkpoints and a merged final
     # (under FSDP from the gathered shards).
-    other = tmp_path / "two"
-    shutil.copytree(rl_run, other)
-    args = [f"prompts.path={rl_run / 'prompts.jsonl'}", "models.lora.r=4", "ppo.iterations=2",
-            "ppo.rollout_prompts=8", "ppo.epochs=2", "ppo.minibatches=1", "ppo.grad_accum=2", "ppo.lr=3e-3",
-            "ppo.critic_lr=3e-3", "run.save_every=1", "sampling.top_k=1", *TINY_RL]
-    assert_sharded(run_both("ppo", rl_run, other, args, launcher=launcher), launcher, models=2)
+    other = _ppo_both(rl_run, tmp_path, launcher,
+                      ["models.lora.r=4", "ppo.iterations=2", "ppo.lr=3e-3", "ppo.critic_lr=3e-3", "run.save_every=1"],
+                      ["score", "kl", "policy_loss", "value_loss", "approx_kl"])
     stage = Path("rounds") / "001" / "ppo"
-    assert_same_metrics(rl_run / stage / "metrics.jsonl", other / stage / "metrics.jsonl",
-                        ["score", "kl", "policy_loss", "value_loss", "approx_kl"])
     checkpoint = other / stage / "checkpoints" / "step-000002"
     assert (checkpoint / "critic" / "adapter" / "adapter_model.safetensors").exists()
     assert not (checkpoint / "model.safetensors").exists()  # adapters alone

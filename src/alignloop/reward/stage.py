@@ -27,7 +27,7 @@ from alignloop.reward.data import (
     read_store,
     split_groups,
 )
-from alignloop.reward.ensemble import ensemble_members
+from alignloop.reward.ensemble import ensemble_members, load_ensemble
 from alignloop.reward.model import RewardModel, build_reward_model, build_scratch_reward_model, load_reward_model
 from alignloop.reward.train import RewardTrainResult, train_reward_model
 from alignloop.runs import RunDir, hash_inputs
@@ -304,8 +304,6 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
             result.update({k: gold[k] for k in ("accuracy", "loss", "ece", "n")})
         members = [] if cfg.model or round_number is None else ensemble_members(reward_dir(run, round_number))
         if len(members) > 1:
-            from alignloop.reward.ensemble import load_ensemble
-
             ensemble = load_ensemble(reward_dir(run, round_number), device=reward.device)
             result["gold_ensemble"] = gold_agreement(ensemble, *pairs, batch_size=cfg.batch_size, bins=cfg.bins)
             log(f"{STAGE} eval: agreement of the ensemble ({len(members)} models, {ensemble.size} estimates, "

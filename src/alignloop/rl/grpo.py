@@ -172,8 +172,6 @@ def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m
     log(f"{STAGE}: round {round_number}: {cfg.grpo.estimator} with groups of {cfg.grpo.group_size}; policy {source}, "
         f"reward model {paths.reward}, {len(prompts):,} prompts; {describe(policy)}")
 
-    return run_rl_stage(run, stage_key(round_number), inputs, device, cfg.run.precision, stage=STAGE, state=state,
+    return run_rl_stage(run, stage_key(round_number), inputs, device, cfg, cfg.grpo, stage=STAGE, state=state,
                         prompts=prompts, iteration_fn=lambda st, p, ids: grpo_iteration(st, p, ids, cfg),
-                        iterations=cfg.grpo.iterations, rollout_prompts=cfg.grpo.rollout_prompts,
-                        warmup=cfg.grpo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens,
-                        loop=cfg.run, stage_dir=stage_dir, final=final, start=start, log=log)
+                        stage_dir=stage_dir, final=final, start=start, log=log)

@@ -320,8 +320,6 @@ def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: 
     log(f"{STAGE}: round {round_number}: policy {source}, reference {paths.reference}, reward model {paths.reward} "
         f"(scored by {'token ids' if scorer.by_ids else 'text'}), {len(prompts):,} prompts; policy: {describe(policy)}")
 
-    return run_rl_stage(run, stage_key(round_number), inputs, device, cfg.run.precision, stage=STAGE, state=state,
+    return run_rl_stage(run, stage_key(round_number), inputs, device, cfg, cfg.ppo, stage=STAGE, state=state,
                         prompts=prompts, iteration_fn=lambda st, p, ids: ppo_iteration(st, p, ids, cfg),
-                        iterations=cfg.ppo.iterations, rollout_prompts=cfg.ppo.rollout_prompts,
-                        warmup=cfg.ppo.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens,
-                        loop=cfg.run, stage_dir=stage_dir, final=final, start=start, log=log)
+                        stage_dir=stage_dir, final=final, start=start, log=log)

@@ -103,7 +103,7 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
 
 def _finite(*models) -> bool:
     """Whether every floating-point weight of `models` is finite, on every process (each checks its shard)."""
-    bad = any(not torch.isfinite(getattr(p, "_local_tensor", p)).all()
+    bad = any(not torch.isfinite(distributed.local(p)).all()
               for model in models for p in model.parameters() if p.is_floating_point())
     return distributed.all_reduce_max(float(bad)) == 0.0
 

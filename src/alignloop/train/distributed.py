@@ -440,6 +440,13 @@ def whole(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
+def local(value: torch.Tensor) -> torch.Tensor:
+    """This process's part of an FSDP shard (no communication), or `value` itself when it is not sharded."""
+    from torch.distributed.tensor import DTensor
+
+    return value.to_local() if isinstance(value, DTensor) else value
+
+
 def _shard_like(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`whole` cut as `like` is sharded; every process holds `whole`, so no process sends anything."""
     from torch.distributed.tensor import DTensor, distribute_tensor
