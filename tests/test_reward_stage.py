@@ -12,6 +12,7 @@ from reward_helpers import good_bad_pairs, tiny_decoder, tiny_encoder, write_jso
 from safetensors.torch import load_file
 
 from alignloop.config.base import load_config
+from alignloop.errors import DataError
 from alignloop.reward.config import RewardConfig, RewardEvalConfig
 from alignloop.reward.ensemble import load_ensemble, most_uncertain
 from alignloop.reward.stage import run_reward, run_reward_eval
@@ -132,6 +133,17 @@ def test_store_rounds_gold_eval_and_ensemble(backbone, tmp_path):
     assert "gold" in figures and figures["gold"]["n"] + figures["gold"]["gold_ties_skipped"] == 6
     assert (reward_dir / "eval.json").exists()
     assert figures["gold_ensemble"]["n"] == figures["gold"]["n"]  # two models: the ensemble is scored too
+    # The sampled pairs are kept, and judging them again from the file gives the same figures.
+    pairs_file = reward_dir / "gold_pairs.jsonl"
+    assert len(pairs_file.read_text().splitlines()) == 6
+    again = run_reward_eval(run, load_config(RewardEvalConfig, None, [f"gold.pairs_file={pairs_file}", "device=cpu"]),
+                            log=_quiet)
+    assert again["gold"] == figures["gold"] and again["gold_ensemble"] == figures["gold_ensemble"]
+    bad = tmp_path / "bad_pairs.jsonl"
+    bad.write_text('{"prompt": "p", "a": "x"}\n')
+    with pytest.raises(DataError, match="bad_pairs.jsonl:1: a gold pair needs"):
+        run_reward_eval(run, load_config(RewardEvalConfig, None, [f"gold.pairs_file={bad}", "device=cpu"]),
+                        log=_quiet)
 
     ensemble = load_ensemble(reward_dir, device="cpu")
     assert ensemble.size == 4

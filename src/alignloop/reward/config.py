@@ -105,6 +105,10 @@ class GoldEvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1, description="Length of each sampled response.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     seed: int = Field(1234, description="Sampling seed (differs from training data's).")
+    pairs_file: Optional[str] = Field(None, description="JSONL of pairs to judge instead of sampling "
+                                                        "({prompt, a, b} a line, as the gold_pairs.jsonl that "
+                                                        "sampling leaves beside the model): the same pairs on "
+                                                        "any machine.")
 
 
 class RewardConfig(Section):

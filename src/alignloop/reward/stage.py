@@ -7,6 +7,7 @@ If the inputs changed (new annotations in the store, say) it starts over.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -225,10 +226,30 @@ def _eval_data_config(run: RunDir, cfg: RewardEvalConfig, explicit: set[str]) ->
     return RewardDataConfig.model_validate(merged)
 
 
-def _gold_pairs(run: RunDir, cfg: RewardEvalConfig, log: Log) -> Optional[tuple[list[str], list[str], list[str]]]:
-    """Fresh pairs sampled from the policy on the built-in task's evaluation prompts, or None."""
+def read_gold_pairs(path: Path) -> tuple[list[str], list[str], list[str]]:
+    """(prompts, responses a, responses b) of a JSONL file with one {prompt, a, b} object a line."""
+    from alignloop.data.jsonl import iter_jsonl
+
+    prompts, a, b = [], [], []
+    for number, record in iter_jsonl(path, "gold pairs file"):
+        if not all(isinstance(record.get(k), str) for k in ("prompt", "a", "b")):
+            raise DataError(f"{path}:{number}: a gold pair needs string fields prompt, a and b")
+        prompts.append(record["prompt"])
+        a.append(record["a"])
+        b.append(record["b"])
+    if not prompts:
+        raise DataError(f"{path}: no pairs")
+    return prompts, a, b
+
+
+def _gold_pairs(run: RunDir, cfg: RewardEvalConfig, log: Log, save_to: Optional[Path] = None
+                ) -> Optional[tuple[list[str], list[str], list[str]]]:
+    """Fresh pairs sampled from the policy on the built-in task's evaluation prompts (written to `save_to`),
+    those of `gold.pairs_file`, or None."""
     from alignloop.stages import builtin_paths, read_prompts
 
+    if cfg.gold.pairs_file:
+        return read_gold_pairs(Path(cfg.gold.pairs_file))
     prompt_file = Path(cfg.gold.prompts) if cfg.gold.prompts else builtin_paths(run)["eval_prompts"]
     if cfg.gold.pairs == 0 or not prompt_file.exists():
         return None
@@ -250,6 +271,11 @@ def _gold_pairs(run: RunDir, cfg: RewardEvalConfig, log: Log) -> Optional[tuple[
                  temperature=cfg.gold.temperature, seed=cfg.gold.seed, batch_size=64)
     b = complete(model, tokenizer, prompts, max_new_tokens=cfg.gold.max_new_tokens,
                  temperature=cfg.gold.temperature, seed=cfg.gold.seed + 1, batch_size=64)
+    if save_to is not None:
+        # Sampling differs between machines (CPU and CUDA draw differently): the file lets another machine
+        # judge exactly these pairs (gold.pairs_file).
+        atomic.write_text(save_to, "".join(json.dumps({"prompt": p, "a": x, "b": y}) + "\n"
+                                           for p, x, y in zip(prompts, a, b)))
     return prompts, a, b
 
 
@@ -294,7 +320,9 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
             log(f"{STAGE} eval: accuracy {figures['accuracy']:.4f}, loss {figures['loss']:.4f}, "
                 f"ECE {figures['ece']:.4f} on {figures['n']} pairs ({split} split of {prefs.source})")
 
-    pairs = _gold_pairs(run, cfg, log)
+    save_to = reward_dir(run, round_number) / "gold_pairs.jsonl" if round_number is not None and not cfg.model \
+        else None
+    pairs = _gold_pairs(run, cfg, log, save_to)
     if pairs is not None:
         gold = gold_agreement(reward, *pairs, batch_size=cfg.batch_size, bins=cfg.bins)
         result["gold"] = gold
