@@ -18,7 +18,9 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-EVAL_ARGS = ["sampling.max_new_tokens=12", "sampling.batch_size=8", "text.seq_len=32", "text.blocks=4", "threads=1"]
+# fp32 also on CUDA (auto would mean bf16 there): the tests pin KL and perplexities exactly.
+EVAL_ARGS = ["sampling.max_new_tokens=12", "sampling.batch_size=8", "text.seq_len=32", "text.blocks=4", "threads=1",
+             "precision=fp32"]
 REQUIRED = {"gold_win_rate", "rm_win_rate", "kl", "ppl_before", "ppl_after", "n"}
 
 

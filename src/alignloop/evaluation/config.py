@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -49,4 +49,6 @@ class EvalConfig(Section):
                                                          "with a policy (ignored with --checkpoint).")
     seed: int = Field(0, description="Sampling seed (the policy and the baseline use the same one).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 (CUDA only, an error on CPU); fp32.")
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")

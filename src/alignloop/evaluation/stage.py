@@ -38,7 +38,7 @@ from alignloop.rl.inputs import default_start, load_prompts, prompts_path, rewar
 from alignloop.rl.rollout import encode_prompts, make_sampler, rollout_logprobs, sample
 from alignloop.runs import RunDir
 from alignloop.tokenizer import load_tokenizer
-from alignloop.train.device import pick_device
+from alignloop.train.device import pick_device, precision_scope
 
 
 def win_rate(scores_a: list[float], scores_b: list[float], tolerance: float = 1e-6) -> float:
@@ -157,21 +157,25 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
     baseline = load_causal_lm(baseline_path).to(device).eval()
     log(f"eval: {checkpoint} against {baseline_path} on {len(prompts)} prompts from {prompt_file}")
 
-    policy_batch, policy_responses = sample_responses(policy, tokenizer, prompts, cfg.sampling,
-                                                      cfg.prompts.max_tokens, cfg.seed)
-    _, baseline_responses = sample_responses(baseline, baseline_tokenizer, prompts, cfg.sampling,
-                                             cfg.prompts.max_tokens, cfg.seed)
-    reference = baseline if reference_path == baseline_path else load_causal_lm(reference_path).to(device).eval()
-    kls = kl_to_reference(policy_batch, reference, cfg.sampling.temperature, cfg.sampling.batch_size)
+    with precision_scope(device, cfg.precision, "precision"):
+        policy_batch, policy_responses = sample_responses(policy, tokenizer, prompts, cfg.sampling,
+                                                          cfg.prompts.max_tokens, cfg.seed)
+        _, baseline_responses = sample_responses(baseline, baseline_tokenizer, prompts, cfg.sampling,
+                                                 cfg.prompts.max_tokens, cfg.seed)
+        reference = (baseline if reference_path == baseline_path
+                     else load_causal_lm(reference_path).to(device).eval())
+        kls = kl_to_reference(policy_batch, reference, cfg.sampling.temperature, cfg.sampling.batch_size)
 
-    reward_model = load_reward_model(reward_path, device) if reward_path.exists() else None
-    if reward_model is None:
-        log(f"eval: no reward model at {reward_path}; rm_win_rate is left out")
-    judged, rows = judge_pairs(prompts, policy_responses, baseline_responses, reward_model, cfg.sampling.batch_size)
+        reward_model = load_reward_model(reward_path, device) if reward_path.exists() else None
+        if reward_model is None:
+            log(f"eval: no reward model at {reward_path}; rm_win_rate is left out")
+        judged, rows = judge_pairs(prompts, policy_responses, baseline_responses, reward_model,
+                                   cfg.sampling.batch_size)
 
-    documents, text_source = held_out_documents(run, cfg.text.path, cfg.text.text_field)
-    ppl_before = perplexity(baseline, text_blocks(baseline_tokenizer, documents, cfg.text.seq_len, cfg.text.blocks))
-    ppl_after = perplexity(policy, text_blocks(tokenizer, documents, cfg.text.seq_len, cfg.text.blocks))
+        documents, text_source = held_out_documents(run, cfg.text.path, cfg.text.text_field)
+        ppl_before = perplexity(baseline, text_blocks(baseline_tokenizer, documents, cfg.text.seq_len,
+                                                      cfg.text.blocks))
+        ppl_after = perplexity(policy, text_blocks(tokenizer, documents, cfg.text.seq_len, cfg.text.blocks))
 
     n = len(prompts)
     result: dict[str, Any] = {
