@@ -3,7 +3,8 @@
 Workload (fixed, so numbers compare across commits): a random-init GPT-2
 (4 layers, width 256, 4 heads, vocab 8192), 64 prompts of 16 tokens, exactly
 48 new tokens per prompt (min_new_tokens = max_new_tokens), sampling at
-temperature 1 with no top-k/top-p, on CPU in float32 with 2 torch threads.
+temperature 1 with no top-k/top-p, in float32, on CPU with 2 torch threads (or
+``--device cuda``).
 Both run on the same model and prompts (ours also through the model's own
 forward, ``fast_decode=False``, to show what the lean decode path adds); each
 gets a warm-up call, then they are timed alternately (so background load hits
@@ -12,7 +13,7 @@ products alone (no attention, norms, activations, sampling or Python), is the
 ceiling any float32 sampler of this model can reach on this machine: the
 speedup over ``generate`` cannot exceed ``matmul_floor_speedup_vs_hf_generate``.
 
-Usage: ``PYTHONPATH=src python bench/rollout_speed.py [--repeats 3] [--threads 2]``
+Usage: ``PYTHONPATH=src python bench/rollout_speed.py [--repeats 3] [--threads 2] [--device cpu]``
 The last line printed is one JSON object with ``ours_tokens_per_s``,
 ``hf_generate_tokens_per_s`` and ``rollout_speedup_vs_hf_generate``.
 """
@@ -32,16 +33,16 @@ from alignloop.generation.sampler import generate
 PAD, EOS = 0, 2
 
 
-def build_model(vocab_size: int) -> GPT2LMHeadModel:
+def build_model(vocab_size: int, device: str = "cpu") -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(
         n_layer=4, n_embd=256, n_head=4, vocab_size=vocab_size, n_positions=128,
         bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD,
     )
-    return GPT2LMHeadModel(config).eval()
+    return GPT2LMHeadModel(config).eval().to(device)
 
 
-def linear_floor(model: GPT2LMHeadModel, batch: int, prompt_tokens: int, new_tokens: int) -> int:
+def linear_floor(model: GPT2LMHeadModel, batch: int, prompt_tokens: int, new_tokens: int, device: str = "cpu") -> int:
     """Only the matrix products a sampler cannot avoid, for timing.
 
     Prefill of every prompt token through each block's four weight matrices,
@@ -52,13 +53,13 @@ def linear_floor(model: GPT2LMHeadModel, batch: int, prompt_tokens: int, new_tok
     with torch.inference_mode():
         width = model.config.n_embd
         for rows, steps in ((batch * prompt_tokens, 1), (batch, new_tokens - 1)):
-            x = torch.randn(rows, width)
+            x = torch.randn(rows, width, device=device)
             for _ in range(steps):
                 for block in model.transformer.h:
                     for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc):
                         out = torch.addmm(layer.bias, x, layer.weight)
                     torch.addmm(block.mlp.c_proj.bias, out, block.mlp.c_proj.weight)
-        last = torch.randn(batch, width)
+        last = torch.randn(batch, width, device=device)
         for _ in range(new_tokens):
             last @ model.lm_head.weight.T
     return batch * new_tokens
@@ -72,13 +73,15 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to time both samplers on the GPU.")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    model = build_model(args.vocab)
+    model = build_model(args.vocab, args.device)
     prompts = torch.randint(3, args.vocab, (args.batch, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
     prompt_lists = prompts.tolist()
-    generator = torch.Generator().manual_seed(2)
+    prompts = prompts.to(args.device)
+    generator = torch.Generator(device=args.device).manual_seed(2)
 
     def ours() -> int:
         batch = generate(model, prompt_lists, max_new_tokens=args.new_tokens, eos_token_id=EOS, pad_token_id=PAD,
@@ -97,10 +100,15 @@ def main() -> None:
                 top_k=0, top_p=1.0, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                 eos_token_id=EOS, pad_token_id=PAD,
             )
+        if args.device != "cpu":
+            torch.cuda.synchronize()
         return int(out.shape[0] * (out.shape[1] - prompts.shape[1]))
 
     def floor() -> int:
-        return linear_floor(model, args.batch, args.prompt_tokens, args.new_tokens)
+        tokens = linear_floor(model, args.batch, args.prompt_tokens, args.new_tokens, args.device)
+        if args.device != "cpu":
+            torch.cuda.synchronize()  # the products are queued, not done, when the loop returns
+        return tokens
 
     runners = (("ours", ours), ("ours_generic", generic), ("hf", hf), ("matmul_floor", floor))
     timings: dict[str, list[float]] = {name: [] for name, _ in runners}
@@ -123,7 +131,8 @@ def main() -> None:
               + "; cpu " + ", ".join(f"{t:.3f}s" for t in cpu_times[name]))
     print(json.dumps({
         "workload": f"gpt2 4x256 vocab {args.vocab}, {args.batch} prompts x {args.prompt_tokens} tokens, "
-                    f"{args.new_tokens} new tokens, T=1, cpu fp32, {args.threads} threads",
+                    f"{args.new_tokens} new tokens, T=1, {args.device} fp32"
+                    + (f", {args.threads} threads" if args.device == "cpu" else ""),
         "ours_tokens_per_s": round(ours_tps, 1),
         "hf_generate_tokens_per_s": round(hf_tps, 1),
         "rollout_speedup_vs_hf_generate": round(ours_tps / hf_tps, 3),
