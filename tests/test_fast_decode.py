@@ -14,7 +14,7 @@ import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
-from alignloop.generation.fast_decode import lean_stepper
+from alignloop.generation.fast_decode import _OneDNNLinear, lean_stepper
 from alignloop.generation.logprobs import sequence_logprobs
 from alignloop.generation.sampler import generate
 
@@ -61,7 +61,37 @@ def draw(model, fast: bool, seed: int = 1, **settings):
 
 
 def test_the_supported_layouts_get_the_lean_path(model):
-    assert lean_stepper(model, batch=2, capacity=16) is not None
+    stepper = lean_stepper(model, batch=2, capacity=16)
+    assert stepper is not None
+    if torch.backends.mkldnn.is_available():  # CPU float32: the decoding products go through oneDNN
+        assert isinstance(stepper.decode_head, _OneDNNLinear)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_hooked_layer_is_called_as_it_is(kind):
+    """A forward hook (here one that changes the output) stays in force at every step; the oneDNN product
+    would skip it."""
+    model = build(kind)
+    layer = model.transformer.h[0].mlp.c_proj if kind == "gpt2" else model.model.layers[0].mlp.down_proj
+    plain = draw(model, fast=True)
+    calls = []
+
+    def hook(module, inputs, output):
+        calls.append(output.shape)
+        return output * 1.5
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        hooked = draw(model, fast=True)
+        steps = len(calls)
+        reference = draw(model, fast=False)
+    finally:
+        handle.remove()
+    assert steps == hooked.response_ids.shape[1]  # the prefill and every decoding step but the last
+    assert torch.equal(hooked.response_ids, reference.response_ids)
+    assert torch.allclose(hooked.logprobs, reference.logprobs, atol=1e-5)
+    assert not torch.equal(hooked.response_ids, plain.response_ids) or not torch.allclose(hooked.logprobs,
+                                                                                           plain.logprobs)
 
 
 @pytest.mark.parametrize("settings", [{}, {"temperature": 0.7, "top_p": 0.9}, {"top_k": 5, "min_new_tokens": 4}])
