@@ -232,7 +232,10 @@ def _decode_product(modules: tuple[nn.Module, ...], rows: int, gelu_tanh: bool =
     stacked = _stacked(modules) if _onednn_available() else None
     if stacked is None or stacked[0].device.type != "cpu" or stacked[0].dtype != torch.float32:
         return None
-    return _OneDNNLinear(*stacked, rows, gelu_tanh)
+    try:
+        return _OneDNNLinear(*stacked, rows, gelu_tanh)
+    except RuntimeError:  # a oneDNN build without this kernel for this CPU: the module's own product serves
+        return None
 
 
 def _is_tanh_gelu(act: nn.Module) -> bool:
@@ -263,9 +266,8 @@ class _GPT2Ops:
         return _GPT2Ops(block.attn.c_attn, _plus(block.attn.c_proj), mlp_in, _plus(mlp.c_proj))
 
     @staticmethod
-    def for_decoding(block, rows: int) -> "_GPT2Ops":
-        """oneDNN products where the layer allows, the module elsewhere."""
-        own = _GPT2Ops.of_modules(block)
+    def for_decoding(block, rows: int, own: "_GPT2Ops") -> "_GPT2Ops":
+        """oneDNN products where the layer allows, `own` (the block's modules) elsewhere."""
         mlp = block.mlp
         if _is_tanh_gelu(mlp.act):
             mlp_in = _decode_product((mlp.c_fc,), rows, gelu_tanh=True) or own.mlp_in
@@ -295,7 +297,8 @@ class _GPT2Stepper:
         self.cache = _KVCache(len(self.body.h), batch, self.heads, capacity, self.head_dim, head.weight)
         self.length = 0
         self.prefill_ops = [_GPT2Ops.of_modules(block) for block in self.body.h]
-        self.decode_ops = [_GPT2Ops.for_decoding(block, batch) for block in self.body.h]
+        self.decode_ops = [_GPT2Ops.for_decoding(block, batch, own) for block, own in zip(self.body.h,
+                                                                                          self.prefill_ops)]
         self.decode_head = _decode_product((head,), batch) or head
 
     def __call__(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
@@ -343,9 +346,9 @@ class _LlamaOps:
         return _LlamaOps(qkv, _plus(attn.o_proj), _plus(layer.mlp))
 
     @staticmethod
-    def for_decoding(layer, sizes: tuple[int, int, int], rows: int) -> "_LlamaOps":
-        """oneDNN products where the layers allow (the gated MLP's gate and up as one), the modules elsewhere."""
-        own = _LlamaOps.of_modules(layer, sizes)
+    def for_decoding(layer, sizes: tuple[int, int, int], rows: int, own: "_LlamaOps") -> "_LlamaOps":
+        """oneDNN products where the layers allow (the gated MLP's gate and up as one), `own` (the layer's
+        modules) elsewhere."""
         attn, mlp = layer.self_attn, layer.mlp
         fused_qkv = _decode_product((attn.q_proj, attn.k_proj, attn.v_proj), rows)
         out = _decode_product((attn.o_proj,), rows)
@@ -379,7 +382,8 @@ class _LlamaStepper:
         self.cache = _KVCache(len(self.body.layers), batch, self.kv_heads, capacity, self.head_dim, head.weight)
         sizes = (self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim)
         self.prefill_ops = [_LlamaOps.of_modules(layer, sizes) for layer in self.body.layers]
-        self.decode_ops = [_LlamaOps.for_decoding(layer, sizes, batch) for layer in self.body.layers]
+        self.decode_ops = [_LlamaOps.for_decoding(layer, sizes, batch, own)
+                           for layer, own in zip(self.body.layers, self.prefill_ops)]
         self.decode_head = _decode_product((head,), batch) or head
         self.length = 0
 
