@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NEW_TOKENS = 96
 # The reward recipe (BENCHMARKS.md, "Built-in story task"): MiniLM read over the response's tokens,
 # every judgment as its own record; on the 2,000 one-pair openings, 6 seeds gave 81.0-85.4% alone,
-# 84.8-86.0% (mean 85.3%) as ensembles of 5.
+# 84.4-85.8% (mean 85.2%) as ensembles of 5.
 REWARD = ("model.pooling=response", "model.max_length=256", "data.aggregate=annotator", "train.lr=5e-5",
           "train.epochs=3", "train.patience=4", "train.eval_every=25")
 
@@ -98,7 +98,8 @@ def main() -> None:
                                  "train.samples=0", threads)
     if not (args.run / "rounds" / "001" / "samples.jsonl").exists():
         walls["sample"] = alignloop("sample", "--run", run, "--checkpoint", str(sft), f"n_prompts={args.prompts}",
-                                    f"k={args.responses}", "item_kind=pair", f"max_new_tokens={NEW_TOKENS}", "round=1", "seed=0")
+                                    f"k={args.responses}", "item_kind=pair", f"max_new_tokens={NEW_TOKENS}",
+                                    "round=1", "seed=0")
     walls["annotate"] = alignloop("annotate", "--run", run, "--simulated", "personas=4",
                                   f"overlap={args.judgments}", "seed=0")
     walls["reward"] = alignloop("reward", "--run", run, "round=1", f"model.path={minilm_path()}", *REWARD,
