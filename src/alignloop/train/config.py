@@ -17,7 +17,7 @@ class TrainConfig(Section):
         None, gt=0, description="Stop cleanly (and write final/) after this much wall time, even before max_steps.")
     batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
-    lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
+    lr: float = Field(1e-3, gt=0, le=1e6, description="Peak learning rate.")
     warmup_steps: int = Field(100, ge=0, description="Linear warmup steps before cosine decay.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices (not norms or biases).")
