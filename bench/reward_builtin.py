@@ -105,9 +105,9 @@ def main() -> None:
     walls["reward"] = alignloop("reward", "--run", run, "round=1", f"model.path={minilm_path()}", *REWARD,
                                 f"ensemble.models={args.models}", threads, *args.reward_overrides)
     out = args.run / "reward_eval.json"
-    gold = [f"gold.pairs_file={args.gold_pairs_file}"] if args.gold_pairs_file else [
+    gold_source = [f"gold.pairs_file={args.gold_pairs_file}"] if args.gold_pairs_file else [
         f"gold.pairs={args.gold_pairs}", f"gold.policy={sft}", f"gold.max_new_tokens={NEW_TOKENS}"]
-    walls["reward_eval"] = alignloop("reward", "eval", "--run", run, "round=1", *gold, "--json", str(out))
+    walls["reward_eval"] = alignloop("reward", "eval", "--run", run, "round=1", *gold_source, "--json", str(out))
     figures = json.loads(out.read_text())
     gold = figures.get("gold", {})
     ensemble = figures.get("gold_ensemble", {})

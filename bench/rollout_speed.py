@@ -85,6 +85,11 @@ def main() -> None:
     prompts = prompts.to(args.device)
     generator = torch.Generator(device=args.device).manual_seed(2)
 
+    def finish() -> None:
+        """On a GPU, wait for the queued kernels: a timing ends when the work is done, not when it is queued."""
+        if args.device != "cpu":
+            torch.cuda.synchronize()
+
     def ours() -> int:
         batch = generate(model, prompt_lists, max_new_tokens=args.new_tokens, eos_token_id=EOS, pad_token_id=PAD,
                          temperature=1.0, generator=generator, min_new_tokens=args.new_tokens)
@@ -102,14 +107,12 @@ def main() -> None:
                 top_k=0, top_p=1.0, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                 eos_token_id=EOS, pad_token_id=PAD,
             )
-        if args.device != "cpu":
-            torch.cuda.synchronize()
+        finish()
         return int(out.shape[0] * (out.shape[1] - prompts.shape[1]))
 
     def floor() -> int:
         tokens = linear_floor(model, args.batch, args.prompt_tokens, args.new_tokens, args.device)
-        if args.device != "cpu":
-            torch.cuda.synchronize()  # the products are queued, not done, when the loop returns
+        finish()
         return tokens
 
     runners = (("ours", ours), ("ours_generic", generic), ("hf", hf), ("matmul_floor", floor))

@@ -9,14 +9,21 @@ YAML file, then the defaults in the model. Any unknown key or wrong type is a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from alignloop.errors import ConfigError
 
 T = TypeVar("T", bound=BaseModel)
+
+# Settings several stages share, declared once.
+Precision = Literal["auto", "bf16", "fp32"]
+PrecisionSetting = Annotated[Precision, Field(
+    description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 (CUDA only, an error on CPU); fp32.")]
+# Above 1e6 a learning rate is a typo, not a setting: a one-line error here rather than an overflow inside AdamW.
+LearningRate = Annotated[float, Field(gt=0, le=1e6)]
 
 
 class Section(BaseModel):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 from pydantic import Field
 
-from alignloop.config.base import Section
+from alignloop.config.base import PrecisionSetting, Section
 from alignloop.rl.config import PromptsConfig, SamplingConfig
 
 
@@ -49,6 +49,5 @@ class EvalConfig(Section):
                                                          "with a policy (ignored with --checkpoint).")
     seed: int = Field(0, description="Sampling seed (the policy and the baseline use the same one).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 (CUDA only, an error on CPU); fp32.")
+    precision: PrecisionSetting = "auto"
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")

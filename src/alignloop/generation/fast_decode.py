@@ -36,6 +36,7 @@ called as it is.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -163,6 +164,7 @@ def _attend(query: Tensor, keys_t: Tensor, value: Tensor, bias: Tensor, scaling:
 # The weight products of a decoding step
 
 
+@functools.cache
 def _onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
@@ -239,8 +241,9 @@ def _decode_product(modules: tuple[nn.Module, ...], rows: int, gelu_tanh: bool =
 
 
 def _is_tanh_gelu(act: nn.Module) -> bool:
-    """transformers' `gelu_new` (six elementwise ops in Python): torch's one-kernel tanh-GELU is the same function."""
-    return type(act).__name__ == "NewGELUActivation"
+    """The tanh-approximated GELU: transformers' `gelu_new` (six elementwise ops in Python), or torch's one-kernel
+    version that `alignloop.rl.state.fuse_activations` puts in its place for RL; the same function."""
+    return type(act).__name__ == "NewGELUActivation" or (type(act) is nn.GELU and act.approximate == "tanh")
 
 
 @dataclass
@@ -257,7 +260,7 @@ class _GPT2Ops:
     def of_modules(block) -> "_GPT2Ops":
         """The block's own modules (any batch; LoRA and hooks in force)."""
         mlp = block.mlp
-        if _is_tanh_gelu(mlp.act):  # `alignloop.rl.state.fuse_activations` does the same for training
+        if _is_tanh_gelu(mlp.act):
             def mlp_in(x: Tensor) -> Tensor:
                 return torch.nn.functional.gelu(mlp.c_fc(x), approximate="tanh")
         else:
@@ -274,11 +277,10 @@ class _GPT2Ops:
         else:
             fc = _decode_product((mlp.c_fc,), rows)
             mlp_in = (lambda x: mlp.act(fc(x))) if fc is not None else own.mlp_in
-        out, mlp_out = (_decode_product((m,), rows) for m in (block.attn.c_proj, mlp.c_proj))
         return _GPT2Ops(_decode_product((block.attn.c_attn,), rows) or own.qkv,
-                        _plus(out) if out is not None else own.out,
+                        _plus(_decode_product((block.attn.c_proj,), rows) or block.attn.c_proj),
                         mlp_in,
-                        _plus(mlp_out) if mlp_out is not None else own.mlp_out)
+                        _plus(_decode_product((mlp.c_proj,), rows) or mlp.c_proj))
 
 
 # ---------------------------------------------------------------------------
@@ -351,7 +353,6 @@ class _LlamaOps:
         modules) elsewhere."""
         attn, mlp = layer.self_attn, layer.mlp
         fused_qkv = _decode_product((attn.q_proj, attn.k_proj, attn.v_proj), rows)
-        out = _decode_product((attn.o_proj,), rows)
         gated = all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
         gate_up = _decode_product((mlp.gate_proj, mlp.up_proj), rows) if gated else None
         down = _decode_product((mlp.down_proj,), rows) if gated else None
@@ -363,7 +364,7 @@ class _LlamaOps:
                 gate, up = gate_up(x).split(width, dim=-1)
                 return down.plus(mlp.act_fn(gate) * up, residual)
         return _LlamaOps((lambda x: fused_qkv(x).split(sizes, dim=-1)) if fused_qkv is not None else own.qkv,
-                         out.plus if out is not None else own.out, mlp_fn)
+                         _plus(_decode_product((attn.o_proj,), rows) or attn.o_proj), mlp_fn)
 
 
 class _LlamaStepper:

@@ -6,7 +6,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field
 
-from alignloop.config.base import Section
+from alignloop.config.base import LearningRate, Section
 from alignloop.models.lora import LoraSettings
 from alignloop.train.config import TrainConfig
 
@@ -82,7 +82,7 @@ class RewardTrainConfig(TrainConfig):
     epochs: Optional[float] = Field(2.0, gt=0, description="Passes over the training groups; sets the step count.")
     patience: int = Field(3, ge=0, description="Stop after this many evaluations without a better validation "
                                                "accuracy (0: never stop early). The best model is the one kept.")
-    lr: float = Field(5e-5, gt=0, le=1e6, description="Peak learning rate.")
+    lr: LearningRate = Field(5e-5, description="Peak learning rate.")
     warmup_steps: int = Field(20, ge=0, description="Linear warmup steps before cosine decay (at most a fifth of the run).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices.")
     beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")

@@ -326,8 +326,8 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
     if pairs is not None:
         gold = gold_agreement(reward, *pairs, batch_size=cfg.batch_size, bins=cfg.bins)
         result["gold"] = gold
-        source = cfg.gold.pairs_file or "fresh pairs"
-        log(f"{STAGE} eval: agreement with the gold judge {gold['accuracy']:.4f} on {gold['n']} pairs of {source} "
+        source = f"pairs from {cfg.gold.pairs_file}" if cfg.gold.pairs_file else "fresh pairs"
+        log(f"{STAGE} eval: agreement with the gold judge {gold['accuracy']:.4f} on {gold['n']} {source} "
             f"({gold['gold_ties_skipped']} gold ties left out)")
         if "accuracy" not in result:
             result.update({k: gold[k] for k in ("accuracy", "loss", "ece", "n")})

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from alignloop.config.base import Section
+from alignloop.config.base import LearningRate, PrecisionSetting, Section
 from alignloop.models.lora import LoraSettings
 
 
@@ -93,8 +93,8 @@ class PPOAlgorithmConfig(Section):
     epochs: int = Field(4, ge=1, description="Passes over each iteration's rollouts.")
     minibatches: int = Field(4, ge=1, description="Optimizer steps per epoch (the rollouts are split this many ways).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated within one minibatch.")
-    lr: float = Field(3e-5, gt=0, le=1e6, description="Policy learning rate (AdamW, constant after warmup).")
-    critic_lr: float = Field(1e-4, gt=0, le=1e6, description="Critic learning rate.")
+    lr: LearningRate = Field(3e-5, description="Policy learning rate (AdamW, constant after warmup).")
+    critic_lr: LearningRate = Field(1e-4, description="Critic learning rate.")
     warmup_iterations: int = Field(0, ge=0, description="Linear learning-rate warmup, in iterations.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Clip each model's gradient norm to this (0 disables).")
@@ -118,8 +118,7 @@ class RunLoopConfig(Section):
     seed: int = Field(0, description="Seed of the prompt order, the sampling and the new heads.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 (CUDA only, an error on CPU); fp32.")
+    precision: PrecisionSetting = "auto"
     gradient_checkpointing: bool = Field(
         False, description="Recompute the policy's (and critic's) activations in the backward pass instead of "
                            "keeping them (less memory, more compute). Ignored by bon, which does not train.")
@@ -154,7 +153,7 @@ class GRPOAlgorithmConfig(Section):
     epochs: int = Field(1, ge=1, description="Passes over each iteration's rollouts.")
     minibatches: int = Field(2, ge=1, description="Optimizer steps per epoch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated within one minibatch.")
-    lr: float = Field(3e-5, gt=0, le=1e6, description="Learning rate (AdamW, constant after warmup).")
+    lr: LearningRate = Field(3e-5, description="Learning rate (AdamW, constant after warmup).")
     warmup_iterations: int = Field(0, ge=0, description="Linear learning-rate warmup, in iterations.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 disables).")
@@ -207,7 +206,7 @@ class DPOAlgorithmConfig(Section):
     epochs: int = Field(2, ge=1, description="Passes over the preference pairs.")
     batch_size: int = Field(16, ge=1, description="Pairs per optimizer step.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(5e-5, gt=0, le=1e6, description="Peak learning rate (AdamW, warmup then cosine).")
+    lr: LearningRate = Field(5e-5, description="Peak learning rate (AdamW, warmup then cosine).")
     warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 disables).")

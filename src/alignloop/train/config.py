@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 from pydantic import Field
 
-from alignloop.config.base import Section
+from alignloop.config.base import LearningRate, PrecisionSetting, Section
 
 
 class TrainConfig(Section):
@@ -17,7 +17,7 @@ class TrainConfig(Section):
         None, gt=0, description="Stop cleanly (and write final/) after this much wall time, even before max_steps.")
     batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
-    lr: float = Field(1e-3, gt=0, le=1e6, description="Peak learning rate.")
+    lr: LearningRate = Field(1e-3, description="Peak learning rate.")
     warmup_steps: int = Field(100, ge=0, description="Linear warmup steps before cosine decay.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices (not norms or biases).")
@@ -34,8 +34,7 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed for initialisation, data order and sampling.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 (CUDA only, an error on CPU); fp32.")
+    precision: PrecisionSetting = "auto"
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass instead of keeping them (less memory, "
                            "about a third more compute).")

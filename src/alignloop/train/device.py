@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, Literal
+from typing import Iterator
 
 import torch
 
+from alignloop.config.base import Precision
 from alignloop.errors import ConfigError
 
-Precision = Literal["auto", "bf16", "fp32"]
+__all__ = ["Precision", "autocast", "check_precision", "pick_device", "precision_scope"]
 _PRECISION: contextvars.ContextVar[str] = contextvars.ContextVar("alignloop_precision", default="auto")
 
 
