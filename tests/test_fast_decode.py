@@ -146,11 +146,23 @@ def test_other_architectures_and_short_windows_fall_back():
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_a_bfloat16_model_stays_finite_with_left_padding(kind):
-    # The padding bias is float32 (its most negative value would be -inf in bfloat16, and a left-padding
-    # query that sees only padding would turn into NaN and leak into later layers).
+    # The padding bias is clamped to bfloat16's range (float32's most negative value would be -inf there, and a
+    # left-padding query that sees only padding would turn into NaN and leak into later layers).
     model = build(kind).to(torch.bfloat16)
     batch = draw(model, True, seed=4)
     assert torch.isfinite(batch.logprobs).all()
     with torch.no_grad():
         recomputed = sequence_logprobs(model, batch.input_ids, batch.attention_mask, batch.prompt_length)
     assert torch.allclose(recomputed, batch.logprobs, atol=0.1)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_float32_model_under_cpu_autocast_decodes(kind):
+    # Under autocast the activations are bfloat16 while the weights stay float32: the oneDNN products (made
+    # for float32 activations) must step aside, and the padding bias must follow the activations' dtype.
+    model = build(kind)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        batch = draw(model, True, seed=4)
+        recomputed = sequence_logprobs(model, batch.input_ids, batch.attention_mask, batch.prompt_length)
+    assert torch.isfinite(batch.logprobs).all()
+    assert torch.allclose(recomputed.float(), batch.logprobs, atol=0.1)

@@ -11,8 +11,9 @@ replaces only the plumbing around them:
 - a key/value buffer per layer, allocated once for prompt + new tokens;
 - an additive padding mask built from the attention mask once per call,
   shared by all layers;
-- attention written out as two batched matmuls and a softmax, which for a
-  single query row is a few kernels instead of a flash-attention launch;
+- attention through ``scaled_dot_product_attention`` on the cache's
+  slices, with that mask (at one query row per step, torch's fused CPU
+  kernel is faster than two batched products and a softmax);
 - the LM head on the last position only;
 - on CPU in float32, the decoding steps' weight products through oneDNN
   on weights reordered once per rollout for its batch size (``_OneDNNLinear``;
@@ -103,24 +104,18 @@ def lean_stepper(model, batch: int, capacity: int) -> Optional[Stepper]:
 
 
 class _KVCache:
-    """Keys and values of every layer, written in place.
-
-    Keys are stored transposed, [B, H_kv, D, capacity], values as
-    [B, H_kv, capacity, D]: both attention products then read their operand
-    in the layout a batched matmul wants, with no copy (at one query row per
-    step, this halves the time of q k^T against a [B, H, L, D] key buffer).
-    """
+    """Keys and values of every layer, [B, H_kv, capacity, D], written in place."""
 
     def __init__(self, layers: int, batch: int, heads: int, capacity: int, head_dim: int, like: Tensor):
-        self.keys_t = [like.new_empty(batch, heads, head_dim, capacity) for _ in range(layers)]
+        self.keys = [like.new_empty(batch, heads, capacity, head_dim) for _ in range(layers)]
         self.values = [like.new_empty(batch, heads, capacity, head_dim) for _ in range(layers)]
 
     def append(self, layer: int, start: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-        """Store [B, H_kv, S, D] at positions start.. and return (keys^T [.., D, L], values [.., L, D]) up to them."""
+        """Store [B, H_kv, S, D] at positions start.. and return (keys, values) [B, H_kv, L, D] up to them."""
         end = start + key.shape[2]
-        self.keys_t[layer][..., start:end].copy_(key.transpose(-1, -2))
+        self.keys[layer][:, :, start:end].copy_(key)
         self.values[layer][:, :, start:end].copy_(value)
-        return self.keys_t[layer][..., :end], self.values[layer][:, :, :end]
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
 def _attention_bias(attention_mask: Tensor, new: int) -> Tensor:
@@ -141,22 +136,16 @@ def _attention_bias(attention_mask: Tensor, new: int) -> Tensor:
     return torch.where(allowed, zero, torch.finfo(torch.float32).min)
 
 
-def _attend(query: Tensor, keys_t: Tensor, value: Tensor, bias: Tensor, scaling: float) -> Tensor:
-    """softmax(q k^T * scaling + bias) v, with grouped keys/values.
+def _attend(query: Tensor, keys: Tensor, values: Tensor, bias: Tensor, scaling: float) -> Tensor:
+    """softmax(q k^T * scaling + bias) v, with grouped keys/values; returns [B, S, H * D].
 
-    query [B, H, S, D], keys_t [B, H_kv, D, L], value [B, H_kv, L, D] (H a multiple of H_kv),
-    bias [B, 1, S, L]. Returns [B, S, H * D]. The G = H / H_kv query heads of
-    a group are stacked along the row axis, so keys are never repeated.
+    query [B, H, S, D], keys and values [B, H_kv, L, D] (H a multiple of H_kv), bias [B, 1, S, L].
     """
     batch, heads, new, dim = query.shape
-    groups = heads // keys_t.shape[1]
-    if groups > 1:
-        query = query.reshape(batch, keys_t.shape[1], groups * new, dim)
-        bias = bias.repeat(1, 1, groups, 1)
-    # float32 scores: the bias's "very negative" float32 value would round to -inf in bfloat16
-    scores = torch.matmul(query, keys_t).float().mul_(scaling).add_(bias)
-    weights = torch.softmax(scores, dim=-1).to(value.dtype)
-    out = torch.matmul(weights, value).view(batch, heads, new, dim)
+    if bias.dtype != query.dtype:  # float32's most negative number is -inf in half precision: clamp first
+        bias = bias.clamp(min=torch.finfo(query.dtype).min).to(query.dtype)
+    out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=bias, scale=scaling,
+                                                           enable_gqa=heads != keys.shape[1])
     return out.transpose(1, 2).reshape(batch, new, heads * dim)
 
 
@@ -229,9 +218,10 @@ def _stacked(modules: tuple[nn.Module, ...]) -> Optional[tuple[Tensor, Optional[
 
 
 def _decode_product(modules: tuple[nn.Module, ...], rows: int, gelu_tanh: bool = False) -> Optional[_OneDNNLinear]:
-    """One oneDNN product for `modules` (stacked), or None when they are not plain float32 CPU linears or
-    oneDNN is missing."""
-    stacked = _stacked(modules) if _onednn_available() else None
+    """One oneDNN product for `modules` (stacked), or None when they are not plain float32 CPU linears, CPU
+    autocast is on, or oneDNN is missing."""
+    # Under CPU autocast the activations arrive in half precision, which these float32 weights do not take.
+    stacked = _stacked(modules) if _onednn_available() and not torch.is_autocast_enabled("cpu") else None
     if stacked is None or stacked[0].device.type != "cpu" or stacked[0].dtype != torch.float32:
         return None
     try:
@@ -314,8 +304,8 @@ class _GPT2Stepper:
             query, key, value = ops.qkv(block.ln_1(hidden)).split(attn.embed_dim, dim=2)
             shape = (batch, new, self.heads, self.head_dim)
             query, key, value = (t.view(shape).transpose(1, 2) for t in (query, key, value))
-            keys_t, values = self.cache.append(index, self.length, key, value)
-            hidden = ops.out(_attend(query, keys_t, values, bias, attn.scaling), hidden)
+            keys, values = self.cache.append(index, self.length, key, value)
+            hidden = ops.out(_attend(query, keys, values, bias, attn.scaling), hidden)
             hidden = ops.mlp_out(ops.mlp_in(block.ln_2(hidden)), hidden)
         self.length += new
         last = self.body.ln_f(hidden[:, -1])
@@ -402,8 +392,8 @@ class _LlamaStepper:
             key = key.view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
             value = value.view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
             query, key = self.rotate(query, key, cos, sin)
-            keys_t, values = self.cache.append(index, self.length, key, value)
-            hidden = ops.out(_attend(query, keys_t, values, bias, attn.scaling), hidden)
+            keys, values = self.cache.append(index, self.length, key, value)
+            hidden = ops.out(_attend(query, keys, values, bias, attn.scaling), hidden)
             hidden = ops.mlp(layer.post_attention_layernorm(hidden), hidden)
         self.length += new
         last = self.body.norm(hidden[:, -1])
