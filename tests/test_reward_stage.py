@@ -154,3 +154,17 @@ def test_store_rounds_gold_eval_and_ensemble(backbone, tmp_path):
     order = most_uncertain(probabilities, 3)
     spread = probabilities.std(dim=1, unbiased=False)
     assert spread[order[0]] == spread.max() and len(order) == 3
+
+
+def test_selection_on_validation_loss_keeps_the_lowest_loss_step(backbone, prefs_file, tmp_path):
+    cfg = load_config(RewardConfig, None, [f"data.path={prefs_file}", f"model.path={backbone}", "train.epochs=3",
+                                           "train.select=loss", *FAST])
+    result = run_reward(RunDir(tmp_path / "run"), cfg, log=_quiet)
+    metrics = [json.loads(line) for line in
+               (tmp_path / "run" / "rounds" / "001" / "reward" / "metrics.jsonl").read_text().splitlines()]
+    validations = [(m["val_loss"], m["step"]) for m in metrics if "val_loss" in m]
+    assert len(validations) >= 3
+    lowest_loss_step = min(validations)[1]
+    assert result is not None and result.best_step == lowest_loss_step
+    accuracy_at = {m["step"]: m["val_accuracy"] for m in metrics if "val_loss" in m}
+    assert result.val_accuracy == pytest.approx(accuracy_at[lowest_loss_step])

@@ -81,7 +81,10 @@ class RewardTrainConfig(TrainConfig):
     max_steps: int = Field(100000, ge=1, description="Upper bound on optimizer steps (epochs usually decide).")
     epochs: Optional[float] = Field(2.0, gt=0, description="Passes over the training groups; sets the step count.")
     patience: int = Field(3, ge=0, description="Stop after this many evaluations without a better validation "
-                                               "accuracy (0: never stop early). The best model is the one kept.")
+                                               "figure (`select`; 0: never stop early). The best model is the one kept.")
+    select: Literal["accuracy", "loss"] = Field(
+        "accuracy", description="The validation figure that chooses the model kept and stops early: accuracy, or "
+                                "loss (smoother than accuracy when the labels are noisy or the split small).")
     lr: LearningRate = Field(5e-5, description="Peak learning rate.")
     warmup_steps: int = Field(20, ge=0, description="Linear warmup steps before cosine decay (at most a fifth of the run).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices.")

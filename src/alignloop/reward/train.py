@@ -94,6 +94,14 @@ def _global_figures(figures: dict[str, float], has_groups: bool) -> dict[str, fl
     return out
 
 
+def _selection_value(figures: dict[str, Any], select: str) -> Optional[float]:
+    """The validation figure that picks the model kept, higher is better: accuracy, or minus the loss."""
+    value = figures.get("accuracy" if select == "accuracy" else "loss")
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value) if select == "accuracy" else -float(value)
+
+
 def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data: PreferenceBatches,
                        val_groups: Sequence[EncodedGroup], cfg: RewardTrainConfig, loss_cfg: RewardLossConfig,
                        bootstrap: float = 1.0, resume_state: Optional[dict[str, Any]] = None,
@@ -126,13 +134,15 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
     scorer = distributed.Forward(reward.model, lambda packed, inputs: reward.packed_heads(**inputs) if packed
                                  else reward.heads(**inputs))
     max_steps = total_steps(cfg, data.batches_per_epoch)
-    start_step, best_accuracy, best_step, stale = 0, -1.0, None, 0
+    # best_value: the selection figure (accuracy, or minus the loss), higher is better
+    start_step, best_value, best_accuracy, best_step, stale = 0, -math.inf, -1.0, None, 0
     scorer, optimizer = distributed.prepare(scorer, optimizer)
     if resume_state is not None:
         distributed.load_optimizer_state(optimizer, resume_state["optimizer"])  # after prepare: FSDP's shards
         restore_rng_state(resume_state["rng"])
         start_step = int(resume_state["step"])
         best_accuracy = float(resume_state.get("best_accuracy", -1.0))
+        best_value = float(resume_state.get("best_value", best_accuracy if best_accuracy >= 0 else -math.inf))
         best_step = resume_state.get("best_step")
         stale = int(resume_state.get("stale_evals", 0))
         if resume_state.get("stopped_early"):
@@ -211,19 +221,21 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
                             val_n=figures["n"])
                 log(f"{stage} step {done}: validation accuracy {val_accuracy:.4f}, loss {figures['loss']:.4f}, "
                     f"ECE {figures['ece']:.4f} on {figures['n']} pairs")
-                if val_accuracy is not None and val_accuracy > best_accuracy:
-                    best_accuracy, best_step, stale = val_accuracy, done, 0
+                value = _selection_value(figures, cfg.select)
+                if value is not None and value > best_value:
+                    best_value, best_accuracy, best_step, stale = value, val_accuracy, done, 0
                     save_final(best_dir, reward.model, reward.tokenizer)
                 else:
                     stale += 1
                     if cfg.patience and stale >= cfg.patience:
-                        log(f"{stage}: no better validation accuracy in {stale} evaluations; stopping early "
-                            f"(best {best_accuracy:.4f} at step {best_step})")
+                        log(f"{stage}: no better validation {cfg.select} in {stale} evaluations; stopping early "
+                            f"(best at step {best_step}: validation accuracy {best_accuracy:.4f})")
                         stopped_early = True
             if done % cfg.save_every == 0 or last or stopped_early:
                 save_training_checkpoint(stage_dir, done, reward.model, reward.tokenizer, optimizer,
                                          keep_last=cfg.keep_last,
-                                         extra_state={"best_accuracy": best_accuracy, "best_step": best_step,
+                                         extra_state={"best_accuracy": best_accuracy, "best_value": best_value,
+                                                      "best_step": best_step,
                                                       "stale_evals": stale, "stopped_early": stopped_early})
                 crash_point(f"{stage}:saved:{done}")
             if out_of_time:
