@@ -166,3 +166,18 @@ def test_a_float32_model_under_cpu_autocast_decodes(kind):
         recomputed = sequence_logprobs(model, batch.input_ids, batch.attention_mask, batch.prompt_length)
     assert torch.isfinite(batch.logprobs).all()
     assert torch.allclose(recomputed.float(), batch.logprobs, atol=0.1)
+
+
+def test_decoding_leaves_the_thread_count_as_it_was():
+    # The decoding step runs its small norms on one thread (waking a second costs more than the norm) and
+    # must give the caller back the count it had.
+    model = build("gpt2")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fast, plain = draw(model, True), draw(model, False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(fast.response_ids, plain.response_ids)
+    assert torch.allclose(fast.logprobs, plain.logprobs, atol=1e-5)
