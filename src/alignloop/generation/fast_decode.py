@@ -18,7 +18,7 @@ replaces only the plumbing around them:
 - on CPU in float32, the decoding steps' weight products through oneDNN
   on weights reordered once per rollout for its batch size (``_OneDNNLinear``;
   the weights do not change during a rollout), with GPT-2's GELU fused into
-  its MLP's first product.
+  its MLP's first product, and its LayerNorms on one thread (``_on_one_thread``).
 
 The arithmetic is the one the model's own forward does, so the log-probs the
 sampler records match ``sequence_logprobs`` to float rounding (the tests pin
