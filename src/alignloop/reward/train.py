@@ -142,7 +142,9 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
         restore_rng_state(resume_state["rng"])
         start_step = int(resume_state["step"])
         best_accuracy = float(resume_state.get("best_accuracy", -1.0))
-        best_value = float(resume_state.get("best_value", best_accuracy if best_accuracy >= 0 else -math.inf))
+        best_value = resume_state.get("best_value")  # absent from checkpoints of before `select`: accuracy then
+        if best_value is None:
+            best_value = best_accuracy if cfg.select == "accuracy" and best_accuracy >= 0 else -math.inf
         best_step = resume_state.get("best_step")
         stale = int(resume_state.get("stale_evals", 0))
         if resume_state.get("stopped_early"):
