@@ -37,7 +37,6 @@ called as it is.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -45,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.generation.logprobs import unwrap_model
+from alignloop.models.onednn_products import onednn_available
 
 __all__ = ["Stepper", "lean_stepper"]
 
@@ -153,12 +153,6 @@ def _attend(query: Tensor, keys: Tensor, values: Tensor, bias: Tensor, scaling: 
 # The weight products of a decoding step
 
 
-@functools.cache
-def _onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-
-
 def _plain_weight(module: nn.Module) -> Optional[tuple[Tensor, Optional[Tensor]]]:
     """(weight [out, in], bias) of a plain nn.Linear or GPT-2 Conv1D without hooks; None for anything else."""
     if module._forward_hooks or module._forward_pre_hooks:
@@ -221,7 +215,7 @@ def _decode_product(modules: tuple[nn.Module, ...], rows: int, gelu_tanh: bool =
     """One oneDNN product for `modules` (stacked), or None when they are not plain float32 CPU linears, CPU
     autocast is on, or oneDNN is missing."""
     # Under CPU autocast the activations arrive in half precision, which these float32 weights do not take.
-    stacked = _stacked(modules) if _onednn_available() and not torch.is_autocast_enabled("cpu") else None
+    stacked = _stacked(modules) if onednn_available() and not torch.is_autocast_enabled("cpu") else None
     if stacked is None or stacked[0].device.type != "cpu" or stacked[0].dtype != torch.float32:
         return None
     try:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from alignloop.errors import TrainingError
+from alignloop.models.onednn_products import use_onednn_products
 from alignloop.rl.config import RewardShapingConfig, RunLoopConfig
 from alignloop.rl.kl import AdaptiveKLController, FixedKLController
 from alignloop.rl.rollout import Experience, RewardScorer, encode_prompts, prompt_indices
@@ -131,6 +132,8 @@ def new_state(policy, reference, scorer: RewardScorer, tokenizer, *, lr: float, 
     for model in (policy, reference, scorer.reward_model, critic):
         if model is not None:
             fuse_activations(model)
+            if device.type == "cpu" and distributed.world_size() == 1:
+                use_onednn_products(model)
     policy.eval()
     freeze(reference)
     freeze(scorer.reward_model)
