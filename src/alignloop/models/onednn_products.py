@@ -7,7 +7,7 @@ small transformers' training passes at 100-185 GFLOP/s on this project's
 ``use_onednn_products`` routes a model's plain ``nn.Linear`` and GPT-2
 ``Conv1D`` layers through it: the forward product and the input gradient by
 oneDNN, the weight gradient (a product over the batch) by ``mm``, the bias
-gradient by a sum. One PPO iteration on the benchmark's GPT-2 took 6% less
+gradient by a sum. One PPO iteration on the benchmark's GPT-2 took 5.5% less
 wall time (BENCHMARKS.md, "PPO speed").
 
 Only float32 CPU tensors outside autocast take this path; anything else (CUDA,
@@ -54,7 +54,7 @@ class _OneDNNProduct(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:  # grad W as a product whose "weight" is W^T: [in, out]
+        if ctx.needs_input_grad[0]:  # grad_x = grad W, a product whose weight argument is W^T: [in, out]
             grad_x = _product(grad, weight if ctx.in_out else weight.t(), None)
         rows = grad.reshape(-1, grad.shape[-1])
         if ctx.needs_input_grad[1]:
