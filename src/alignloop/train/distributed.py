@@ -41,6 +41,7 @@ that of the global token mean, as one process would compute it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -96,7 +97,19 @@ def start(device_name: str = "auto") -> torch.device:
         # module uses all its parameters in each forward: no search for unused ones.
         _accelerator = Accelerator(cpu=use_cpu,
                                    kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        atexit.register(_leave)
     return _accelerator.device
+
+
+def _leave() -> None:
+    """Tear the process group down before the interpreter's own teardown does.
+
+    Left to the interpreter, gloo's worker threads could be destroyed while still joinable, and a process
+    that had finished its work aborted ("terminate called without an active exception", exit -6), failing
+    the whole launch. Local: no collective, so it cannot hang when another rank has gone.
+    """
+    if _active():
+        torch.distributed.destroy_process_group()
 
 
 def _check_engine() -> None:
