@@ -45,9 +45,11 @@ def make_kl_controller(cfg: RewardShapingConfig) -> AdaptiveKLController | Fixed
 
 def make_adam(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; `peak_lr` is kept in the group for warmup (and saved with it)."""
-    # eps 1e-5 as in the PPO reference implementations (Huang et al. 2022, detail 3).
+    # eps 1e-5 as in the PPO reference implementations (Huang et al. 2022, detail 3). One process: torch's
+    # fused kernel (one pass over each tensor; 2% of a CPU PPO iteration here); launchers keep the default,
+    # which every way of sharding supports.
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, eps=1e-5,
-                                  weight_decay=weight_decay)
+                                  weight_decay=weight_decay, fused=distributed.world_size() == 1 or None)
     for group in optimizer.param_groups:
         group["peak_lr"] = lr
     return optimizer
