@@ -14,9 +14,10 @@ import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
-from alignloop.generation.fast_decode import _OneDNNLinear, lean_stepper
+from alignloop.generation.fast_decode import lean_stepper
 from alignloop.generation.logprobs import sequence_logprobs
 from alignloop.generation.sampler import generate
+from alignloop.models.onednn_products import ReorderedProduct
 
 PAD, BOS, EOS = 0, 1, 2
 VOCAB = 128
@@ -64,7 +65,7 @@ def test_the_supported_layouts_get_the_lean_path(model):
     stepper = lean_stepper(model, batch=2, capacity=16)
     assert stepper is not None
     if torch.backends.mkldnn.is_available():  # CPU float32: the decoding products go through oneDNN
-        assert isinstance(stepper.decode_head, _OneDNNLinear)
+        assert isinstance(stepper.decode_head, ReorderedProduct)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

@@ -16,7 +16,7 @@ replaces only the plumbing around them:
   kernel is faster than two batched products and a softmax);
 - the LM head on the last position only;
 - on CPU in float32, the decoding steps' weight products through oneDNN
-  on weights reordered once per rollout for its batch size (``_OneDNNLinear``;
+  on weights reordered once per rollout for its batch size (``ReorderedProduct``;
   the weights do not change during a rollout), with GPT-2's GELU fused into
   its MLP's first product, and its LayerNorms on one thread (``_on_one_thread``).
 
@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.generation.logprobs import unwrap_model
-from alignloop.models.onednn_products import onednn_available
+from alignloop.models.onednn_products import ReorderedProduct, linear_weight, onednn_available
 
 __all__ = ["Stepper", "lean_stepper"]
 
@@ -118,13 +118,22 @@ class _KVCache:
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
-def _attention_bias(attention_mask: Tensor, new: int) -> Tensor:
-    """Additive float32 bias [B, 1, S, L]: 0 where a query may attend, a very negative number elsewhere.
+def _activation_dtype(weight: Tensor) -> torch.dtype:
+    """The dtype a layer's products come out in: autocast's where it is on for the weight's device, else the
+    weight's own."""
+    kind = weight.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else weight.dtype
+
+
+def _attention_bias(attention_mask: Tensor, new: int, dtype: torch.dtype) -> Tensor:
+    """Additive bias [B, 1, S, L] in `dtype`: 0 where a query may attend, a very negative number elsewhere.
 
     Masked keys are padding, and for the S newest queries also any later key
-    (causal). The most negative finite value, not -inf, keeps a left-padding
-    query (which sees only padding) finite, as transformers does: its output
-    is never attended to, but a NaN would leak through 0 * NaN in later layers.
+    (causal). The most negative finite value of `dtype`, not -inf (nor
+    float32's, which is -inf in half precision), keeps a left-padding query
+    (which sees only padding) finite, as transformers does: its output is
+    never attended to, but a NaN would leak through 0 * NaN in later layers.
+    Built once per call, in the dtype of the queries, for every layer.
     """
     length = attention_mask.shape[1]
     allowed = attention_mask.bool()[:, None, None, :]
@@ -132,8 +141,8 @@ def _attention_bias(attention_mask: Tensor, new: int) -> Tensor:
         query_positions = torch.arange(length - new, length, device=attention_mask.device).view(-1, 1)
         causal = torch.arange(length, device=attention_mask.device).view(1, -1) <= query_positions
         allowed = allowed & causal
-    zero = torch.zeros((), dtype=torch.float32, device=attention_mask.device)
-    return torch.where(allowed, zero, torch.finfo(torch.float32).min)
+    zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
 
 
 def _attend(query: Tensor, keys: Tensor, values: Tensor, bias: Tensor, scaling: float) -> Tensor:
@@ -142,8 +151,6 @@ def _attend(query: Tensor, keys: Tensor, values: Tensor, bias: Tensor, scaling: 
     query [B, H, S, D], keys and values [B, H_kv, L, D] (H a multiple of H_kv), bias [B, 1, S, L].
     """
     batch, heads, new, dim = query.shape
-    if bias.dtype != query.dtype:  # float32's most negative number is -inf in half precision: clamp first
-        bias = bias.clamp(min=torch.finfo(query.dtype).min).to(query.dtype)
     out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=bias, scale=scaling,
                                                            enable_gqa=heads != keys.shape[1])
     return out.transpose(1, 2).reshape(batch, new, heads * dim)
@@ -157,42 +164,12 @@ def _plain_weight(module: nn.Module) -> Optional[tuple[Tensor, Optional[Tensor]]
     """(weight [out, in], bias) of a plain nn.Linear or GPT-2 Conv1D without hooks; None for anything else."""
     if module._forward_hooks or module._forward_pre_hooks:
         return None
-    if type(module) is nn.Linear:
-        return module.weight, module.bias
-    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
-        return module.weight.t(), module.bias  # Conv1D computes x @ W + b with W [in, out]
-    return None
-
-
-class _OneDNNLinear:
-    """x W^T + b (then GELU, or plus a residual) through oneDNN, its weight reordered once for `rows` rows.
-
-    At decoding sizes (one row per sequence, widths of a few hundred) the
-    default CPU BLAS path runs these products at a fraction of the machine's
-    rate; oneDNN's kernel on a weight laid out ahead for the row count was
-    1.3-2.3x faster on them (BENCHMARKS.md, "PPO speed"), and the fused GELU
-    saves a pass over the MLP's widest activation; adding the residual
-    inside the product saves an elementwise kernel, whose thread wake-up
-    alone costs about as much as a small product. The result equals the
-    module's to float rounding (different summation order).
-    """
-
-    def __init__(self, weight: Tensor, bias: Optional[Tensor], rows: int, gelu_tanh: bool = False):
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
-        self.bias = None if bias is None else bias.detach()
-        self.post, self.algorithm = ("gelu", "tanh") if gelu_tanh else ("none", "")
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.post, [], self.algorithm)
-
-    def plus(self, x: Tensor, residual: Tensor) -> Tensor:
-        """residual + (x W^T + b), in one kernel."""
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+    return linear_weight(module)
 
 
 def _plus(module: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
     """residual + module(x): fused when the module is a oneDNN product."""
-    if isinstance(module, _OneDNNLinear):
+    if isinstance(module, ReorderedProduct):
         return module.plus
     return lambda x, residual: residual + module(x)
 
@@ -211,7 +188,7 @@ def _stacked(modules: tuple[nn.Module, ...]) -> Optional[tuple[Tensor, Optional[
     return torch.cat(weights), (torch.cat(biases) if biases[0] is not None else None)
 
 
-def _decode_product(modules: tuple[nn.Module, ...], rows: int, gelu_tanh: bool = False) -> Optional[_OneDNNLinear]:
+def _decode_product(modules: tuple[nn.Module, ...], rows: int, gelu_tanh: bool = False) -> Optional[ReorderedProduct]:
     """One oneDNN product for `modules` (stacked), or None when they are not plain float32 CPU linears, CPU
     autocast is on, or oneDNN is missing."""
     # Under CPU autocast the activations arrive in half precision, which these float32 weights do not take.
@@ -219,7 +196,7 @@ def _decode_product(modules: tuple[nn.Module, ...], rows: int, gelu_tanh: bool =
     if stacked is None or stacked[0].device.type != "cpu" or stacked[0].dtype != torch.float32:
         return None
     try:
-        return _OneDNNLinear(*stacked, rows, gelu_tanh)
+        return ReorderedProduct(*stacked, rows, gelu_tanh)
     except RuntimeError:  # a oneDNN build without this kernel for this CPU: the module's own product serves
         return None
 
@@ -305,6 +282,7 @@ class _GPT2Stepper:
         self.heads = config.n_head
         self.head_dim = config.n_embd // config.n_head
         self.cache = _KVCache(len(self.body.h), batch, self.heads, capacity, self.head_dim, head.weight)
+        self.dtype = _activation_dtype(head.weight)
         self.length = 0
         self.prefill_ops = [_GPT2Ops.of_modules(block) for block in self.body.h]
         self.decode_ops = [_GPT2Ops.for_decoding(block, batch, own) for block, own in zip(self.body.h,
@@ -317,7 +295,7 @@ class _GPT2Stepper:
         decoding = new == 1
         all_ops = self.decode_ops if decoding else self.prefill_ops
         hidden = self.body.wte(input_ids) + self.body.wpe(position_ids)
-        bias = _attention_bias(attention_mask, new)
+        bias = _attention_bias(attention_mask, new, self.dtype)
         for index, (block, ops) in enumerate(zip(self.body.h, all_ops)):
             attn = block.attn
             query, key, value = ops.qkv(ops.norm_1(hidden)).split(attn.embed_dim, dim=2)
@@ -390,6 +368,7 @@ class _LlamaStepper:
         self.heads = model.config.num_attention_heads
         self.kv_heads = model.config.num_key_value_heads
         self.cache = _KVCache(len(self.body.layers), batch, self.kv_heads, capacity, self.head_dim, head.weight)
+        self.dtype = _activation_dtype(head.weight)
         sizes = (self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim)
         self.prefill_ops = [_LlamaOps.of_modules(layer, sizes) for layer in self.body.layers]
         self.decode_ops = [_LlamaOps.for_decoding(layer, sizes, batch, own)
@@ -403,7 +382,7 @@ class _LlamaStepper:
         all_ops = self.decode_ops if decoding else self.prefill_ops
         hidden = self.body.embed_tokens(input_ids)
         cos, sin = self.body.rotary_emb(hidden, position_ids)
-        bias = _attention_bias(attention_mask, new)
+        bias = _attention_bias(attention_mask, new, self.dtype)
         for index, (layer, ops) in enumerate(zip(self.body.layers, all_ops)):
             attn = layer.self_attn
             query, key, value = ops.qkv(layer.input_layernorm(hidden))

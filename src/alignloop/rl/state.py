@@ -49,7 +49,7 @@ def make_adam(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.o
     # fused kernel (one pass over each tensor; 2% of a CPU PPO iteration here); launchers keep the default,
     # which every way of sharding supports.
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, eps=1e-5,
-                                  weight_decay=weight_decay, fused=distributed.world_size() == 1 or None)
+                                  weight_decay=weight_decay, fused=True if distributed.world_size() == 1 else None)
     for group in optimizer.param_groups:
         group["peak_lr"] = lr
     return optimizer
