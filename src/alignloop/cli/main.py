@@ -76,7 +76,17 @@ def main() -> None:
         check_launch(sys.argv[1:])
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
-    app()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        app()
+        return
+    from alignloop.train.distributed import end_launched_process
+
+    try:
+        app()
+    except SystemExit as exit_:
+        end_launched_process(exit_.code)  # a process that joined the group ends here
+        raise
+    end_launched_process(0)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ that of the global token mean, as one process would compute it.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import sys
@@ -97,19 +96,30 @@ def start(device_name: str = "auto") -> torch.device:
         # module uses all its parameters in each forward: no search for unused ones.
         _accelerator = Accelerator(cpu=use_cpu,
                                    kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
-        atexit.register(_leave)
     return _accelerator.device
 
 
-def _leave() -> None:
-    """Tear the process group down before the interpreter's own teardown does.
+def end_launched_process(code: object) -> None:
+    """End a launched process that joined the process group now, with exit `code` (returns if it did not join).
 
-    Left to the interpreter, gloo's worker threads could be destroyed while still joinable, and a process
-    that had finished its work aborted ("terminate called without an active exception", exit -6), failing
-    the whole launch. Local: no collective, so it cannot hang when another rank has gone.
+    After a stage's work (its files written atomically), the interpreter's own teardown of the C++ objects
+    behind the process group (gloo's threads, the rendezvous store) sometimes aborted a finished rank
+    ("terminate called without an active exception", exit -6), failing the whole launch. So a launched
+    process waits for the others when it succeeded (they all run the same stage; a failed one does not wait
+    for ranks that may be gone), flushes its output and leaves without that teardown.
     """
-    if _active():
-        torch.distributed.destroy_process_group()
+    if _accelerator is None:
+        return
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): print it, as the interpreter would
+        print(code, file=sys.stderr)
+        code = 1
+    if code == 0 and _active():
+        torch.distributed.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _check_engine() -> None:
