@@ -10,7 +10,7 @@ rollout + reference, value and reward passes + 1 epoch of 1 minibatch of 64
 (policy and critic updated); CPU, float32 on both sides, no gradient
 checkpointing, the same number of torch threads.
 
-Three measurements, each in its own process (so peak memory is each one's own):
+Four measurements, each in its own process (so peak memory is each one's own):
 1. `rollout`: our batched sampler against Hugging Face `model.generate` on the
    same model and prompts, timed alternately (background load hits both
    alike), median of the runs -> `rollout_speedup_vs_hf_generate`.
@@ -20,6 +20,10 @@ Three measurements, each in its own process (so peak memory is each one's own):
    PPO) in its own virtualenv (`bash bench/setup_trl_ppo_venv.sh`), the same
    models, prompts and settings; seconds per update from its callbacks, first
    update excluded -> `ppo_iteration_speedup_vs_trl`, `peak_rss_ratio_vs_trl`.
+4. `floor`: the weight matrix products of one iteration alone (148 G
+   multiply-adds), each shape through the fastest of torch's CPU kernels, with
+   nothing between them -> `matmul_floor_speedup_vs_trl`, the most any float32
+   PPO iteration making those products could gain over TRL's on this machine.
 
 Usage:
     PYTHONPATH=src .venv/bin/python bench/ppo_vs_trl.py [--iterations 3] [--threads 2] [--rounds 1]
@@ -143,7 +147,9 @@ def worker_ours(folder: Path, iterations: int) -> dict:
     from alignloop.rl.ppo import ppo_iteration, ppo_state
     from alignloop.rl.rollout import RewardScorer
     from alignloop.tokenizer import load_tokenizer
+    from alignloop.train import distributed
 
+    distributed.start("cpu")  # as every training command starts: on CPU, freed memory is kept for reuse
     cfg = load_config(PPOConfig, None, [
         f"sampling.max_new_tokens={NEW_TOKENS}", f"sampling.min_new_tokens={NEW_TOKENS}", "sampling.temperature=1.0",
         f"sampling.batch_size={BATCH}", "ppo.epochs=1", "ppo.minibatches=1", f"ppo.rollout_prompts={BATCH}",
@@ -221,7 +227,70 @@ def worker_trl(folder: Path, iterations: int) -> dict:
             "trl_version": trl.__version__, "torch_threads": torch.get_num_threads()}
 
 
-WORKERS = {"rollout": worker_rollout, "ours": worker_ours, "trl": worker_trl}
+def iteration_products() -> list[tuple[int, int, int]]:
+    """The (rows, inner, out) of every weight matrix product one PPO iteration of the workload must make.
+
+    Rollout (prefill of the prompts, then one row per sequence for each new token but the last, the LM head on
+    the last position each time); reference, reward-model and critic forwards; the policy's and the critic's
+    training forward and backward (input and weight gradients). The LM head runs on the response positions
+    only. Attention score products, norms, activations, sampling and the optimizer are left out.
+    """
+    ffn, rows, predicted = 4 * WIDTH, BATCH * (PROMPT_TOKENS + NEW_TOKENS), BATCH * NEW_TOKENS
+
+    def body(n: int) -> list[tuple[int, int, int]]:
+        return [(n, WIDTH, 3 * WIDTH), (n, WIDTH, WIDTH), (n, WIDTH, ffn), (n, ffn, WIDTH)] * LAYERS
+
+    def backward(shapes: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        return [g for (n, k, o) in shapes for g in ((n, o, k), (o, n, k))]
+
+    head = [(predicted, WIDTH, VOCAB)]
+    rollout = body(BATCH * PROMPT_TOKENS) + [(BATCH, WIDTH, VOCAB)] \
+        + (body(BATCH) + [(BATCH, WIDTH, VOCAB)]) * (NEW_TOKENS - 1)
+    scoring = body(rows) + head + body(rows) + body(rows)
+    update = body(rows) + head + backward(body(rows) + head) + backward(body(rows))
+    return rollout + scoring + update
+
+
+def worker_floor(folder: Path, iterations: int) -> dict:
+    """Seconds for the products of one iteration alone, each shape through the fastest of torch's kernels here.
+
+    The bound of any float32 PPO iteration that makes these products on this machine: every kernel is timed
+    first and the best one kept per shape (MKL into a reused output, oneDNN on a plain or a pre-reordered
+    weight), with nothing else between the products.
+    """
+    import torch
+
+    def candidates(m: int, k: int, n: int) -> dict:
+        a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+        weight = b.t().contiguous()
+        found = {"mkl": lambda: torch.mm(a, b, out=out)}
+        if torch.backends.mkldnn.is_available():
+            reordered = torch.ops.mkldnn._reorder_linear_weight(weight, m)
+            found["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, weight, None, "none", [], "")
+            found["onednn_reordered"] = lambda: torch.ops.mkldnn._linear_pointwise(a, reordered, None, "none", [], "")
+        return found
+
+    def median_time(fn, repeats: int = 7) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    shapes = iteration_products()
+    best = {}
+    for shape in sorted(set(shapes)):
+        kernels = candidates(*shape)
+        timed = {name: median_time(fn) for name, fn in kernels.items()}
+        best[shape] = kernels[min(timed, key=timed.get)]
+    timings = [median_time(lambda: [best[shape]() for shape in shapes], repeats=1) for _ in range(iterations)]
+    return {"floor_iteration_s": statistics.median(timings), "floor_runs_s": timings,
+            "floor_multiply_adds": sum(m * k * n for m, k, n in shapes)}
+
+
+WORKERS = {"rollout": worker_rollout, "ours": worker_ours, "trl": worker_trl, "floor": worker_floor}
 
 
 def run_worker(python: str, name: str, folder: Path, count: int, threads: int) -> dict:
@@ -284,6 +353,7 @@ def main() -> None:
                    run_worker(args.trl_python, "trl", folder, args.iterations, args.threads))
                   for _ in range(args.rounds)]
         ours, trl = pool_rounds([r[0] for r in rounds]), pool_rounds([r[1] for r in rounds])
+        floor = run_worker(sys.executable, "floor", folder, 3 * args.iterations, args.threads)
 
     print(f"rollout: ours {rollout['ours_rollout_tokens_per_s']:,.0f} tokens/s, HF generate "
           f"{rollout['hf_generate_tokens_per_s']:,.0f} tokens/s")
@@ -293,6 +363,8 @@ def main() -> None:
           f"TRL {['%.2f' % t for t in trl['iteration_runs_s']]}")
     print(f"PPO iteration CPU time: ours {ours['iteration_cpu_s']:.3f}s, TRL {trl['iteration_cpu_s']:.3f}s")
     print(f"peak RSS: ours {ours['peak_rss_mb']:,.0f} MB, TRL {trl['peak_rss_mb']:,.0f} MB")
+    print(f"weight products alone ({floor['floor_multiply_adds'] / 1e9:.1f} G multiply-adds): "
+          f"{floor['floor_iteration_s']:.3f}s an iteration, {trl['iteration_s'] / floor['floor_iteration_s']:.2f}x TRL")
     print(json.dumps({
         "workload": f"gpt2 {LAYERS}x{WIDTH} vocab {VOCAB}, {BATCH} prompts x {PROMPT_TOKENS} tokens, {NEW_TOKENS} new "
                     f"tokens, T=1, 1 epoch x 1 minibatch, cpu fp32, {args.threads} threads, {args.rounds} round(s)",
@@ -312,6 +384,8 @@ def main() -> None:
         "ppo_iteration_speedup_vs_trl": round(trl["iteration_s"] / ours["iteration_s"], 3),
         "ppo_iteration_cpu_time_ratio_vs_trl": round(trl["iteration_cpu_s"] / ours["iteration_cpu_s"], 3),
         "peak_rss_ratio_vs_trl": round(ours["peak_rss_mb"] / trl["peak_rss_mb"], 3),
+        "matmul_floor_iteration_s": round(floor["floor_iteration_s"], 4),
+        "matmul_floor_speedup_vs_trl": round(trl["iteration_s"] / floor["floor_iteration_s"], 3),
     }))
 
 

@@ -48,6 +48,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from alignloop.train.host_memory import keep_freed_memory
+
 from alignloop.errors import ConfigError
 
 _accelerator = None
@@ -73,8 +75,16 @@ def start(device_name: str = "auto") -> torch.device:
     A single process gets `pick_device(device_name)`. Under a launcher the
     process group is created by accelerate (gloo on CPU, NCCL on CUDA) and
     each process takes its own GPU (`cuda:LOCAL_RANK`), or the CPU when
-    `device_name` is `cpu` or there is no GPU.
+    `device_name` is `cpu` or there is no GPU. A process that trains on CPU
+    keeps the memory it frees for reuse (`host_memory.keep_freed_memory`).
     """
+    device = _join(device_name)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
+
+
+def _join(device_name: str) -> torch.device:
     from alignloop.train.device import pick_device
 
     if not launched():
