@@ -75,3 +75,14 @@ def test_a_model_is_routed_once_and_keeps_its_state_dict():
     assert use_onednn_products(model) == 2
     assert use_onednn_products(model) == 0
     assert model.state_dict().keys() == before.keys()
+
+
+def test_training_stages_route_a_cpu_model_and_leave_a_cuda_one():
+    from alignloop.train.device import route_cpu_products
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
+    assert route_cpu_products(model, torch.device("cuda")) == 0  # decided on the device alone: no GPU needed
+    assert all("forward" not in vars(layer) for layer in model)
+    assert route_cpu_products(model, torch.device("cpu")) == 2
+    x = torch.randn(3, 8)
+    assert "mkldnn::_linear_pointwise" in kernels_called(lambda: model(x))

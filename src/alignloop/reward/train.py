@@ -32,7 +32,7 @@ from alignloop.reward.objective import batch_objective
 from alignloop.train import distributed
 from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.crash import crash_point
-from alignloop.train.device import autocast, precision_scope
+from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.lm_loop import backward_checked, make_optimizer
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import training_progress
@@ -123,6 +123,7 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     reward.to(device)
+    route_cpu_products(reward, device)
     if cfg.gradient_checkpointing:
         from alignloop.models.memory import enable_gradient_checkpointing
 

@@ -45,7 +45,7 @@ from alignloop.train import distributed
 from alignloop.train.checkpoints import (latest_checkpoint, load_training_state, restore_rng_state, save_final,
                                          save_training_checkpoint)
 from alignloop.train.crash import crash_point
-from alignloop.train.device import autocast, precision_scope
+from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.schedule import learning_rate
 
@@ -229,6 +229,8 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
                                                   cfg.run.gradient_checkpointing, cfg.run.seed)
     policy.eval()  # dropout off, as in the reference pass
     freeze(reference)
+    for model in (policy, reference):
+        route_cpu_products(model, device)
 
     order = list(range(len(pairs)))
     random.Random(cfg.run.seed).shuffle(order)

@@ -25,14 +25,13 @@ from typing import Any, Callable, Optional
 import torch
 
 from alignloop.errors import TrainingError
-from alignloop.models.onednn_products import use_onednn_products
 from alignloop.rl.config import RewardShapingConfig, RunLoopConfig
 from alignloop.rl.kl import AdaptiveKLController, FixedKLController
 from alignloop.rl.rollout import Experience, RewardScorer, encode_prompts, prompt_indices
 from alignloop.train import distributed
 from alignloop.train.checkpoints import load_training_state, restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.crash import crash_point
-from alignloop.train.device import precision_scope
+from alignloop.train.device import precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
 
 
@@ -134,8 +133,7 @@ def new_state(policy, reference, scorer: RewardScorer, tokenizer, *, lr: float, 
     for model in (policy, reference, scorer.reward_model, critic):
         if model is not None:
             fuse_activations(model)
-            if device.type == "cpu" and distributed.world_size() == 1:
-                use_onednn_products(model)
+            route_cpu_products(model, device)
     policy.eval()
     freeze(reference)
     freeze(scorer.reward_model)

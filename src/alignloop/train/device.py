@@ -24,7 +24,7 @@ import torch
 from alignloop.config.base import Precision
 from alignloop.errors import ConfigError
 
-__all__ = ["Precision", "autocast", "check_precision", "pick_device", "precision_scope"]
+__all__ = ["Precision", "autocast", "check_precision", "pick_device", "precision_scope", "route_cpu_products"]
 _PRECISION: contextvars.ContextVar[str] = contextvars.ContextVar("alignloop_precision", default="auto")
 
 
@@ -33,6 +33,21 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def route_cpu_products(model: torch.nn.Module, device: torch.device) -> int:
+    """Run `model`'s linear layers' float32 products through oneDNN when one process trains or scores it on CPU.
+
+    `alignloop.models.onednn_products`: 5% less time a step for the small preset's pretraining and PPO on the
+    2-core development machine. Launched processes keep the layers' own forward (their engine wraps the model
+    and may replace its parameters). Returns how many layers were routed.
+    """
+    from alignloop.models.onednn_products import use_onednn_products
+    from alignloop.train import distributed
+
+    if device.type != "cpu" or distributed.world_size() != 1:
+        return 0
+    return use_onednn_products(model)
 
 
 def check_precision(device: torch.device, precision: str, key: str = "train.precision") -> None:

@@ -28,7 +28,7 @@ from alignloop.train import distributed
 from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.config import TrainConfig
 from alignloop.train.crash import crash_point
-from alignloop.train.device import autocast, precision_scope
+from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import training_progress
 from alignloop.train.schedule import learning_rate
@@ -158,6 +158,7 @@ def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model.to(device)
+    route_cpu_products(model, device)
     if cfg.gradient_checkpointing:
         from alignloop.models.memory import enable_gradient_checkpointing
 
