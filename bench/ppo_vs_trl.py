@@ -27,8 +27,11 @@ Four measurements, each in its own process (so peak memory is each one's own):
 
 Usage:
     PYTHONPATH=src .venv/bin/python bench/ppo_vs_trl.py [--iterations 3] [--threads 2] [--rounds 1]
-        [--trl-python .venv-trl-ppo/bin/python]
-With --rounds N the `ours` and `trl` workers run alternately N times each and
+        [--trl-python .venv-trl-ppo/bin/python] [--same-allocator]
+Our side runs as `alignloop ppo` does on CPU, which keeps the memory it frees
+mapped for reuse (`alignloop.train.host_memory`); TRL runs with glibc's
+defaults, as its users get it, unless --same-allocator gives it the same
+setting (through MALLOC_* variables). With --rounds N the `ours` and `trl` workers run alternately N times each and
 their timed iterations are pooled (medians over all of them): on a machine
 shared with other jobs, load that comes and goes then falls on both sides.
 The last line printed is one JSON object with `rollout_speedup_vs_hf_generate`,
@@ -260,6 +263,10 @@ def worker_floor(folder: Path, iterations: int) -> dict:
     """
     import torch
 
+    from alignloop.train.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # fresh outputs reuse freed pages: no page faults in the bound
+
     def candidates(m: int, k: int, n: int) -> dict:
         a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
         weight = b.t().contiguous()
@@ -293,13 +300,17 @@ def worker_floor(folder: Path, iterations: int) -> dict:
 WORKERS = {"rollout": worker_rollout, "ours": worker_ours, "trl": worker_trl, "floor": worker_floor}
 
 
-def run_worker(python: str, name: str, folder: Path, count: int, threads: int) -> dict:
+# What `alignloop.train.host_memory.keep_freed_memory` asks of glibc, as environment variables read at start-up.
+KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def run_worker(python: str, name: str, folder: Path, count: int, threads: int, extra_env: dict | None = None) -> dict:
     # Both sides get the same OpenMP settings; passive waiting keeps a CPU shared with other work from
     # turning every parallel region into a spin-lock contest (it slowed small matmuls ~10x here).
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE",
                HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
-               TRL_EXPERIMENTAL_SILENCE="1", WANDB_DISABLED="true")
+               TRL_EXPERIMENTAL_SILENCE="1", WANDB_DISABLED="true", **(extra_env or {}))
     result = subprocess.run([python, __file__, "--worker", name, "--dir", str(folder), "--count", str(count),
                              "--threads", str(threads)], capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -328,6 +339,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides.")
     parser.add_argument("--rounds", type=int, default=1,
                         help="Run ours then TRL this many times (alternating) and pool the timed iterations.")
+    parser.add_argument("--same-allocator", action="store_true",
+                        help="Give TRL the malloc setting alignloop's training stages make for themselves on CPU "
+                             "(freed memory kept for reuse; TRL does not ask for it, and gains from it too).")
     parser.add_argument("--trl-python", default=str(ROOT / ".venv-trl-ppo" / "bin" / "python"),
                         help="Python of the TRL 1.12.0 virtualenv (bench/setup_trl_ppo_venv.sh makes it).")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -350,7 +364,8 @@ def main() -> None:
         rollout = run_worker(sys.executable, "rollout", folder, args.repeats, args.threads)
         # Alternating the two sides over rounds spreads the machine's changing background load over both.
         rounds = [(run_worker(sys.executable, "ours", folder, args.iterations, args.threads),
-                   run_worker(args.trl_python, "trl", folder, args.iterations, args.threads))
+                   run_worker(args.trl_python, "trl", folder, args.iterations, args.threads,
+                              KEEP_FREED_MEMORY_ENV if args.same_allocator else None))
                   for _ in range(args.rounds)]
         ours, trl = pool_rounds([r[0] for r in rounds]), pool_rounds([r[1] for r in rounds])
         floor = run_worker(sys.executable, "floor", folder, 3 * args.iterations, args.threads)
@@ -367,7 +382,8 @@ def main() -> None:
           f"{floor['floor_iteration_s']:.3f}s an iteration, {trl['iteration_s'] / floor['floor_iteration_s']:.2f}x TRL")
     print(json.dumps({
         "workload": f"gpt2 {LAYERS}x{WIDTH} vocab {VOCAB}, {BATCH} prompts x {PROMPT_TOKENS} tokens, {NEW_TOKENS} new "
-                    f"tokens, T=1, 1 epoch x 1 minibatch, cpu fp32, {args.threads} threads, {args.rounds} round(s)",
+                    f"tokens, T=1, 1 epoch x 1 minibatch, cpu fp32, {args.threads} threads, {args.rounds} round(s)"
+                    + (", TRL with alignloop's malloc setting" if args.same_allocator else ""),
         "trl_version": trl["trl_version"],
         "ours_rollout_tokens_per_s": round(rollout["ours_rollout_tokens_per_s"], 1),
         "hf_generate_tokens_per_s": round(rollout["hf_generate_tokens_per_s"], 1),
