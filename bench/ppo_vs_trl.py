@@ -31,9 +31,10 @@ Usage:
 Our side runs as `alignloop ppo` does on CPU, which keeps the memory it frees
 mapped for reuse (`alignloop.train.host_memory`); TRL runs with glibc's
 defaults, as its users get it, unless --same-allocator gives it the same
-setting (through MALLOC_* variables). With --rounds N the `ours` and `trl` workers run alternately N times each and
-their timed iterations are pooled (medians over all of them): on a machine
-shared with other jobs, load that comes and goes then falls on both sides.
+setting (through MALLOC_* variables). With --rounds N the `ours` and `trl`
+workers run alternately N times each and their timed iterations are pooled
+(medians over all of them): on a machine shared with other jobs, load that
+comes and goes then falls on both sides.
 The last line printed is one JSON object with `rollout_speedup_vs_hf_generate`,
 `ppo_iteration_speedup_vs_trl` and `peak_rss_ratio_vs_trl` (and the raw figures).
 """
@@ -263,6 +264,7 @@ def worker_floor(folder: Path, iterations: int) -> dict:
     """
     import torch
 
+    from alignloop.models.onednn_products import onednn_available
     from alignloop.train.host_memory import keep_freed_memory
 
     keep_freed_memory()  # fresh outputs reuse freed pages: no page faults in the bound
@@ -271,7 +273,7 @@ def worker_floor(folder: Path, iterations: int) -> dict:
         a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
         weight = b.t().contiguous()
         found = {"mkl": lambda: torch.mm(a, b, out=out)}
-        if torch.backends.mkldnn.is_available():
+        if onednn_available():
             reordered = torch.ops.mkldnn._reorder_linear_weight(weight, m)
             found["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, weight, None, "none", [], "")
             found["onednn_reordered"] = lambda: torch.ops.mkldnn._linear_pointwise(a, reordered, None, "none", [], "")

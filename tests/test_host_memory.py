@@ -10,7 +10,8 @@ import pytest
 
 from conftest import cli_env
 
-# In a process of its own: the setting is process-wide and must not change the test runner's allocator.
+# In a process of its own: the first measurement needs glibc's defaults, which stages run in the test runner's
+# process have changed there already.
 PROGRAM = """
 import json, resource, torch
 from alignloop.train import distributed, host_memory

@@ -48,9 +48,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from alignloop.train.host_memory import keep_freed_memory
-
 from alignloop.errors import ConfigError
+from alignloop.train.host_memory import keep_freed_memory
 
 _accelerator = None
 _fsdp = False  # whether `prepare` shards with FSDP2 (the launcher's accelerate config chose FSDP)

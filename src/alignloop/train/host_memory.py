@@ -7,8 +7,10 @@ gradients of many megabytes in every pass, so each of them is mapped afresh and
 paid again in page faults: the kernel zeroes every 4 KiB page on first touch.
 On the PPO benchmark that was 30,000-70,000 faults and 0.15-0.5 s of system
 time per iteration (2 cores). Served from malloc's heap and never trimmed, the
-pages stay mapped and are reused; the price is that the process's resident
-memory stays at its peak, which a training loop reaches every step anyway.
+pages stay mapped and are reused (faults 0-6,000 an iteration, the iteration
+6% shorter). The price: the process's resident memory stays at its peak, which
+a training loop reaches every step anyway, and the heap packs less tightly than
+fresh mappings (that benchmark's peak RSS 1,370 -> 1,453 MB over 21 iterations).
 """
 
 from __future__ import annotations
