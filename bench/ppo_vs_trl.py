@@ -302,10 +302,6 @@ def worker_floor(folder: Path, iterations: int) -> dict:
 WORKERS = {"rollout": worker_rollout, "ours": worker_ours, "trl": worker_trl, "floor": worker_floor}
 
 
-# What `alignloop.train.host_memory.keep_freed_memory` asks of glibc, as environment variables read at start-up.
-KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
-
-
 def run_worker(python: str, name: str, folder: Path, count: int, threads: int, extra_env: dict | None = None) -> dict:
     # Both sides get the same OpenMP settings; passive waiting keeps a CPU shared with other work from
     # turning every parallel region into a spin-lock contest (it slowed small matmuls ~10x here).
@@ -358,6 +354,8 @@ def main() -> None:
         print(json.dumps(WORKERS[args.worker](args.dir, args.count)))
         return
 
+    from alignloop.train.host_memory import GLIBC_ENVIRONMENT
+
     if not Path(args.trl_python).exists():
         raise SystemExit(f"no TRL virtualenv at {args.trl_python}; run `bash bench/setup_trl_ppo_venv.sh` first")
     with tempfile.TemporaryDirectory(prefix="ppo-vs-trl-") as tmp:
@@ -367,7 +365,7 @@ def main() -> None:
         # Alternating the two sides over rounds spreads the machine's changing background load over both.
         rounds = [(run_worker(sys.executable, "ours", folder, args.iterations, args.threads),
                    run_worker(args.trl_python, "trl", folder, args.iterations, args.threads,
-                              KEEP_FREED_MEMORY_ENV if args.same_allocator else None))
+                              GLIBC_ENVIRONMENT if args.same_allocator else None))
                   for _ in range(args.rounds)]
         ours, trl = pool_rounds([r[0] for r in rounds]), pool_rounds([r[1] for r in rounds])
         floor = run_worker(sys.executable, "floor", folder, 3 * args.iterations, args.threads)

@@ -55,9 +55,14 @@ _register_all()
 LAUNCHABLE = {"pretrain", "sft", "reward", "ppo", "dpo", "grpo"}
 
 
+def _launched() -> bool:
+    """Whether a launcher started several processes (read here without importing torch, for a fast --help)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def check_launch(argv: list[str]) -> None:
     """Refuse, in one line, a command that cannot share its work when a launcher started several processes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not argv or argv[0].startswith("-"):
+    if not _launched() or not argv or argv[0].startswith("-"):
         return
     if argv[0] not in LAUNCHABLE or argv[:2] == ["reward", "eval"]:
         from alignloop.cli.common import fail
@@ -76,7 +81,7 @@ def main() -> None:
         check_launch(sys.argv[1:])
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not _launched():
         app()
         return
     from alignloop.train.distributed import end_launched_process
