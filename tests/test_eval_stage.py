@@ -42,7 +42,9 @@ def test_the_baseline_against_itself_ties_everywhere(rl_run, tmp_path):
     assert abs(report["kl"]) < 1e-4
     assert report["ppl_after"] == pytest.approx(report["ppl_before"], rel=1e-6) and report["ppl_before"] > 1
     assert json.loads(result.stdout.strip().splitlines()[-1])["n"] == 8
-    rows = [json.loads(line) for line in (rl_run / "pretrain" / "eval_samples.jsonl").read_text().splitlines()]
+    # --json OUT: the results and samples go beside OUT alone, the run directory gets no record.
+    assert not (rl_run / "pretrain" / "eval.json").exists() and not (rl_run / "pretrain" / "eval_samples.jsonl").exists()
+    rows = [json.loads(line) for line in (tmp_path / "eval_samples.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(r["policy_response"] == r["sft_response"] for r in rows)
     assert {"prompt", "sft_response", "policy_response"} <= set(rows[0])
 

@@ -56,3 +56,27 @@ def test_a_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tmp_path, tiny_
     for checkpoint in checkpoints:
         assert all(torch.isfinite(t).all() for t in load_file(str(checkpoint / "model.safetensors")).values())
     assert not (run / "pretrain" / "final").exists()
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, tiny_corpus):
+    common = [f"data.path={tiny_corpus}", "train.max_steps=20", "train.save_every=5", *TINY_PRETRAIN,
+              "train.keep_last=3"]
+    straight = tmp_path / "straight"
+    assert run_cli("pretrain", "--run", str(straight), *common).returncode == 0
+    run = tmp_path / "run"
+    crashed = run_cli("pretrain", "--run", str(run), *common, env={"ALIGNLOOP_CRASH_AT": "pretrain:saved:10"})
+    assert crashed.returncode == -9
+    newest = run / "pretrain" / "checkpoints" / "step-000010"
+    weights = newest / "model.safetensors"
+    damaged = bytearray(weights.read_bytes())
+    damaged[-1] ^= 0xFF  # one flipped bit in the last weight: safetensors would load it without a word
+    weights.write_bytes(bytes(damaged))
+
+    result = run_cli("pretrain", "--run", str(run), *common)
+    assert result.returncode == 0, result.stderr
+    assert "step-000010 is damaged (model.safetensors does not match its checksum)" in result.stderr
+    assert "resuming from step 5" in result.stderr
+    assert (run / "pretrain" / "checkpoints" / ".corrupt-step-000010" / "model.safetensors").exists()  # kept aside
+    a, b = _weights(straight), _weights(run)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)

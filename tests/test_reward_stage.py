@@ -15,6 +15,7 @@ from alignloop.config.base import load_config
 from alignloop.errors import DataError
 from alignloop.reward.config import RewardConfig, RewardEvalConfig
 from alignloop.reward.ensemble import load_ensemble, most_uncertain
+from alignloop.provenance import StageInputsChanged
 from alignloop.reward.stage import run_reward, run_reward_eval
 from alignloop.runs import RunDir
 
@@ -136,14 +137,20 @@ def test_store_rounds_gold_eval_and_ensemble(backbone, tmp_path):
     # The sampled pairs are kept, and judging them again from the file gives the same figures.
     pairs_file = reward_dir / "gold_pairs.jsonl"
     assert len(pairs_file.read_text().splitlines()) == 6
-    again = run_reward_eval(run, load_config(RewardEvalConfig, None, [f"gold.pairs_file={pairs_file}", "device=cpu"]),
-                            log=_quiet)
+    from_file = load_config(RewardEvalConfig, None, [f"gold.pairs_file={pairs_file}", "device=cpu"])
+    record = (reward_dir / "eval.json").read_bytes()
+    # Other settings never replace the round's record unasked; figures of their own leave it as it is.
+    with pytest.raises(StageInputsChanged, match=r"gold.pairs: 6 -> 500.*--force.*--json OUT"):
+        run_reward_eval(run, from_file, log=_quiet)
+    again = run_reward_eval(run, from_file, log=_quiet, keep_record=False)
     assert again["gold"] == figures["gold"] and again["gold_ensemble"] == figures["gold_ensemble"]
+    assert (reward_dir / "eval.json").read_bytes() == record
+    assert run_reward_eval(run, eval_cfg, log=_quiet) == figures  # the same settings: the record, not a rerun
     bad = tmp_path / "bad_pairs.jsonl"
     bad.write_text('{"prompt": "p", "a": "x"}\n')
     with pytest.raises(DataError, match="bad_pairs.jsonl:1: a gold pair needs"):
         run_reward_eval(run, load_config(RewardEvalConfig, None, [f"gold.pairs_file={bad}", "device=cpu"]),
-                        log=_quiet)
+                        log=_quiet, keep_record=False)
 
     ensemble = load_ensemble(reward_dir, device="cpu")
     assert ensemble.size == 4

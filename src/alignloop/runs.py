@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -99,23 +100,43 @@ class RunDir:
             return {"stages": {}}
         try:
             data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise AlignloopError(f"{self.manifest_path} is corrupt; fix or delete it") from None
-        data.setdefault("stages", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise AlignloopError(f"{self.manifest_path} is corrupt (not JSON); fix or delete it") from None
+        if not isinstance(data, dict) or not isinstance(data.setdefault("stages", {}), dict) \
+                or not all(isinstance(entry, dict) for entry in data["stages"].values()):
+            raise AlignloopError(f"{self.manifest_path} is corrupt: expected an object whose 'stages' maps each stage "
+                                 f"to an object; fix or delete it")
         return data
 
-    def mark_stage(self, stage: str, status: str, inputs_hash: str | None = None, **extra: Any) -> None:
-        """Record that `stage` is `running` or `done`, with the hash of what it read (rank 0 only)."""
+    def mark_stage(self, stage: str, status: str, inputs_hash: str | None = None, reset: bool = False,
+                   **extra: Any) -> None:
+        """Record that `stage` is `running` or `done`, with the hash of what it read (rank 0 only).
+
+        `reset` starts the entry afresh; an `extra` value of None removes that field.
+        """
         if not _main_process():
             return
         manifest = self.read_manifest()
-        entry = manifest["stages"].get(stage, {})
+        entry = {} if reset else manifest["stages"].get(stage, {})
         entry.update({"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
         if inputs_hash is not None:
             entry["inputs_hash"] = inputs_hash
-        entry.update(extra)
+        for key, value in extra.items():
+            if value is None:
+                entry.pop(key, None)
+            else:
+                entry[key] = value
         manifest["stages"][stage] = entry
         self.ensure()
+        atomic.write_json(self.manifest_path, manifest)
+
+    def mark_stale(self, stages: list[str], reason: str) -> None:
+        """Flag stages whose inputs were redone: their artifacts no longer follow from what is upstream now."""
+        if not stages or not _main_process():
+            return
+        manifest = self.read_manifest()
+        for stage in stages:
+            manifest["stages"].setdefault(stage, {})["stale"] = reason
         atomic.write_json(self.manifest_path, manifest)
 
     def stage_done(self, stage: str, inputs_hash: str | None = None) -> bool:
@@ -124,6 +145,37 @@ class RunDir:
         if not entry or entry.get("status") != "done":
             return False
         return inputs_hash is None or entry.get("inputs_hash") == inputs_hash
+
+    def round_numbers(self) -> list[int]:
+        """Rounds this directory holds work for: non-empty `rounds/NNN/` folders and manifest entries `stage:NNN`."""
+        found = set()
+        folder = self.root / "rounds"
+        if folder.is_dir():
+            found |= {int(p.name) for p in folder.iterdir()
+                      if re.fullmatch(r"[0-9]{3}", p.name) and p.is_dir() and any(p.iterdir())}
+        for key in self.read_manifest()["stages"]:
+            suffix = key.rsplit(":", 1)[-1] if ":" in key else ""
+            if re.fullmatch(r"[0-9]{3}", suffix):
+                found.add(int(suffix))
+        return sorted(found)
+
+    def lock(self, command: str | None = None):
+        """Hold this run directory for one writer (see `alignloop.runlock`)."""
+        from alignloop.runlock import run_lock
+
+        return run_lock(self.root, command)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A JSON object the run keeps (eval.json and the like); a one-line error if it is damaged."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise AlignloopError(f"{path} is damaged ({type(exc).__name__}); rerun the command that wrote it "
+                             f"with --force") from None
+    if not isinstance(record, dict):
+        raise AlignloopError(f"{path} is damaged (not a JSON object); rerun the command that wrote it with --force")
+    return record
 
 
 def _main_process() -> bool:

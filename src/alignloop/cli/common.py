@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.console import Console
 
 from alignloop.config.base import load_config
 from alignloop.errors import AlignloopError
+from alignloop.runs import RunDir
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -29,6 +31,10 @@ RunOption = Annotated[Path, typer.Option("--run", "-r", help="Run directory (cre
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", help="YAML file with this stage's settings (see `alignloop config show STAGE`).")
 ]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace work this stage already did from other inputs (settings, data, "
+                                       "models), and mark what was built on it as stale. Without it such work "
+                                       "is never overwritten.")]
 OverridesArgument = Annotated[
     Optional[list[str]],
     typer.Argument(help="Dotted overrides applied last, e.g. train.max_steps=200 model.preset=small.", show_default=False),
@@ -43,6 +49,15 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so atomic writes clean up after themselves."""
+
+
+def raise_terminated(signum, frame) -> None:  # noqa: ANN001
+    """A SIGTERM handler (installed by the entry point)."""
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def reporting_errors() -> Iterator[None]:
     """Turn project errors (and a few predictable system ones) into one line and exit 2."""
@@ -52,12 +67,35 @@ def reporting_errors() -> Iterator[None]:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted; rerun the same command to resume", 130)
+    except Terminated:
+        fail("terminated (SIGTERM); rerun the same command to resume", 143)
     except MemoryError:
         fail("out of memory; lower the batch size or sequence length", 3)
     except OSError as exc:
         if os.environ.get("ALIGNLOOP_DEBUG"):
             raise
         fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 2)
+
+
+@contextlib.contextmanager
+def writing_run(run: Path) -> Iterator[RunDir]:
+    """The run directory of a command that writes it: created if missing, held for this command alone
+    (`RunDir.lock`), and removed again if the command fails before leaving anything in it."""
+    run_dir = RunDir(run)
+    existed = run_dir.root.exists()
+    try:
+        with run_dir.lock():
+            yield run_dir
+    except BaseException:
+        if not existed and _empty_but_lock(run_dir.root):
+            shutil.rmtree(run_dir.root, ignore_errors=True)
+        raise
+
+
+def _empty_but_lock(root: Path) -> bool:
+    from alignloop.runlock import LOCK_NAME
+
+    return root.is_dir() and all(entry.name == LOCK_NAME for entry in root.iterdir())
 
 
 def resolve(cls: type[T], config: Path | None, overrides: list[str] | None, defaults: dict | None = None) -> T:

@@ -7,7 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from alignloop.cli.common import ConfigOption, OverridesArgument, RunOption, echo, out, reporting_errors, resolve
+from alignloop.cli.common import (
+    ConfigOption,
+    ForceOption,
+    OverridesArgument,
+    RunOption,
+    echo,
+    out,
+    reporting_errors,
+    resolve,
+    writing_run,
+)
 from alignloop.runs import RunDir
 
 data_app = typer.Typer(help="Built-in data sets.", no_args_is_help=True)
@@ -38,22 +48,24 @@ def config_show(stage: Annotated[str, typer.Argument(help="Stage name, e.g. pret
         out(to_commented_yaml(config_class(stage)()))
 
 
-def pretrain(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None) -> None:
+def pretrain(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
+             force: ForceOption = False) -> None:
     """Pretrain a causal LM on a corpus (default: the built-in stories); rerun to resume."""
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.pretrain.config import PretrainConfig
         from alignloop.pretrain.stage import run_pretrain
 
-        run_pretrain(RunDir(run).ensure(), resolve(PretrainConfig, config, overrides), log=echo)
+        run_pretrain(run_dir, resolve(PretrainConfig, config, overrides), log=echo, force=force)
 
 
-def sft(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None) -> None:
+def sft(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
+        force: ForceOption = False) -> None:
     """Supervised fine-tuning on prompt/response pairs, loss on responses only; rerun to resume."""
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.sft.config import SFTConfig
         from alignloop.sft.stage import run_sft
 
-        run_sft(RunDir(run).ensure(), resolve(SFTConfig, config, overrides), log=echo)
+        run_sft(run_dir, resolve(SFTConfig, config, overrides), log=echo, force=force)
 
 
 def latest_policy(run: RunDir) -> Path:

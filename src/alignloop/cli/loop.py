@@ -7,8 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from alignloop.cli.common import ConfigOption, OverridesArgument, RunOption, echo, reporting_errors, resolve
-from alignloop.runs import RunDir
+from alignloop.cli.common import (
+    ConfigOption,
+    ForceOption,
+    OverridesArgument,
+    RunOption,
+    echo,
+    reporting_errors,
+    resolve,
+    writing_run,
+)
 
 
 def loop(
@@ -17,19 +25,20 @@ def loop(
     overrides: OverridesArgument = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="Rounds to run in all (default: config's rounds).")] = None,
     human: Annotated[bool, typer.Option("--human", help="Serve the web app and wait for people's judgments instead of simulated annotators.")] = False,
+    force: ForceOption = False,
 ) -> None:
     """Round after round: sample from the policy, collect feedback, retrain the reward model, PPO, evaluate.
 
     Needs a run with an SFT (or pretrained) model. Rerun the same command after
     an interruption: finished steps are skipped, no judgment is lost.
     """
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.loop.config import LoopConfig
         from alignloop.loop.rounds import run_loop
 
         extra = [f"rounds={rounds}"] if rounds is not None else []
         cfg = resolve(LoopConfig, config, list(overrides or []) + extra)
-        run_loop(RunDir(run).ensure(), cfg, human=human, log=echo)
+        run_loop(run_dir, cfg, human=human, log=echo, force=force)
 
 
 def demo(
@@ -37,10 +46,10 @@ def demo(
     fast: Annotated[bool, typer.Option("--fast", help="A smoke version in about a minute (tiny model, few steps).")] = False,
 ) -> None:
     """The whole pipeline on the built-in story task on a laptop CPU; rerun to resume."""
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.loop.demo import run_demo
 
-        run_demo(RunDir(run).ensure(), log=echo, fast=fast)
+        run_demo(run_dir, log=echo, fast=fast)
 
 
 def report(run: RunOption) -> None:
@@ -49,10 +58,10 @@ def report(run: RunOption) -> None:
         from alignloop.errors import AlignloopError
         from alignloop.loop.report import write_report
 
-        run_dir = RunDir(run)
-        if not run_dir.root.is_dir():
+        if not Path(run).is_dir():
             raise AlignloopError(f"run directory {run} does not exist")
-        echo(f"report: {write_report(run_dir)}")
+        with writing_run(run) as run_dir:
+            echo(f"report: {write_report(run_dir)}")
 
 
 def register(app: typer.Typer) -> None:

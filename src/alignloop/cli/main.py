@@ -75,7 +75,12 @@ def check_launch(argv: list[str]) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    import signal
     import sys
+
+    from alignloop.cli.common import raise_terminated
+
+    signal.signal(signal.SIGTERM, raise_terminated)  # a clean, resumable stop, reported in one line
 
     try:
         check_launch(sys.argv[1:])

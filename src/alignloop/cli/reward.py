@@ -9,8 +9,17 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from alignloop.cli.common import ConfigOption, OverridesArgument, RunOption, echo, out, reporting_errors, resolve
-from alignloop.runs import RunDir
+from alignloop.cli.common import (
+    ConfigOption,
+    ForceOption,
+    OverridesArgument,
+    RunOption,
+    echo,
+    out,
+    reporting_errors,
+    resolve,
+    writing_run,
+)
 
 
 class TrainByDefault(TyperGroup):
@@ -25,28 +34,30 @@ class TrainByDefault(TyperGroup):
 reward_app = typer.Typer(cls=TrainByDefault, no_args_is_help=True,
                          help="Train the reward model on the feedback (default) or evaluate it (`reward eval`).")
 
-JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the figures to this JSON file.")]
+JsonOption = Annotated[Optional[Path], typer.Option(
+    "--json", help="Write the figures to this JSON file instead of the round's record (rounds/NNN/reward/eval.json), "
+                   "which stays as it is.")]
 DbOption = Annotated[Optional[str], typer.Option(
     "--db", help="Feedback store instead of RUN/feedback.db: a SQLite path or postgresql+psycopg:// URL.")]
 
 
 @reward_app.command("train")
 def train(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
-          db: DbOption = None) -> None:
+          db: DbOption = None, force: ForceOption = False) -> None:
     """Train a reward model on the run's feedback store or data.path=FILE (TRL/HH/rich JSONL); rerun to resume."""
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.reward.config import RewardConfig
         from alignloop.reward.stage import run_reward
 
-        run_reward(RunDir(run).ensure(), resolve(RewardConfig, config, overrides), log=echo, db=db)
+        run_reward(run_dir, resolve(RewardConfig, config, overrides), log=echo, db=db, force=force)
 
 
 @reward_app.command("eval")
 def evaluate(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
              json_out: JsonOption = None,
-             db: DbOption = None) -> None:
+             db: DbOption = None, force: ForceOption = False) -> None:
     """Accuracy, loss, calibration (ECE) and accuracy by margin; agreement with the gold judge on the built-in task."""
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop import atomic
         from alignloop.config.base import parse_overrides
         from alignloop.reward.config import RewardEvalConfig
@@ -54,7 +65,8 @@ def evaluate(run: RunOption, config: ConfigOption = None, overrides: OverridesAr
 
         cfg = resolve(RewardEvalConfig, config, overrides)
         explicit = set((parse_overrides(overrides).get("data") or {}).keys())
-        result = run_reward_eval(RunDir(run), cfg, log=echo, db=db, explicit=explicit)
+        result = run_reward_eval(run_dir, cfg, log=echo, db=db, explicit=explicit, keep_record=json_out is None,
+                                 force=force)
         if json_out is not None:
             atomic.write_json(json_out, result)
             echo(f"figures written to {json_out}")

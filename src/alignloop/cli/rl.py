@@ -8,44 +8,57 @@ from typing import Annotated, Optional
 
 import typer
 
-from alignloop.cli.common import ConfigOption, OverridesArgument, RunOption, echo, out, reporting_errors, resolve
-from alignloop.runs import RunDir
+from alignloop.cli.common import (
+    ConfigOption,
+    ForceOption,
+    OverridesArgument,
+    RunOption,
+    echo,
+    out,
+    reporting_errors,
+    resolve,
+    writing_run,
+)
 
 
-def ppo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None) -> None:
+def ppo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
+        force: ForceOption = False) -> None:
     """PPO against the round's reward model with a KL penalty to the reference; rerun to resume."""
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.rl.config import PPOConfig
         from alignloop.rl.ppo import run_ppo
 
-        run_ppo(RunDir(run).ensure(), resolve(PPOConfig, config, overrides), log=echo)
+        run_ppo(run_dir, resolve(PPOConfig, config, overrides), log=echo, force=force)
 
 
-def grpo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None) -> None:
+def grpo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
+         force: ForceOption = False) -> None:
     """GRPO (or RLOO with grpo.estimator=rloo): critic-free, group-relative baselines; rerun to resume."""
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.rl.config import GRPOConfig
         from alignloop.rl.grpo import run_grpo
 
-        run_grpo(RunDir(run).ensure(), resolve(GRPOConfig, config, overrides), log=echo)
+        run_grpo(run_dir, resolve(GRPOConfig, config, overrides), log=echo, force=force)
 
 
-def dpo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None) -> None:
+def dpo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
+        force: ForceOption = False) -> None:
     """DPO, offline, on the preference pairs of the feedback store (or a JSONL file); rerun to resume."""
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.rl.config import DPOConfig
         from alignloop.rl.dpo import run_dpo
 
-        run_dpo(RunDir(run).ensure(), resolve(DPOConfig, config, overrides), log=echo)
+        run_dpo(run_dir, resolve(DPOConfig, config, overrides), log=echo, force=force)
 
 
-def bon(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None) -> None:
+def bon(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
+        force: ForceOption = False) -> None:
     """Best-of-n with the reward model on the evaluation prompts, judged against the starting policy."""
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.rl.bon import run_bon
         from alignloop.rl.config import BoNConfig
 
-        result = run_bon(RunDir(run).ensure(), resolve(BoNConfig, config, overrides), log=echo)
+        result = run_bon(run_dir, resolve(BoNConfig, config, overrides), log=echo, force=force)
         out(json.dumps(result))
 
 
@@ -53,16 +66,20 @@ def evaluate(
     run: RunOption,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Policy to evaluate (default: the "
                                                        "newest rounds/NNN/policy/final).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this file.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="Write the results to this file (and its samples beside it) instead of the run's record "
+                       "of the policy (rounds/NNN/eval.json), which stays as it is.")] = None,
     config: ConfigOption = None,
     overrides: OverridesArgument = None,
+    force: ForceOption = False,
 ) -> None:
     """Win rate against SFT (gold judge and reward model), KL to the reference, perplexity before/after."""
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.evaluation.config import EvalConfig
         from alignloop.evaluation.stage import run_eval
 
-        result = run_eval(RunDir(run), resolve(EvalConfig, config, overrides), checkpoint, json_out, log=echo)
+        result = run_eval(run_dir, resolve(EvalConfig, config, overrides), checkpoint, json_out, log=echo,
+                          force=force)
         out(json.dumps(result))
 
 

@@ -7,8 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from alignloop.cli.common import ConfigOption, OverridesArgument, RunOption, echo, reporting_errors, resolve
-from alignloop.runs import RunDir
+from alignloop.cli.common import (
+    ConfigOption,
+    ForceOption,
+    OverridesArgument,
+    RunOption,
+    echo,
+    reporting_errors,
+    resolve,
+    writing_run,
+)
 
 
 def sample(
@@ -17,16 +25,16 @@ def sample(
     overrides: OverridesArgument = None,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Model to sample from (default: the run's newest).")] = None,
     db: Annotated[Optional[str], typer.Option("--db", help="Feedback store: SQLite path or postgresql+psycopg:// URL (default: RUN/feedback.db).")] = None,
+    force: ForceOption = False,
 ) -> None:
     """Sample K responses per prompt and load them as annotation items (e.g. prompts=FILE k=4)."""
-    with reporting_errors():
+    with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.cli.lm import latest_policy
         from alignloop.sample.config import SampleConfig
         from alignloop.sample.stage import run_sample
 
-        run_dir = RunDir(run).ensure()
         cfg = resolve(SampleConfig, config, overrides)
-        run_sample(run_dir, cfg, checkpoint or latest_policy(run_dir), db, log=echo)
+        run_sample(run_dir, cfg, checkpoint or latest_policy(run_dir), db, log=echo, force=force)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,9 @@ sample one response with the same settings and seed. Reported:
 
 `eval.json` holds these; `eval_samples.jsonl` holds every pair (`prompt`,
 `sft_response`, `policy_response`, with both scores) so anyone can judge the
-pairs with another scorer.
+pairs with another scorer. They are the run's record of the policy (the report
+reads them): an evaluation on other settings goes to a file of its own
+(`--json OUT`) and leaves them as they are.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from alignloop.judges.gold import gold_score
 from alignloop.models.causal_lm import check_checkpoint_dir, load_causal_lm
 from alignloop.rl.inputs import default_start, load_prompts, prompts_path, reward_dir
 from alignloop.rl.rollout import encode_prompts, make_sampler, rollout_logprobs, sample
-from alignloop.runs import RunDir
+from alignloop.provenance import DONE, DigestCache, StageInputs, plan_stage, record_finished, record_started
+from alignloop.runs import RunDir, read_record, round_stage_key
 from alignloop.tokenizer import load_tokenizer
 from alignloop.train.device import pick_device, precision_scope
 
@@ -130,9 +133,31 @@ def kl_to_reference(batch, reference, temperature: float, batch_size: int) -> li
     return ((batch.logprobs - ref) * mask).sum(-1).tolist()
 
 
+def eval_key(run: RunDir, folder: Path, round_number: int) -> str:
+    """The manifest entry of an evaluation kept in the run: `eval:001` for a round's policy, else
+    `eval:001/grpo`, `eval:001/eval-NAME`."""
+    inside = folder.resolve().relative_to(run.round_dir(round_number).resolve()).as_posix()
+    return round_stage_key("eval", round_number) + ("" if inside == "." else f"/{inside}")
+
+
+def _stage_inputs(cfg: EvalConfig, paths: dict[str, Path], cache: DigestCache) -> StageInputs:
+    inputs = StageInputs.of(cfg, exclude=("models.baseline", "models.reference", "models.reward", "prompts.path",
+                                          "text.path"))
+    for name, path in paths.items():
+        if path is not None and path.exists():
+            inputs.add_artifact(name, path, cache)
+    return inputs
+
+
 def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, json_out: Optional[Path] = None,
-             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict[str, Any]:
-    """Evaluate a policy (default: the newest round's) against the baseline; write eval.json and samples."""
+             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), force: bool = False) -> dict[str, Any]:
+    """Evaluate a policy (default: the newest round's) against the baseline.
+
+    Without `json_out` the result is the run's record of that policy's evaluation (`eval.json` and
+    `eval_samples.jsonl` in its round folder, manifest entry `eval:NNN`): kept when it was made from the
+    same inputs, refused (unless `force`) when from others. With `json_out` the result goes to that file
+    alone (its samples beside it), and nothing in the run directory changes.
+    """
     from alignloop.reward.model import load_reward_model
 
     started = time.monotonic()
@@ -147,6 +172,19 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
     reward_path = Path(cfg.models.reward) if cfg.models.reward else reward_dir(run, round_number)
     prompt_file = prompts_path(run, cfg.prompts, "eval_prompts")
     prompts = load_prompts(run, cfg.prompts, "eval_prompts")
+    folder = output_folder(run, checkpoint, round_number)
+    if json_out is None:
+        key, cache = eval_key(run, folder, round_number), DigestCache.for_run(run)
+        inputs = _stage_inputs(cfg, {"policy": checkpoint, "baseline": baseline_path, "reference": reference_path,
+                                     "reward_model": reward_path, "prompts": prompt_file,
+                                     "text": Path(cfg.text.path) if cfg.text.path else None}, cache)
+        plan = plan_stage(run, key, inputs, final=folder / "eval.json",
+                          work=[folder / "eval.json", folder / "eval_samples.jsonl"], force=force, log=log,
+                          new_run_hint="write this evaluation to a file of its own with --json OUT", cache=cache)
+        if plan.action == DONE:
+            log(f"eval: {folder / 'eval.json'} already holds this evaluation; nothing to do")
+            return read_record(folder / "eval.json")
+        record_started(run, key, inputs)
 
     device = pick_device(cfg.device)
     if cfg.threads:
@@ -199,17 +237,23 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
         "seed": cfg.seed,
         "seconds": round(time.monotonic() - started, 1),
     }
-    folder = output_folder(run, checkpoint, round_number)
-    atomic.write_json(folder / "eval.json", result)
     for row, kl in zip(rows, kls):
         row["kl"] = round(kl, 4)
-    write_samples(folder / "eval_samples.jsonl", rows)
     if json_out is not None:
-        atomic.write_json(Path(json_out), result)
+        json_out = Path(json_out)
+        written = json_out
+        atomic.write_json(json_out, result)
+        write_samples(json_out.with_name(json_out.stem + "_samples.jsonl"), rows)
+    else:
+        written = folder / "eval.json"
+        write_samples(folder / "eval_samples.jsonl", rows)
+        atomic.write_json(written, result)
+        record_finished(run, key, inputs, written, cache, gold_win_rate=result.get("gold_win_rate"),
+                        kl=result.get("kl"))
     rm_text = f"{result['rm_win_rate']:.1%}" if result["rm_win_rate"] is not None else "n/a"
     log(f"eval: gold win rate {result['gold_win_rate']:.1%}, reward-model win rate {rm_text}, KL {result['kl']:.2f} "
         f"nats, perplexity {ppl_before:.2f} -> {ppl_after:.2f} ({result['ppl_change']:+.1%}); "
-        f"written to {folder / 'eval.json'}")
+        f"written to {written}")
     return result
 
 

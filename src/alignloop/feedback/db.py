@@ -27,6 +27,10 @@ def database_url(target: str | Path) -> str:
         path = Path(text).expanduser().resolve()
         if path.is_dir():
             raise AlignloopError(f"feedback store {path} is a directory, not a database file")
+        if path.is_file() and path.stat().st_size == 0:
+            # SQLite would quietly make a new, empty store in its place: every judgment would seem gone.
+            raise AlignloopError(f"feedback store {path} is an empty file (0 bytes): it was truncated; restore it "
+                                 f"from a backup (or delete it to start a new, empty store)")
         return f"sqlite:///{path}"
     if text.startswith("postgresql://") or text.startswith("postgres://"):
         # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.

@@ -13,7 +13,6 @@ no finished step, and loses no judgment.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -102,8 +101,11 @@ def collect_human(run: RunDir, cfg: LoopConfig, number: int, log: Log) -> int:
         store.close()
 
 
-def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log) -> dict:
-    """One round, each step skipped when the manifest says it is done."""
+def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log, force: bool = False) -> dict:
+    """One round, each step skipped when the manifest says it is done with the same inputs.
+
+    A step whose recorded work came from other inputs is refused unless `force` (see `alignloop.provenance`).
+    """
     policy = round_policy(run, number)
     reference = sft_model(run)
 
@@ -114,7 +116,7 @@ def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log) 
     finally:
         store.close()
     sample_cfg = cfg.sample.model_copy(update={"round": number, "seed": cfg.sample.seed + 1000 * number})
-    run_sample(run, sample_cfg, policy, log=log)
+    run_sample(run, sample_cfg, policy, log=log, force=force)
     crash_point(f"loop:{number}:sampled")
 
     key = round_stage_key("feedback", number)
@@ -131,7 +133,7 @@ def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log) 
     previous_reward = run.round_dir(number - 1) / "reward" / "final"
     if number > 1 and previous_reward.exists() and not cfg.reward.model.path:
         reward_cfg.model.path = str(previous_reward)  # warm start
-    run_reward(run, reward_cfg, log)
+    run_reward(run, reward_cfg, log, force=force)
     crash_point(f"loop:{number}:rewarded")
 
     log(f"round {number}: [4/5] PPO from {policy}, reference {reference}")
@@ -139,29 +141,24 @@ def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log) 
     ppo_cfg.run.round = number
     ppo_cfg.models.policy = str(policy)
     ppo_cfg.models.reference = str(reference)
-    run_ppo(run, ppo_cfg, log)
+    run_ppo(run, ppo_cfg, log, force=force)
     crash_point(f"loop:{number}:trained")
 
-    key = round_stage_key("eval", number)
-    eval_path = run.round_dir(number) / "eval.json"
-    if not (run.stage_done(key) and eval_path.exists()):
-        log(f"round {number}: [5/5] evaluation against the SFT model")
-        eval_cfg = cfg.eval.model_copy(deep=True)
-        eval_cfg.round = number
-        eval_cfg.models.baseline = str(reference)
-        result = run_eval(run, eval_cfg, checkpoint=run.round_dir(number) / "policy" / "final", log=log)
-        run.mark_stage(key, "done", gold_win_rate=result.get("gold_win_rate"), kl=result.get("kl"))
-    return json.loads(eval_path.read_text(encoding="utf-8"))
+    log(f"round {number}: [5/5] evaluation against the SFT model")
+    eval_cfg = cfg.eval.model_copy(deep=True)
+    eval_cfg.round = number
+    eval_cfg.models.baseline = str(reference)
+    return run_eval(run, eval_cfg, checkpoint=run.round_dir(number) / "policy" / "final", log=log, force=force)
 
 
 def run_loop(run: RunDir, cfg: LoopConfig, human: bool = False,
-             log: Log = lambda m: print(m, file=sys.stderr)) -> list[dict]:
+             log: Log = lambda m: print(m, file=sys.stderr), force: bool = False) -> list[dict]:
     """Run rounds 1..cfg.rounds (finished ones are skipped); returns each round's evaluation."""
     sft_model(run)  # fail early, with the command to run, when there is no model yet
     run.record_config("loop", cfg)
     results = []
     for number in range(1, cfg.rounds + 1):
-        results.append(run_round(run, cfg, number, human, log))
+        results.append(run_round(run, cfg, number, human, log, force))
         if cfg.report:
             write_report(run)
     return results

@@ -25,6 +25,7 @@ per group too: its responses share one row behind a 4D attention mask
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import random
 from collections import Counter
@@ -81,6 +82,12 @@ class Preferences:
     ratings: list[Rating] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
     source: str = ""
+    # From a feedback store: the judgments read (by content), the newest one's id, and how many newer
+    # ones were left out because the stage had already been started on the older ones.
+    fingerprint: str = ""
+    judgments: int = 0
+    max_judgment_id: Optional[int] = None
+    newer: int = 0
 
     def __len__(self) -> int:
         return len(self.comparisons) + len(self.rankings) + len(self.ratings)
@@ -298,9 +305,24 @@ def _add_rows(out: Preferences, rows: list[dict], aggregate: str, ties: str, rat
                                           (mean - RATING_LOW) / (RATING_HIGH - RATING_LOW)))
 
 
+def judgments_fingerprint(rows: list[dict]) -> str:
+    """A content hash of judgment rows: what was judged and how, not when or how fast."""
+    fields = ("judgment_id", "item_id", "round", "kind", "prompt", "annotator", "choice", "strength", "ranking",
+              "ratings", "gold")
+    canonical = [[row.get(k) for k in fields] + [[r["text"] for r in row.get("responses", [])]] for row in rows]
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def read_store(db: str, rounds: Any = "all", aggregate: str = "majority", ties: str = "drop",
-               ratings: bool = False) -> Preferences:
-    """The judgments of a feedback store (all rounds, or the listed round numbers)."""
+               ratings: bool = False, upto_round: Optional[int] = None,
+               max_judgment_id: Optional[int] = None) -> Preferences:
+    """The judgments of a feedback store (all rounds, or the listed round numbers).
+
+    `upto_round`: with rounds='all', leave out rounds after this one (a round's reward model never sees
+    later rounds' feedback; imported judgments, which belong to no round, are always in).
+    `max_judgment_id`: leave out judgments made after this one (those a finished or resumed stage did not
+    train on); they are counted in `newer`.
+    """
     from alignloop.feedback import open_store
     from alignloop.feedback import preferences as store_preferences
 
@@ -309,7 +331,15 @@ def read_store(db: str, rounds: Any = "all", aggregate: str = "majority", ties: 
     if rounds != "all":
         wanted = set(rounds)
         rows = [r for r in rows if r.get("round") in wanted]
+    elif upto_round is not None:
+        rows = [r for r in rows if r.get("round") is None or r["round"] <= upto_round]
     out = Preferences(source=f"the feedback store {db}")
+    if max_judgment_id is not None:
+        out.newer = sum(r["judgment_id"] > max_judgment_id for r in rows)
+        rows = [r for r in rows if r["judgment_id"] <= max_judgment_id]
+    out.judgments = len(rows)
+    out.max_judgment_id = max((r["judgment_id"] for r in rows), default=None)
+    out.fingerprint = judgments_fingerprint(rows)
     _add_rows(out, rows, aggregate, ties, ratings, store_preferences)
     if not len(out):
         which = "" if rounds == "all" else f" in rounds {sorted(rounds)}"

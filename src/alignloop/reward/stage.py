@@ -1,14 +1,14 @@
 """`alignloop reward` and `alignloop reward eval`: preferences -> `rounds/NNN/reward/final/` -> figures.
 
 Rerunning `alignloop reward` resumes from the newest checkpoint; after the
-stage finished with the same inputs (config, backbone, data) it does nothing.
-If the inputs changed (new annotations in the store, say) it starts over.
+stage finished with the same inputs (settings, backbone and data, by content)
+it does nothing. A model made from other inputs is refused unless `--force`;
+judgments made after a round's model started are left for the next round.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -31,7 +31,16 @@ from alignloop.reward.data import (
 from alignloop.reward.ensemble import ensemble_members, load_ensemble
 from alignloop.reward.model import RewardModel, build_reward_model, build_scratch_reward_model, load_reward_model
 from alignloop.reward.train import RewardTrainResult, train_reward_model
-from alignloop.runs import RunDir, hash_inputs
+from alignloop.provenance import (
+    DONE,
+    FRESH,
+    DigestCache,
+    StageInputs,
+    plan_stage,
+    record_finished,
+    record_started,
+)
+from alignloop.runs import RunDir, read_record
 from alignloop.train import distributed
 from alignloop.train.checkpoints import latest_checkpoint, load_training_state
 
@@ -69,15 +78,18 @@ def reward_dir(run: RunDir, round_number: int) -> Path:
     return run.round_dir(round_number) / STAGE
 
 
-def read_preferences(run: RunDir, data: RewardDataConfig, db: Optional[str]) -> Preferences:
-    """Preferences from `data.path`, else from the run's feedback store."""
+def read_preferences(run: RunDir, data: RewardDataConfig, db: Optional[str], round_number: Optional[int] = None,
+                     max_judgment_id: Optional[int] = None) -> Preferences:
+    """Preferences from `data.path`, else from the run's feedback store: the judgments of rounds up to
+    `round_number` (with data.rounds=all), made no later than `max_judgment_id` when given."""
     if data.path:
         return read_preference_file(data.path, data.lines, data.aggregate, data.ties, data.ratings)
     target = store_location(run, db)
     if "://" not in target and not Path(target).exists():
         raise DataError(f"no preference data: set data.path=FILE, or collect feedback into {target} first "
                         f"(`alignloop sample --run {run.root}` then `alignloop annotate`)")
-    return read_store(target, data.rounds, data.aggregate, data.ties, data.ratings)
+    return read_store(target, data.rounds, data.aggregate, data.ties, data.ratings, upto_round=round_number,
+                      max_judgment_id=max_judgment_id)
 
 
 def default_backbone(run: RunDir) -> Path:
@@ -129,12 +141,25 @@ def _new_reward_model(run: RunDir, cfg: RewardConfig, prefs: Preferences, out_di
     return reward, str(backbone)
 
 
-def _inputs_hash(run: RunDir, cfg: RewardConfig, db: Optional[str]) -> str:
-    backbone = "scratch" if cfg.model.scratch else (cfg.model.path or str(default_backbone(run)))
-    backbone_path = Path(backbone) / "model.safetensors"
-    data = Path(cfg.data.path) if cfg.data.path else store_location(run, db)
-    return hash_inputs(cfg, backbone, backbone_path if backbone_path.exists() else None,
-                       Path(data) if "://" not in str(data) else str(data))
+def _backbone(run: RunDir, cfg: RewardConfig) -> Optional[Path]:
+    return None if cfg.model.scratch else (Path(cfg.model.path) if cfg.model.path else default_backbone(run))
+
+
+def _stage_inputs(run: RunDir, cfg: RewardConfig, prefs: Optional[Preferences], cache: DigestCache,
+                  db: Optional[str]) -> StageInputs:
+    """Settings, backbone and data by content: the data file's bytes, or the judgments read from the store."""
+    inputs = StageInputs.of(cfg, exclude=("model.path", "data.path"))
+    backbone = _backbone(run, cfg)
+    if backbone is not None:
+        inputs.add_artifact("backbone", backbone, cache)
+    elif (run.tokenizer / "tokenizer_config.json").exists():
+        inputs.add_artifact("tokenizer", run.tokenizer, cache)
+    if cfg.data.path:
+        inputs.add_artifact("data", cfg.data.path, cache)
+    else:
+        inputs.add_value("data", prefs.fingerprint, f"{prefs.judgments} judgments (ids up to {prefs.max_judgment_id}) "
+                                                    f"in {store_location(run, db)}")
+    return inputs
 
 
 def _train_one(run: RunDir, cfg: RewardConfig, prefs: Preferences, stage_dir: Path, seed_offset: int,
@@ -173,37 +198,48 @@ def _train_one(run: RunDir, cfg: RewardConfig, prefs: Preferences, stage_dir: Pa
                               resume_state=state, stats_groups=encoded_train + encoded_val, log=log)
 
 
-def run_reward(run: RunDir, cfg: RewardConfig, log: Log = _stderr, db: Optional[str] = None
+def run_reward(run: RunDir, cfg: RewardConfig, log: Log = _stderr, db: Optional[str] = None, force: bool = False
                ) -> Optional[RewardTrainResult]:
-    """Train (or resume, or skip if finished) the reward model of a round; returns None when skipped."""
+    """Train (or resume, or skip if finished) the reward model of a round; returns None when skipped.
+
+    From the feedback store, round N's model reads the judgments of rounds 1..N; once it has started, the
+    judgments made after that are left for the next round (or `force`, which starts over on all of them).
+    A finished or half-done model made from other inputs is refused unless `force`.
+    """
     distributed.start(cfg.train.device)  # under a launcher, join the other processes before touching files
     round_number = resolve_round(run, cfg.round, db)
     stage_dir = reward_dir(run, round_number)
     manifest_key = f"{STAGE}:{round_number:03d}"
-    inputs = _inputs_hash(run, cfg, db)
     final = stage_dir / "final"
-    if run.stage_done(manifest_key, inputs) and final.exists():
-        log(f"{STAGE}: already finished ({final}); nothing to do")
+    cache = DigestCache.for_run(run)
+    entry = run.read_manifest()["stages"].get(manifest_key) or {}
+    prefs = None if cfg.data.path else read_preferences(run, cfg.data, db, round_number, entry.get("data_upto"))
+    inputs = _stage_inputs(run, cfg, prefs, cache, db)
+    plan = plan_stage(run, manifest_key, inputs, final=final,
+                      work=[stage_dir / name for name in ("checkpoints", "best", "ensemble", "tokenizer", "eval.json")],
+                      force=force, log=log, new_run_hint=f"train a new round's model (round={round_number + 1})",
+                      cache=cache)
+    if plan.action == DONE:
+        later = f"; {prefs.newer} judgments made since then are left for the next round" if prefs and prefs.newer \
+            else ""
+        log(f"{STAGE}: already finished ({final}){later}; nothing to do")
         return None
-    previous = run.read_manifest()["stages"].get(manifest_key, {})
-    if previous.get("inputs_hash") not in (None, inputs) and stage_dir.exists():
-        log(f"{STAGE}: the config, backbone or data changed since {stage_dir} was written; starting over")
-        if distributed.is_main():
-            for name in ("checkpoints", "best", "ensemble", "tokenizer"):
-                shutil.rmtree(stage_dir / name, ignore_errors=True)
-        distributed.barrier()
-    prefs = read_preferences(run, cfg.data, db)
+    if plan.action == FRESH and prefs is not None and prefs.newer:
+        prefs = read_preferences(run, cfg.data, db, round_number)  # starting over: every judgment there is now
+        inputs = _stage_inputs(run, cfg, prefs, cache, db)
+    if prefs is None:
+        prefs = read_preferences(run, cfg.data, db)
     if prefs.skipped:
         log(f"{STAGE}: {prefs.skipped_summary()}")
     run.record_config(STAGE, cfg)
-    run.mark_stage(manifest_key, "running", inputs)
+    record_started(run, manifest_key, inputs, data_upto=prefs.max_judgment_id, round=round_number)
 
     result = _train_one(run, cfg, prefs, stage_dir, 0, log)
     for member in range(2, cfg.ensemble.models + 1):
         log(f"{STAGE}: ensemble member {member} of {cfg.ensemble.models}")
         _train_one(run, cfg, prefs, stage_dir / "ensemble" / f"member-{member:02d}", member - 1, log)
-    run.mark_stage(manifest_key, "done", inputs, final=str(final), val_accuracy=result.val_accuracy,
-                   round=round_number)
+    record_finished(run, manifest_key, inputs, final, cache, final=str(final), val_accuracy=result.val_accuracy,
+                    round=round_number, data_upto=prefs.max_judgment_id, judgments=prefs.judgments or None)
     accuracy = f"; validation accuracy {result.val_accuracy:.4f}" if result.val_accuracy is not None else ""
     log(f"{STAGE}: done in {result.wall_s:.0f}s ({result.pairs_per_s:.1f} pairs/s){accuracy}; model in {final}")
     return result
@@ -279,11 +315,25 @@ def _gold_pairs(run: RunDir, cfg: RewardEvalConfig, log: Log, save_to: Optional[
     return prompts, a, b
 
 
+def _eval_inputs(cfg: RewardEvalConfig, path: Path, cache: DigestCache) -> StageInputs:
+    inputs = StageInputs.of(cfg, exclude=("model", "data.path", "gold.pairs_file", "gold.prompts", "gold.policy"))
+    inputs.add_artifact("reward_model", path, cache)
+    for name, value in (("data", cfg.data.path), ("gold_pairs", cfg.gold.pairs_file), ("gold_prompts", cfg.gold.prompts),
+                        ("gold_policy", cfg.gold.policy)):
+        if value:
+            inputs.add_artifact(name, value, cache)
+    return inputs
+
+
 def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: Optional[str] = None,
-                    explicit: Optional[set[str]] = None) -> dict[str, Any]:
+                    explicit: Optional[set[str]] = None, keep_record: bool = True, force: bool = False
+                    ) -> dict[str, Any]:
     """Accuracy, loss, ECE and accuracy by margin of a reward model (and gold agreement on the built-in task).
 
-    `explicit`: the data.* keys the user set, which win over those recorded by training.
+    `explicit`: the data.* keys the user set, which win over those recorded by training. For a round's own
+    model with `keep_record`, the figures are the run's record (`rounds/NNN/reward/eval.json`, with the gold
+    pairs in `gold_pairs.jsonl`, manifest entry `reward-eval:NNN`): kept when made from the same inputs,
+    refused (unless `force`) when from others. Without `keep_record` nothing in the run changes.
     """
     from alignloop.reward.evaluate import gold_agreement, preference_metrics, score_groups
 
@@ -296,13 +346,27 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
             raise CheckpointError(f"no reward model in {run.root}; run `alignloop reward --run {run.root}` first "
                                   f"or pass model=PATH")
         path = reward_dir(run, round_number) / "final"
+    keep_record = keep_record and round_number is not None and not cfg.model
+    if keep_record:
+        key, cache, record = f"{STAGE}-eval:{round_number:03d}", DigestCache.for_run(run), \
+            reward_dir(run, round_number) / "eval.json"
+        inputs = _eval_inputs(cfg, path, cache)
+        plan = plan_stage(run, key, inputs, final=record, work=[record], force=force, log=log,
+                          new_run_hint="write these figures to a file of their own with --json OUT", cache=cache)
+        if plan.action == DONE:
+            log(f"{STAGE} eval: {record} already holds this evaluation; nothing to do")
+            return read_record(record)
+        record_started(run, key, inputs)
     reward = load_reward_model(path, device=None if cfg.device == "auto" else cfg.device)
     result: dict[str, Any] = {"model": str(path)}
 
     data = _eval_data_config(run, cfg, explicit or set())
     has_store = "://" in store_location(run, db) or Path(store_location(run, db)).exists()
     if data.path or has_store:
-        prefs = read_preferences(run, data, db)
+        # The round's own model is checked on the judgments it was trained on (the same validation split).
+        trained = {} if cfg.model or round_number is None else \
+            run.read_manifest()["stages"].get(f"{STAGE}:{round_number:03d}", {})
+        prefs = read_preferences(run, data, db, None if cfg.model else round_number, trained.get("data_upto"))
         if prefs.skipped:
             log(f"{STAGE} eval: {prefs.skipped_summary()}")
         groups = group_by_prompt(prefs)
@@ -320,8 +384,7 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
             log(f"{STAGE} eval: accuracy {figures['accuracy']:.4f}, loss {figures['loss']:.4f}, "
                 f"ECE {figures['ece']:.4f} on {figures['n']} pairs ({split} split of {prefs.source})")
 
-    save_to = reward_dir(run, round_number) / "gold_pairs.jsonl" if round_number is not None and not cfg.model \
-        else None
+    save_to = reward_dir(run, round_number) / "gold_pairs.jsonl" if keep_record else None
     pairs = _gold_pairs(run, cfg, log, save_to)
     if pairs is not None:
         gold = gold_agreement(reward, *pairs, batch_size=cfg.batch_size, bins=cfg.bins)
@@ -339,6 +402,7 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
                 f"mean reward) with the gold judge {result['gold_ensemble']['accuracy']:.4f}")
     if "accuracy" not in result:
         raise DataError("nothing to evaluate on: give data.path=FILE, or collect feedback in the run's store")
-    if round_number is not None and not cfg.model:
-        atomic.write_json(reward_dir(run, round_number) / "eval.json", result)
+    if keep_record:
+        atomic.write_json(record, result)
+        record_finished(run, key, inputs, record, cache, accuracy=result.get("accuracy"))
     return result

@@ -26,11 +26,14 @@ from alignloop import atomic
 from alignloop.data.formatting import decode_response
 from alignloop.models.causal_lm import load_causal_lm
 from alignloop.rl.config import BoNConfig
-from alignloop.rl.inputs import load_prompts, prompts_path, resolve_models, resolve_round
+from alignloop.provenance import DONE, DigestCache, plan_stage, record_finished, record_started
+from alignloop.rl.inputs import load_prompts, prompts_path, resolve_models, resolve_round, stage_inputs
 from alignloop.rl.rollout import RewardScorer, encode_prompts, make_sampler, sample
-from alignloop.runs import RunDir
+from alignloop.runs import RunDir, read_record, round_stage_key
 from alignloop.tokenizer import load_tokenizer
 from alignloop.train.device import pick_device, precision_scope
+
+STAGE = "bon"
 
 
 def best_of_n_kl(n: int) -> float:
@@ -62,17 +65,32 @@ def best_of_n(policy, tokenizer, scorer: RewardScorer, prompts: list[str], n: in
     return chosen
 
 
-def run_bon(run: RunDir, cfg: BoNConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
-            ) -> dict[str, Any]:
-    """Best-of-n on the evaluation prompts (by default), judged against the baseline; writes rounds/NNN/bon/."""
+def run_bon(run: RunDir, cfg: BoNConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+            force: bool = False) -> dict[str, Any]:
+    """Best-of-n on the evaluation prompts (by default), judged against the baseline; writes rounds/NNN/bon/.
+
+    Kept when it was made from the same inputs; refused (unless `force`) when from others.
+    """
     started = time.monotonic()
     round_number = resolve_round(run, cfg.run.round)
     paths = resolve_models(run, cfg.models, round_number)
     prompt_file = prompts_path(run, cfg.prompts, "eval_prompts")
     prompts = load_prompts(run, cfg.prompts, "eval_prompts")
+    folder = run.round_dir(round_number) / STAGE
+    key, cache = round_stage_key(STAGE, round_number), DigestCache.for_run(run)
+    inputs = stage_inputs(cfg, paths, cache, prompt_file)
+    files = [folder / name for name in ("eval.json", "samples.jsonl", "eval_samples.jsonl")]
+    plan = plan_stage(run, key, inputs, final=files[0], work=files, force=force, log=log,
+                      new_run_hint=f"run it in a new round (run.round={round_number + 1})", cache=cache)
+    if plan.action == DONE:
+        log(f"{STAGE}: round {round_number} already finished ({folder}); nothing to do")
+        return read_record(files[0])
+    record_started(run, key, inputs)
     device = pick_device(cfg.run.device)
     with precision_scope(device, cfg.run.precision, "run.precision"):
-        return _best_of_n_stage(run, cfg, round_number, paths, prompt_file, prompts, device, started, log)
+        result = _best_of_n_stage(run, cfg, round_number, paths, prompt_file, prompts, device, started, log)
+    record_finished(run, key, inputs, files[0], cache, gold_win_rate=result.get("gold_win_rate"))
+    return result
 
 
 def _best_of_n_stage(run: RunDir, cfg: BoNConfig, round_number: int, paths, prompt_file: Path, prompts: list[str],
@@ -97,7 +115,7 @@ def _best_of_n_stage(run: RunDir, cfg: BoNConfig, round_number: int, paths, prom
                                    cfg.run.seed)
     judged, rows = judge_pairs(prompts, [c["response"] for c in chosen], baseline, reward_model,
                                cfg.sampling.batch_size)
-    folder = Path(run.round_dir(round_number)) / "bon"
+    folder = run.round_dir(round_number) / STAGE
     result = {
         "n": len(prompts),
         "best_of": cfg.bon.n,

@@ -36,10 +36,17 @@ from alignloop.errors import DataError, TrainingError
 from alignloop.generation.logprobs import sequence_logprobs
 from alignloop.rl.config import DPOConfig, PreferenceDataConfig
 from alignloop.models.lora import describe
-from alignloop.rl.inputs import load_policy_and_reference, resolve_models, resolve_round
+from alignloop.rl.inputs import (
+    load_policy_and_reference,
+    plan_round_stage,
+    resolve_models,
+    resolve_round,
+    stage_inputs,
+)
 from alignloop.rl.losses import dpo_loss
 from alignloop.rl.state import freeze
-from alignloop.runs import RunDir, round_stage_key, hash_inputs
+from alignloop.provenance import DONE, DigestCache, StageInputs, digest_json, record_finished, record_started
+from alignloop.runs import RunDir, round_stage_key
 from alignloop.tokenizer import load_tokenizer
 from alignloop.train import distributed
 from alignloop.train.checkpoints import (latest_checkpoint, load_training_state, restore_rng_state, save_final,
@@ -198,16 +205,18 @@ def evaluate_pairs(policy, pairs: list[EncodedPair], ref: torch.Tensor, cfg: DPO
     return {f"val_{k}": v / len(pairs) for k, v in totals.items()}
 
 
-def run_dpo(run: RunDir, cfg: DPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
-            ) -> Path | None:
+def run_dpo(run: RunDir, cfg: DPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+            force: bool = False) -> Path | None:
     """Run (or resume, or skip if finished) DPO; the policy goes to rounds/NNN/dpo/final."""
     round_number = resolve_round(run, cfg.run.round)
     paths = resolve_models(run, cfg.models, round_number, need_reward=False)
     pairs, source = read_preference_pairs(run, cfg.data)
     stage_dir = run.round_dir(round_number) / STAGE
     final = stage_dir / "final"
-    inputs = hash_inputs(cfg, str(paths.policy), str(paths.reference), source, len(pairs))
-    if run.stage_done(stage_key(round_number), inputs) and final.exists():
+    cache = DigestCache.for_run(run)
+    inputs = stage_inputs(cfg, paths, cache).add_value("data", digest_json(pairs), f"{len(pairs)} pairs from {source}")
+    plan = plan_round_stage(run, stage_key(round_number), inputs, round_number, stage_dir, final, force, log, cache)
+    if plan.action == DONE:
         log(f"{STAGE}: round {round_number} already finished ({final}); nothing to do")
         return None
     run.record_config(STAGE, cfg)
@@ -219,7 +228,8 @@ def run_dpo(run: RunDir, cfg: DPOConfig, log: Callable[[str], None] = lambda m: 
 
 
 def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tuple[str, str, str]], source: str,
-           stage_dir: Path, final: Path, inputs: str, device: torch.device, log: Callable[[str], None]) -> Path:
+           stage_dir: Path, final: Path, inputs: StageInputs, device: torch.device, log: Callable[[str], None]
+           ) -> Path:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     checkpoint = latest_checkpoint(stage_dir)
@@ -256,7 +266,7 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
         restore_rng_state(saved["rng"])
         start = int(saved["step"])
         log(f"{STAGE}: resuming from step {start}")
-    run.mark_stage(stage_key(round_number), "running", inputs)
+    record_started(run, stage_key(round_number), inputs)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start if start else None)
     started = time.monotonic()
     stats: dict[str, float] = {}
@@ -296,7 +306,7 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
             crash_point(f"{STAGE}:saved:{done}")
     metrics.close()
     save_final(final, policy, tokenizer)
-    run.mark_stage(stage_key(round_number), "done", inputs, final=str(final),
-                   val_reward_accuracy=stats.get("val_reward_accuracy"))
+    record_finished(run, stage_key(round_number), inputs, final, final=str(final),
+                    val_reward_accuracy=stats.get("val_reward_accuracy"))
     log(f"{STAGE}: done in {time.monotonic() - started:.0f}s; policy in {final}")
     return final

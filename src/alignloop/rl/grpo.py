@@ -33,13 +33,14 @@ from alignloop.errors import TrainingError
 from alignloop.rl.advantages import masked_mean
 from alignloop.rl.config import GRPOConfig
 from alignloop.models.lora import describe
-from alignloop.rl.inputs import open_models, resolve_stage_inputs
+from alignloop.rl.inputs import open_models, plan_round_stage, resolve_stage_inputs, stage_inputs
 from alignloop.rl.kl import kl_penalty
 from alignloop.rl.losses import group_advantages, ppo_policy_loss
 from alignloop.rl.ppo import chunks, clip_gradients, minibatch_tokens, policy_forward, sum_across
 from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
-from alignloop.runs import RunDir, round_stage_key, hash_inputs
+from alignloop.provenance import DONE, DigestCache
+from alignloop.runs import RunDir, round_stage_key
 from alignloop.train import distributed
 from alignloop.train.device import autocast
 
@@ -146,16 +147,18 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
     return exp, distributed.mean_across(stats, summed=("rollout_tokens_per_s", "update_tokens_per_s"))
 
 
-def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
-             ) -> LoopResult | None:
+def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+             force: bool = False) -> LoopResult | None:
     """Run (or resume, or skip if finished) GRPO/RLOO in a round; the policy goes to rounds/NNN/grpo/final."""
     from alignloop.reward.model import load_reward_model
 
     round_number, paths, prompt_file, prompts = resolve_stage_inputs(run, cfg.models, cfg.prompts, cfg.run.round)
     stage_dir = run.round_dir(round_number) / STAGE
     final = stage_dir / "final"
-    inputs = hash_inputs(cfg, str(paths.policy), str(paths.reference), str(paths.reward), prompt_file)
-    if run.stage_done(stage_key(round_number), inputs) and final.exists():
+    cache = DigestCache.for_run(run)
+    inputs = stage_inputs(cfg, paths, cache, prompt_file)
+    plan = plan_round_stage(run, stage_key(round_number), inputs, round_number, stage_dir, final, force, log, cache)
+    if plan.action == DONE:
         log(f"{STAGE}: round {round_number} already finished ({final}); nothing to do")
         return None
     run.record_config(STAGE, cfg)

@@ -21,6 +21,7 @@ from alignloop.errors import CheckpointError, DataError
 from alignloop.models.causal_lm import check_checkpoint_dir
 from alignloop.models.lora import LoraSettings, ReferenceView, with_lora
 from alignloop.rl.config import PromptsConfig, RLModelsConfig
+from alignloop.provenance import DigestCache, StageInputs, StagePlan, plan_stage
 from alignloop.runs import RunDir
 from alignloop.stages import builtin_paths, read_prompts
 
@@ -153,3 +154,26 @@ def resolve_stage_inputs(run: RunDir, models: RLModelsConfig, prompts: PromptsCo
     round_number = resolve_round(run, round_request)
     return (round_number, resolve_models(run, models, round_number), prompts_path(run, prompts),
             load_prompts(run, prompts))
+
+
+# Settings that name files: the files are fingerprinted by content instead.
+PATH_SETTINGS = ("models.policy", "models.reference", "models.reward", "prompts.path", "data.path", "data.store")
+
+
+def stage_inputs(cfg, paths: ModelPaths, cache: DigestCache, prompt_file: Optional[Path] = None) -> StageInputs:
+    """What a stage-4 run reads, by content: its settings, the policy's start, the reference, the reward model
+    and the prompt file."""
+    inputs = StageInputs.of(cfg, exclude=PATH_SETTINGS)
+    inputs.add_artifact("policy_start", paths.policy, cache).add_artifact("reference", paths.reference, cache)
+    if paths.reward is not None:
+        inputs.add_artifact("reward_model", paths.reward, cache)
+    if prompt_file is not None:
+        inputs.add_artifact("prompts", prompt_file, cache)
+    return inputs
+
+
+def plan_round_stage(run: RunDir, key: str, inputs: StageInputs, round_number: int, stage_dir: Path, final: Path,
+                     force: bool, log, cache: DigestCache) -> StagePlan:
+    """`plan_stage` for a stage-4 run of a round: its checkpoints are the work cleared by `force`."""
+    return plan_stage(run, key, inputs, final=final, work=[stage_dir / "checkpoints"], force=force, log=log,
+                      new_run_hint=f"run it in a new round (run.round={round_number + 1})", cache=cache)

@@ -50,12 +50,13 @@ from alignloop.rl.config import PPOConfig
 from alignloop.rl.critic import Critic, critic_from_policy, critic_from_reward_model, load_critic
 from alignloop.models.lora import describe, with_lora
 from alignloop.models.memory import enable_gradient_checkpointing
-from alignloop.rl.inputs import open_models, resolve_stage_inputs
+from alignloop.rl.inputs import open_models, plan_round_stage, resolve_stage_inputs, stage_inputs
 from alignloop.rl.kl import kl_penalty, token_rewards
 from alignloop.rl.losses import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss
 from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
-from alignloop.runs import RunDir, round_stage_key, hash_inputs
+from alignloop.provenance import DONE, DigestCache
+from alignloop.runs import RunDir, round_stage_key
 from alignloop.train import distributed
 from alignloop.train.device import autocast
 
@@ -282,16 +283,18 @@ def _build_critic(kind: str, paths, scorer: RewardScorer, log) -> Critic:
     return critic_from_policy(paths.policy)
 
 
-def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
-            ) -> LoopResult | None:
+def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+            force: bool = False) -> LoopResult | None:
     """Run (or resume, or skip if finished) PPO in a round; the policy goes to rounds/NNN/policy/final."""
     from alignloop.reward.model import load_reward_model
 
     round_number, paths, prompt_file, prompts = resolve_stage_inputs(run, cfg.models, cfg.prompts, cfg.run.round)
     round_dir = run.round_dir(round_number)
     stage_dir, final = round_dir / STAGE, round_dir / "policy" / "final"
-    inputs = hash_inputs(cfg, str(paths.policy), str(paths.reference), str(paths.reward), prompt_file)
-    if run.stage_done(stage_key(round_number), inputs) and final.exists():
+    cache = DigestCache.for_run(run)
+    inputs = stage_inputs(cfg, paths, cache, prompt_file)
+    plan = plan_round_stage(run, stage_key(round_number), inputs, round_number, stage_dir, final, force, log, cache)
+    if plan.action == DONE:
         log(f"{STAGE}: round {round_number} already finished ({final}); nothing to do")
         return None
     run.record_config(STAGE, cfg)

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from alignloop.errors import TrainingError
+from alignloop.provenance import StageInputs, record_finished, record_started
 from alignloop.rl.config import RewardShapingConfig, RunLoopConfig
 from alignloop.rl.kl import AdaptiveKLController, FixedKLController
 from alignloop.rl.rollout import Experience, RewardScorer, encode_prompts, prompt_indices
@@ -261,16 +262,16 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
     return LoopResult(final_dir=final, iterations=done, last=stats, wall_s=time.monotonic() - started)
 
 
-def run_rl_stage(run, key: str, inputs: dict[str, Any], device: torch.device, cfg, algorithm,
+def run_rl_stage(run, key: str, inputs: StageInputs, device: torch.device, cfg, algorithm,
                  **loop_args: Any) -> LoopResult:
     """`train_loop` as a stage of the run: marked running, trained at `cfg.run.precision`, marked done with
     its score and KL. `algorithm` is the config section (`cfg.ppo`, `cfg.grpo`) that sets the iterations."""
-    run.mark_stage(key, "running", inputs)
+    record_started(run, key, inputs)
     with precision_scope(device, cfg.run.precision, "run.precision"):
         result = train_loop(iterations=algorithm.iterations, rollout_prompts=algorithm.rollout_prompts,
                             warmup=algorithm.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens,
                             loop=cfg.run, **loop_args)
-    run.mark_stage(key, "done", inputs, final=str(result.final_dir), score=result.last.get("score"),
-                   kl=result.last.get("kl"))
+    record_finished(run, key, inputs, result.final_dir, final=str(result.final_dir), score=result.last.get("score"),
+                    kl=result.last.get("kl"))
     loop_args["log"](f"{loop_args['stage']}: done in {result.wall_s:.0f}s; policy in {result.final_dir}")
     return result

@@ -1,8 +1,10 @@
 """`alignloop sample`: K responses per prompt from a checkpoint, into `rounds/NNN/samples.jsonl` and the store.
 
-Crash safety: the responses are written to samples.jsonl atomically first, then
-loaded into the store in one transaction. A rerun after a crash reuses the
-file (no resampling) and loads it only if the round holds no items yet.
+Crash safety: the stage is recorded as running, the responses are written to
+samples.jsonl atomically, then loaded into the store in one transaction, then
+recorded as done. A rerun after a crash reuses the file (no resampling), loads
+it only if the round holds no items yet, and records a load that a crash cut
+off from its record. Items in the store are never replaced.
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ from alignloop.feedback import open_store
 from alignloop.feedback.models import Item, Round
 from alignloop.generation.text import complete
 from alignloop.models.causal_lm import load_causal_lm
+from alignloop.provenance import (
+    DONE,
+    RESUME,
+    DigestCache,
+    StageInputs,
+    StageInputsChanged,
+    decide,
+    plan_stage,
+    record_finished,
+    record_started,
+)
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.sample.config import SampleConfig
 from alignloop.stages import builtin_paths, read_prompts
@@ -38,9 +51,21 @@ def round_items(store, number: int) -> int | None:
         return session.scalar(select(func.count(Item.id)).where(Item.round_id == round_id)) or 0
 
 
-def next_round_number(store) -> int:
+def next_round_number(store, run: RunDir | None = None) -> int:
+    """One past the newest round of the store and of the run directory (one counter for both)."""
     with store.read() as session:
-        return (session.scalar(select(func.max(Round.number))) or 0) + 1
+        newest = session.scalar(select(func.max(Round.number))) or 0
+    if run is not None:
+        newest = max([newest, *run.round_numbers()])
+    return newest + 1
+
+
+def interrupted_round(run: RunDir) -> int | None:
+    """A round whose sampling started and never finished (rerunning `sample` carries on with it)."""
+    stages = run.read_manifest()["stages"]
+    started = [number for number in run.round_numbers()
+               if stages.get(round_stage_key("sample", number), {}).get("status") == "running"]
+    return started[-1] if started else None
 
 
 def sampling_settings(cfg: SampleConfig) -> dict:
@@ -64,26 +89,61 @@ def sample_responses(checkpoint: Path, prompts: list[str], cfg: SampleConfig,
     return [{"prompt": p, "responses": responses[i * cfg.k:(i + 1) * cfg.k]} for i, p in enumerate(prompts)]
 
 
+def _stage_inputs(cfg: SampleConfig, checkpoint: Path, prompt_file: Path, cache: DigestCache) -> StageInputs:
+    inputs = StageInputs.of(cfg, exclude=("prompts",))
+    return inputs.add_artifact("policy", checkpoint, cache).add_artifact("prompts", prompt_file, cache)
+
+
+def _check_store_holds(run: RunDir, number: int, loaded: int | None, target) -> None:
+    """Refuse a store that lost a round the manifest says was loaded into it (a replaced or emptied file)."""
+    entry = run.read_manifest()["stages"].get(round_stage_key("sample", number), {})
+    if entry.get("status") == "done" and not loaded:
+        raise DataError(f"manifest.json says round {number}'s {entry.get('items', 'sampled')} items were loaded into "
+                        f"{target}, but it holds none: the store was replaced or emptied; restore it from a backup "
+                        f"or use a new run directory")
+
+
 def run_sample(run: RunDir, cfg: SampleConfig, checkpoint: Path, db: str | None = None,
-               log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
-    """Sample, write samples.jsonl, load the items; returns a summary (round, prompts, items)."""
+               log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), force: bool = False) -> dict:
+    """Sample, write samples.jsonl, load the items; returns a summary (round, prompts, items).
+
+    Without `cfg.round` the items go to a new round (or to one whose sampling was interrupted). A round that
+    already holds items sampled from other inputs is refused: items people may have judged are never replaced.
+    """
     prompt_file = Path(cfg.prompts) if cfg.prompts else builtin_paths(run)["prompts"]
     prompts = read_prompts(prompt_file, cfg.prompt_field, cfg.n_prompts)
     if cfg.item_kind in ("pair", "ranking") and cfg.k < 2:
         raise DataError(f"item_kind={cfg.item_kind} needs k >= 2 responses per prompt")
-    store = open_store(db or run.feedback_db)
+    target = db or run.feedback_db
+    store = open_store(target)
     try:
-        number = cfg.round or next_round_number(store)
+        number = cfg.round or interrupted_round(run) or next_round_number(store, run)
+        key = round_stage_key("sample", number)
         loaded = round_items(store, number)
+        _check_store_holds(run, number, loaded, target)
+        samples_path = run.round_dir(number) / "samples.jsonl"
+        cache = DigestCache.for_run(run)
+        inputs = _stage_inputs(cfg, checkpoint, prompt_file, cache)
         if loaded:
+            entry = run.read_manifest()["stages"].get(key)
+            plan = decide(entry, inputs, has_work=True, outputs_intact=True)
+            if plan.action == "changed":
+                why = "that this run did not sample" if not entry else f"sampled from other inputs ({'; '.join(plan.changes)})"
+                raise StageInputsChanged(f"round {number} of {target} already holds {loaded} items {why}; items in the "
+                                         f"store are never replaced: sample into a new round "
+                                         f"(round={next_round_number(store, run)})")
+            if plan.action != DONE:  # killed between loading the items and recording it
+                record_finished(run, key, inputs, samples_path, cache, items=loaded)
             log(f"sample: round {number} already holds {loaded} items; nothing to do")
             return {"round": number, "prompts": len(prompts), "items": loaded, "skipped": True}
-        samples_path = run.round_dir(number) / "samples.jsonl"
+        plan = plan_stage(run, key, inputs, final=samples_path, work=[samples_path], force=force, log=log,
+                          new_run_hint=f"sample into a new round (round={next_round_number(store, run)})", cache=cache)
         run.record_config("sample", cfg)
-        if samples_path.exists():
+        if plan.action == RESUME and samples_path.exists():
             log(f"sample: reusing {samples_path} written before an interruption")
             records = [json.loads(line) for line in samples_path.read_text(encoding="utf-8").splitlines() if line]
         else:
+            record_started(run, key, inputs)
             log(f"sample: {cfg.k} responses for each of {len(prompts):,} prompts from {checkpoint}")
             torch.manual_seed(cfg.seed)
             records = sample_responses(checkpoint, prompts, cfg, log)
@@ -97,9 +157,10 @@ def run_sample(run: RunDir, cfg: SampleConfig, checkpoint: Path, db: str | None 
         items = store.add_samples(round_id, records, cfg.item_kind, model_name=str(checkpoint),
                                   sampling=sampling_settings(cfg), overlap=cfg.overlap,
                                   pairs_per_prompt=cfg.pairs_per_prompt, seed=cfg.seed)
-        run.mark_stage(round_stage_key("sample", number), "done", items=len(items))
+        crash_point("sample:loaded")
+        record_finished(run, key, inputs, samples_path, cache, items=len(items))
         log(f"sample: round {number}: {len(items):,} {cfg.item_kind} items from {len(records):,} prompts "
-            f"in {db or run.feedback_db}")
+            f"in {target}")
         return {"round": number, "prompts": len(records), "items": len(items), "skipped": False}
     finally:
         store.close()

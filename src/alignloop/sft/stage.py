@@ -11,7 +11,8 @@ from alignloop.data.lm_batches import SupervisedPairs, build_supervised_example,
 from alignloop.errors import DataError
 from alignloop.models.causal_lm import check_checkpoint_dir, load_causal_lm
 from alignloop.models.lora import describe, with_lora
-from alignloop.runs import RunDir, hash_inputs
+from alignloop.provenance import DONE, DigestCache, StageInputs, plan_stage, record_finished, record_started
+from alignloop.runs import RunDir
 from alignloop.sft.config import SFTConfig
 from alignloop.stages import builtin_data, sample_fn_for
 from alignloop.tokenizer import load_tokenizer
@@ -39,20 +40,27 @@ def default_sft_data(run: RunDir, log) -> Path:
     return builtin_data(run, corpus.get("stories", 20000), corpus.get("seed", 0), log)["sft"]
 
 
-def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
-            ) -> LoopResult | None:
-    """Run (or resume, or skip if finished) supervised fine-tuning; returns None when skipped."""
+def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+            force: bool = False) -> LoopResult | None:
+    """Run (or resume, or skip if finished) supervised fine-tuning; returns None when skipped.
+
+    A finished or half-done SFT made from other inputs (settings, start checkpoint, data) is refused unless
+    `force`, which starts over.
+    """
     distributed.start(cfg.train.device)  # under a launcher, join the other processes before touching files
     start = check_checkpoint_dir(start_checkpoint(run, cfg.model.path))
     data_path = Path(cfg.data.path) if cfg.data.path else default_sft_data(run, log)
-    inputs = hash_inputs(cfg, str(start), str(data_path))
-    if run.stage_done(STAGE, inputs) and run.final(STAGE).exists():
+    cache = DigestCache.for_run(run)
+    inputs = StageInputs.of(cfg, exclude=("model.path", "data.path"))
+    inputs.add_artifact("start", start, cache).add_artifact("data", data_path, cache)
+    stage_dir = run.stage_dir(STAGE)
+    plan = plan_stage(run, STAGE, inputs, final=run.final(STAGE), work=[stage_dir / "checkpoints"], force=force,
+                      log=log, new_run_hint="use a new --run directory", cache=cache)
+    if plan.action == DONE:
         log(f"{STAGE}: already finished ({run.final(STAGE)}); nothing to do")
         return None
     pairs = read_supervised_records(data_path)
-    run.record_config(STAGE, cfg)
 
-    stage_dir = run.stage_dir(STAGE)
     checkpoint = latest_checkpoint(stage_dir)
     source = checkpoint or start
     tokenizer = load_tokenizer(source)
@@ -69,11 +77,12 @@ def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: 
     log(f"{STAGE}: {len(train_ids):,} training and {len(val_ids):,} validation pairs from {data_path}; "
         f"starting from {source}; {describe(model)}")
 
-    run.mark_stage(STAGE, "running", inputs)
+    run.record_config(STAGE, cfg)
+    record_started(run, STAGE, inputs)
     prompts = [p for p, _ in pairs[: cfg.train.samples]] or None
     result = train_language_model(
         stage=STAGE, stage_dir=stage_dir, model=model, tokenizer=tokenizer, data=data, cfg=cfg.train,
         resume_state=state, sample_fn=sample_fn_for(run, tokenizer, cfg.train, prompts), log=log)
-    run.mark_stage(STAGE, "done", inputs, final=str(result.final_dir), val_loss=result.val_loss)
+    record_finished(run, STAGE, inputs, result.final_dir, cache, final=str(result.final_dir), val_loss=result.val_loss)
     log(f"{STAGE}: done in {result.wall_s:.0f}s; checkpoint in {result.final_dir}")
     return result

@@ -2,8 +2,13 @@
 
 A stage folder (e.g. `runs/a/pretrain/`) holds
 
-    checkpoints/step-000100/   HF model + tokenizer + training_state.pt
+    checkpoints/step-000100/   HF model + tokenizer + training_state.pt + checksums.json
     final/                     HF model + tokenizer, written when the stage ends
+
+`checksums.json` holds the sha256 of every other file of the checkpoint: a
+checkpoint damaged on disk after it was written (a bad sector, a partial copy
+back from a backup) is set aside as `.corrupt-step-NNNNNN` and the previous
+intact one is resumed instead.
 
 `training_state.pt` carries what exact resume needs besides the weights: the
 optimizer, the step, the RNG states and anything the stage adds (a KL
@@ -12,9 +17,13 @@ controller, the best validation score...).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,7 @@ from alignloop.train import distributed
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "training_state.pt"
+CHECKSUMS_FILE = "checksums.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -95,8 +105,57 @@ def checkpoint_steps(stage_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    """Record the sha256 of every file under `folder` in `folder/checksums.json`."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
+    sums = {p.relative_to(folder).as_posix(): _sha256(p) for p in files}
+    (Path(folder) / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1), encoding="utf-8")
+
+
+def checkpoint_damage(folder: Path) -> str | None:
+    """What is wrong with a checkpoint's files against its checksums.json, or None when intact
+    (a checkpoint written before checksums were kept is taken as it is)."""
+    listing = Path(folder) / CHECKSUMS_FILE
+    if not listing.exists():
+        return None
+    try:
+        sums = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{CHECKSUMS_FILE} is unreadable"
+    for name, expected in sums.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != expected:
+            return f"{name} does not match its checksum"
+    return None
+
+
 def latest_checkpoint(stage_dir: Path) -> Path | None:
-    """The newest complete training checkpoint of a stage, or None."""
+    """The newest intact training checkpoint of a stage, or None.
+
+    A damaged one is renamed `.corrupt-step-N` (kept for inspection, never resumed) and the one before it
+    is taken. With several processes rank 0 checks and the others then find what it left.
+    """
+    with distributed.main_first():
+        if distributed.is_main():
+            for _, folder in reversed(checkpoint_steps(stage_dir)):
+                damage = checkpoint_damage(folder)
+                if damage is None:
+                    break
+                aside = folder.parent / f".corrupt-{folder.name}"
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(folder, aside)
+                print(f"warning: checkpoint {folder} is damaged ({damage}); set aside as {aside.name}, resuming "
+                      f"from the one before it", file=sys.stderr)
     steps = checkpoint_steps(stage_dir)
     return steps[-1][1] if steps else None
 
@@ -133,6 +192,7 @@ def save_training_checkpoint(stage_dir: Path, step: int, model, tokenizer, optim
             state = {"step": step, "optimizer": optimizer_state,
                      "rng": rng_state(), **(extra_state or {})}
             torch.save(state, tmp / STATE_FILE)
+            write_checksums(tmp)
         for _, old in checkpoint_steps(stage_dir)[:-max(1, keep_last)]:
             shutil.rmtree(old, ignore_errors=True)
     distributed.barrier()
