@@ -243,20 +243,27 @@ def read_gold_pairs(path: Path) -> tuple[list[str], list[str], list[str]]:
 
 
 def _gold_pairs(run: RunDir, cfg: RewardEvalConfig, log: Log, save_to: Optional[Path] = None
-                ) -> Optional[tuple[list[str], list[str], list[str]]]:
-    """Fresh pairs sampled from the policy on the built-in task's evaluation prompts (written to `save_to`),
-    those of `gold.pairs_file`, or None."""
+                ) -> tuple[Optional[tuple[list[str], list[str], list[str]]], Optional[str]]:
+    """(pairs, None): fresh pairs sampled from the policy on the built-in task's evaluation prompts (written to
+    `save_to`), or those of `gold.pairs_file`; (None, why) when there are none to judge."""
+    from alignloop.evaluation.gold_scope import gold_omission
     from alignloop.stages import builtin_paths, read_prompts
 
     if cfg.gold.pairs_file:
-        return read_gold_pairs(Path(cfg.gold.pairs_file))
+        pairs = read_gold_pairs(Path(cfg.gold.pairs_file))
+        reason = gold_omission(run, pairs[0], cfg.gold.pairs_file)
+        return (None, reason) if reason else (pairs, None)
     prompt_file = Path(cfg.gold.prompts) if cfg.gold.prompts else builtin_paths(run)["eval_prompts"]
-    if cfg.gold.pairs == 0 or not prompt_file.exists():
-        return None
+    if cfg.gold.pairs == 0:
+        return None, "gold.pairs=0"
+    if not prompt_file.exists():
+        return None, gold_omission(run, [], prompt_file) or f"no prompt file {prompt_file}"
     policy = Path(cfg.gold.policy) if cfg.gold.policy else run.final("sft")
     if not policy.exists():
-        log(f"{STAGE} eval: no policy at {policy} to sample gold pairs from; skipping the gold check")
-        return None
+        return None, f"no policy at {policy} to sample gold pairs from"
+    reason = gold_omission(run, read_prompts(prompt_file), prompt_file)
+    if reason:
+        return None, reason
     from alignloop.generation.text import complete
     from alignloop.models.causal_lm import load_causal_lm
     from alignloop.tokenizer import load_tokenizer
@@ -276,7 +283,7 @@ def _gold_pairs(run: RunDir, cfg: RewardEvalConfig, log: Log, save_to: Optional[
         # judge exactly these pairs (gold.pairs_file).
         atomic.write_text(save_to, "".join(json.dumps({"prompt": p, "a": x, "b": y}) + "\n"
                                            for p, x, y in zip(prompts, a, b)))
-    return prompts, a, b
+    return (prompts, a, b), None
 
 
 def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: Optional[str] = None,
@@ -285,7 +292,7 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
 
     `explicit`: the data.* keys the user set, which win over those recorded by training.
     """
-    from alignloop.reward.evaluate import gold_agreement, preference_metrics, score_groups
+    from alignloop.reward.evaluate import gold_agreement, preference_report
 
     if cfg.model:
         path = Path(cfg.model)
@@ -309,26 +316,29 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
         split = cfg.split if cfg.split != "auto" else ("all" if cfg.data.path else "val")
         if split == "val":
             _, groups = split_groups(groups, data.val_fraction, data.seed)
-        encoded = encode_groups(groups, reward.encode)
-        chosen, rejected, strength = score_groups(reward, encoded, cfg.batch_size)
-        figures = preference_metrics(chosen, rejected, strength, cfg.bins)
+        figures = preference_report(reward, encode_groups(groups, reward.encode), cfg.batch_size, cfg.bins)
         result.update(figures)
         result["data"] = prefs.source
         result["split"] = split
         result["skipped"] = dict(prefs.skipped)
         if figures["n"]:
-            log(f"{STAGE} eval: accuracy {figures['accuracy']:.4f}, loss {figures['loss']:.4f}, "
-                f"ECE {figures['ece']:.4f} on {figures['n']} pairs ({split} split of {prefs.source})")
+            log(f"{STAGE} eval: {accuracy_line(figures)} on {figures['n']} pairs ({split} split of {prefs.source})")
+            log(f"{STAGE} eval: {length_line(figures)}")
 
     save_to = reward_dir(run, round_number) / "gold_pairs.jsonl" if round_number is not None and not cfg.model \
         else None
-    pairs = _gold_pairs(run, cfg, log, save_to)
+    pairs, gold_omitted = _gold_pairs(run, cfg, log, save_to)
+    result["gold_omitted"] = gold_omitted
+    if gold_omitted:
+        log(f"{STAGE} eval: no agreement with the gold judge: {gold_omitted}")
     if pairs is not None:
         gold = gold_agreement(reward, *pairs, batch_size=cfg.batch_size, bins=cfg.bins)
         result["gold"] = gold
         source = f"pairs from {cfg.gold.pairs_file}" if cfg.gold.pairs_file else "fresh pairs"
-        log(f"{STAGE} eval: agreement with the gold judge {gold['accuracy']:.4f} on {gold['n']} {source} "
-            f"({gold['gold_ties_skipped']} gold ties left out)")
+        interval = gold.get("accuracy_ci")
+        log(f"{STAGE} eval: agreement with the gold judge {gold['accuracy']:.4f}"
+            + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+            + f" on {gold['n']} {source} ({gold['gold_ties_skipped']} gold ties left out)")
         if "accuracy" not in result:
             result.update({k: gold[k] for k in ("accuracy", "loss", "ece", "n")})
         members = [] if cfg.model or round_number is None else ensemble_members(reward_dir(run, round_number))
@@ -338,7 +348,31 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
             log(f"{STAGE} eval: agreement of the ensemble ({len(members)} models, {ensemble.size} estimates, "
                 f"mean reward) with the gold judge {result['gold_ensemble']['accuracy']:.4f}")
     if "accuracy" not in result:
-        raise DataError("nothing to evaluate on: give data.path=FILE, or collect feedback in the run's store")
+        raise DataError("nothing to evaluate on: give data.path=FILE, or collect feedback in the run's store"
+                        + (f" (no gold check: {gold_omitted})" if gold_omitted else ""))
     if round_number is not None and not cfg.model:
         atomic.write_json(reward_dir(run, round_number) / "eval.json", result)
     return result
+
+
+def accuracy_line(figures: dict[str, Any]) -> str:
+    """Accuracy with its 95% interval, loss and ECE, in a few words."""
+    interval = figures.get("accuracy_ci")
+    return (f"accuracy {figures['accuracy']:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+            + f", loss {figures['loss']:.4f}, ECE {figures['ece']:.4f}")
+
+
+def length_line(figures: dict[str, Any]) -> str:
+    """The length diagnostics in one line: where a reward model that pays for length shows it."""
+    length, cut = figures.get("length") or {}, (figures.get("truncation") or {}).get("cut") or {}
+
+    def share(value: Optional[float]) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
+
+    rho = length.get("reward_length_spearman")
+    return (f"accuracy where people chose the longer reply {share((length.get('chosen_longer') or {}).get('accuracy'))}"
+            f", the shorter {share((length.get('chosen_shorter') or {}).get('accuracy'))}; "
+            f"'longer wins' scores {share(length.get('longer_wins_accuracy'))}, the model prefers the longer reply "
+            f"{share(length.get('model_prefers_longer'))}; rank correlation of reward with length "
+            f"{'n/a' if rho is None else f'{rho:.2f}'}; {cut.get('n', 0)} pairs with a reply cut at max_length "
+            f"(accuracy {share(cut.get('accuracy'))})")
