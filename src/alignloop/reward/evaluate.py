@@ -56,7 +56,8 @@ def score_responses(reward, groups: Sequence[EncodedGroup], batch_size: int = 32
 
 def comparisons(groups: Sequence[EncodedGroup]) -> list[tuple[int, int, int, float]]:
     """(group, better response, worse response, strength or nan) of every strict comparison, rankings as pairs."""
-    out = [(g, better, worse, strength) for g, group in enumerate(groups) for better, worse, strength in group.group.pairs]
+    out = [(g, better, worse, strength)
+           for g, group in enumerate(groups) for better, worse, strength in group.group.pairs]
     for g, group in enumerate(groups):
         for ranking in group.group.rankings:
             better, worse = losses.ranking_pairs(len(ranking))
@@ -266,7 +267,8 @@ def gold_agreement(reward, prompts: list[str], responses_a: list[str], responses
         if hasattr(reward, "encode"):
             cut = [any(reply_was_cut(reward, p, t, reward.encode(p, t)["input_ids"]) for t in (c, r))
                    for p, c, r in zip(kept_prompts, chosen_text, rejected_text)]
-        responses = list(zip(r_a.tolist() + r_b.tolist(), [responses_a[i] for i in keep] + [responses_b[i] for i in keep]))
+        texts = [responses_a[i] for i in keep] + [responses_b[i] for i in keep]
+        responses = list(zip(r_a.tolist() + r_b.tolist(), texts))
         metrics.update(pair_figures(chosen, rejected, kept_prompts, chosen_text, rejected_text, responses, cut,
                                     getattr(reward, "max_length", None)))
     return metrics
