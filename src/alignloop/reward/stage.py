@@ -288,7 +288,9 @@ def _gold_pairs(run: RunDir, cfg: RewardEvalConfig, log: Log, save_to: Optional[
 
 def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: Optional[str] = None,
                     explicit: Optional[set[str]] = None) -> dict[str, Any]:
-    """Accuracy, loss, ECE and accuracy by margin of a reward model (and gold agreement on the built-in task).
+    """Accuracy (with its 95% interval), loss, ECE, accuracy by margin, length and truncation diagnostics of a
+    reward model (`alignloop.reward.evaluate.preference_report`), and agreement with the gold judge on the built-in
+    task (elsewhere `gold_omitted` says why there is none).
 
     `explicit`: the data.* keys the user set, which win over those recorded by training.
     """
@@ -335,10 +337,8 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
         gold = gold_agreement(reward, *pairs, batch_size=cfg.batch_size, bins=cfg.bins)
         result["gold"] = gold
         source = f"pairs from {cfg.gold.pairs_file}" if cfg.gold.pairs_file else "fresh pairs"
-        interval = gold.get("accuracy_ci")
-        log(f"{STAGE} eval: agreement with the gold judge {gold['accuracy']:.4f}"
-            + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
-            + f" on {gold['n']} {source} ({gold['gold_ties_skipped']} gold ties left out)")
+        log(f"{STAGE} eval: agreement with the gold judge: {accuracy_line(gold)} on {gold['n']} {source} "
+            f"({gold['gold_ties_skipped']} gold ties left out)")
         if "accuracy" not in result:
             result.update({k: gold[k] for k in ("accuracy", "loss", "ece", "n")})
         members = [] if cfg.model or round_number is None else ensemble_members(reward_dir(run, round_number))
@@ -346,7 +346,7 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
             ensemble = load_ensemble(reward_dir(run, round_number), device=reward.device)
             result["gold_ensemble"] = gold_agreement(ensemble, *pairs, batch_size=cfg.batch_size, bins=cfg.bins)
             log(f"{STAGE} eval: agreement of the ensemble ({len(members)} models, {ensemble.size} estimates, "
-                f"mean reward) with the gold judge {result['gold_ensemble']['accuracy']:.4f}")
+                f"mean reward) with the gold judge: {accuracy_line(result['gold_ensemble'])}")
     if "accuracy" not in result:
         raise DataError("nothing to evaluate on: give data.path=FILE, or collect feedback in the run's store"
                         + (f" (no gold check: {gold_omitted})" if gold_omitted else ""))
@@ -357,6 +357,8 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
 
 def accuracy_line(figures: dict[str, Any]) -> str:
     """Accuracy with its 95% interval, loss and ECE, in a few words."""
+    if figures.get("accuracy") is None:
+        return "accuracy n/a"
     interval = figures.get("accuracy_ci")
     return (f"accuracy {figures['accuracy']:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
             + f", loss {figures['loss']:.4f}, ECE {figures['ece']:.4f}")
