@@ -4,11 +4,16 @@ For each held-out prompt, the policy and the baseline (the SFT model) each
 sample one response with the same settings and seed. Reported:
 
 - `gold_win_rate`: share of prompts where the gold judge (the built-in task's
-  noiseless preference) prefers the policy's response; ties count half;
+  noiseless preference) prefers the policy's response; ties count half. Only
+  on the built-in task's prompts: elsewhere it is None and `gold_omitted`
+  says why;
 - `rm_win_rate`: the same with the reward model as judge;
+- for both, a 95% interval (paired bootstrap over prompts) and a
+  length-controlled win rate (the length difference regressed out), see
+  `alignloop.evaluation.statistics`;
 - `kl`: mean over prompts of sum_t log pi(y_t) - log pi_ref(y_t) on the
   policy's own samples: an unbiased estimate of KL(policy || reference) per
-  response, in nats;
+  response, in nats, with its standard error `kl_se`;
 - `ppl_before`, `ppl_after`: perplexity of the baseline and of the policy on
   held-out pretraining text (the forgetting check).
 
@@ -32,7 +37,9 @@ import torch
 from alignloop import atomic
 from alignloop.data.formatting import decode_response
 from alignloop.errors import CheckpointError
+from alignloop.evaluation import statistics
 from alignloop.evaluation.config import EvalConfig
+from alignloop.evaluation.gold_scope import gold_omission
 from alignloop.evaluation.perplexity import held_out_documents, perplexity, text_blocks
 from alignloop.judges.gold import gold_score
 from alignloop.models.causal_lm import check_checkpoint_dir, load_causal_lm
@@ -46,10 +53,28 @@ from alignloop.train.device import pick_device, precision_scope
 
 def win_rate(scores_a: list[float], scores_b: list[float], tolerance: float = 1e-6) -> float:
     """Share of pairs where a scores higher than b, ties (within `tolerance`) counting half."""
-    if len(scores_a) != len(scores_b) or not scores_a:
-        raise ValueError(f"need two equal, non-empty lists of scores, got {len(scores_a)} and {len(scores_b)}")
-    wins = sum(1.0 if a - b > tolerance else 0.0 if b - a > tolerance else 0.5 for a, b in zip(scores_a, scores_b))
-    return wins / len(scores_a)
+    wins = statistics.win_indicators(scores_a, scores_b, tolerance)
+    return sum(wins) / len(wins)
+
+
+WIN_RATE_FIELDS = ("win_rate", "win_rate_ci", "lc_win_rate", "lc_win_rate_ci", "length_slope")
+
+
+def win_rate_figures(judge: str, scores_policy: Optional[list[float]], scores_baseline: Optional[list[float]],
+                     length_policy: list[float], length_baseline: list[float]) -> dict[str, Any]:
+    """`<judge>_win_rate` with its bootstrap interval, the length-controlled win rate with its interval, and
+    the fit's length slope (all None without scores).
+
+    One unit per prompt, so resampling prompts keeps each policy response with the baseline response it
+    was compared with.
+    """
+    if scores_policy is None or scores_baseline is None:
+        return {f"{judge}_{field}": None for field in WIN_RATE_FIELDS}
+    wins = statistics.win_indicators(scores_policy, scores_baseline)
+    controlled = statistics.length_controlled_win_rate(wins, length_policy, length_baseline)
+    values = (sum(wins) / len(wins), list(statistics.mean_interval(wins)), controlled["win_rate"],
+              list(controlled["interval"]), controlled["slope"])
+    return {f"{judge}_{field}": value for field, value in zip(WIN_RATE_FIELDS, values)}
 
 
 def newest_policy(run: RunDir) -> tuple[Path, int]:
@@ -89,31 +114,39 @@ def sample_responses(model, tokenizer, prompts: list[str], sampling, max_prompt_
 
 
 def judge_pairs(prompts: list[str], policy_responses: list[str], baseline_responses: list[str], reward_model,
-                batch_size: int = 32) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                batch_size: int = 32, include_gold: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Win rates of the policy's responses over the baseline's by the gold judge and (if given) the reward model.
 
-    Returns the summary (`gold_win_rate`, `rm_win_rate`, mean scores) and one row per prompt
-    (`prompt`, `sft_response`, `policy_response` and their scores).
+    Returns the summary (`gold_win_rate`, `rm_win_rate`, their intervals and length-controlled versions,
+    mean scores, mean lengths in characters) and one row per prompt (`prompt`, `sft_response`,
+    `policy_response` and their scores). `include_gold=False` leaves the gold judge out (its figures None).
     """
-    gold_policy = [gold_score(p, r) for p, r in zip(prompts, policy_responses)]
-    gold_baseline = [gold_score(p, r) for p, r in zip(prompts, baseline_responses)]
-    rm_policy = rm_baseline = None
+    n = len(prompts)
+    length_policy = [float(len(r)) for r in policy_responses]
+    length_baseline = [float(len(r)) for r in baseline_responses]
+    gold_policy = gold_baseline = rm_policy = rm_baseline = None
+    if include_gold:
+        gold_policy = [gold_score(p, r) for p, r in zip(prompts, policy_responses)]
+        gold_baseline = [gold_score(p, r) for p, r in zip(prompts, baseline_responses)]
     if reward_model is not None:
         rm_policy = reward_model.score_texts(prompts, policy_responses, batch_size).tolist()
         rm_baseline = reward_model.score_texts(prompts, baseline_responses, batch_size).tolist()
-    n = len(prompts)
-    summary = {
-        "gold_win_rate": win_rate(gold_policy, gold_baseline),
-        "rm_win_rate": win_rate(rm_policy, rm_baseline) if rm_policy is not None else None,
-        "gold_score_policy": sum(gold_policy) / n,
-        "gold_score_baseline": sum(gold_baseline) / n,
+    summary = {**win_rate_figures("gold", gold_policy, gold_baseline, length_policy, length_baseline),
+               **win_rate_figures("rm", rm_policy, rm_baseline, length_policy, length_baseline)}
+    summary.update({
+        "gold_score_policy": sum(gold_policy) / n if gold_policy is not None else None,
+        "gold_score_baseline": sum(gold_baseline) / n if gold_baseline is not None else None,
         "rm_score_policy": sum(rm_policy) / n if rm_policy is not None else None,
         "rm_score_baseline": sum(rm_baseline) / n if rm_baseline is not None else None,
-    }
+        "response_chars_policy": sum(length_policy) / n,
+        "response_chars_baseline": sum(length_baseline) / n,
+        "bootstrap": statistics.bootstrap_settings(),
+    })
     rows = []
     for i, prompt in enumerate(prompts):
-        row = {"prompt": prompt, "sft_response": baseline_responses[i], "policy_response": policy_responses[i],
-               "gold_sft": round(gold_baseline[i], 4), "gold_policy": round(gold_policy[i], 4)}
+        row = {"prompt": prompt, "sft_response": baseline_responses[i], "policy_response": policy_responses[i]}
+        if gold_policy is not None:
+            row.update(gold_sft=round(gold_baseline[i], 4), gold_policy=round(gold_policy[i], 4))
         if rm_policy is not None:
             row.update(rm_sft=round(rm_baseline[i], 4), rm_policy=round(rm_policy[i], 4))
         rows.append(row)
@@ -207,8 +240,11 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
         reward_model = load_reward_model(reward_path, device) if reward_path.exists() else None
         if reward_model is None:
             log(f"eval: no reward model at {reward_path}; rm_win_rate is left out")
+        gold_omitted = gold_omission(run, prompts, prompt_file)
+        if gold_omitted:
+            log(f"eval: gold_win_rate is left out: {gold_omitted}")
         judged, rows = judge_pairs(prompts, policy_responses, baseline_responses, reward_model,
-                                   cfg.sampling.batch_size)
+                                   cfg.sampling.batch_size, include_gold=gold_omitted is None)
 
         documents, text_source = held_out_documents(run, cfg.text.path, cfg.text.text_field)
         ppl_before = perplexity(baseline, text_blocks(baseline_tokenizer, documents, cfg.text.seq_len,
@@ -221,10 +257,12 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
         "gold_win_rate": judged["gold_win_rate"],
         "rm_win_rate": judged["rm_win_rate"],
         "kl": sum(kls) / n,
+        "kl_se": statistics.standard_error(kls),
         "ppl_before": ppl_before,
         "ppl_after": ppl_after,
         "ppl_change": ppl_after / ppl_before - 1.0,
         **{k: v for k, v in judged.items() if k not in ("gold_win_rate", "rm_win_rate")},
+        "gold_omitted": gold_omitted,
         "response_length_policy": float(policy_batch.response_lengths.float().mean()),
         "eos_rate_policy": float(policy_batch.ended_with_eos.float().mean()),
         "policy": str(checkpoint),
@@ -250,11 +288,25 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
         atomic.write_json(written, result)
         record_finished(run, key, inputs, written, cache, gold_win_rate=result.get("gold_win_rate"),
                         kl=result.get("kl"))
-    rm_text = f"{result['rm_win_rate']:.1%}" if result["rm_win_rate"] is not None else "n/a"
-    log(f"eval: gold win rate {result['gold_win_rate']:.1%}, reward-model win rate {rm_text}, KL {result['kl']:.2f} "
-        f"nats, perplexity {ppl_before:.2f} -> {ppl_after:.2f} ({result['ppl_change']:+.1%}); "
-        f"written to {written}")
+    log(f"eval: {summary_line(result)}; written to {written}")
     return result
+
+
+def _rate_text(result: dict[str, Any], judge: str) -> str:
+    rate, interval = result.get(f"{judge}_win_rate"), result.get(f"{judge}_win_rate_ci")
+    if rate is None:
+        return "n/a"
+    text = f"{rate:.1%}" + (f" [{interval[0]:.1%}, {interval[1]:.1%}]" if interval else "")
+    controlled = result.get(f"{judge}_lc_win_rate")
+    return text + (f" (length-controlled {controlled:.1%})" if controlled is not None else "")
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """The figures of an evaluation in one line: win rates with 95% intervals, KL +- its standard error, perplexity."""
+    kl_se = result.get("kl_se")
+    kl = f"KL {result['kl']:.2f}" + (f" +- {kl_se:.2f}" if kl_se is not None else "") + " nats"
+    return (f"gold win rate {_rate_text(result, 'gold')}, reward-model win rate {_rate_text(result, 'rm')}, {kl}, "
+            f"perplexity {result['ppl_before']:.2f} -> {result['ppl_after']:.2f} ({result['ppl_change']:+.1%})")
 
 
 def _round_of(run: RunDir, checkpoint: Path) -> int:

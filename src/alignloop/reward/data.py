@@ -543,8 +543,10 @@ class PreferenceBatches:
         return self.collate(self.batch_groups(index))
 
 
-def fixed_batches(groups: list[EncodedGroup], batch_size: int, pad_token_id: int) -> Iterable[dict[str, torch.Tensor]]:
-    """Evaluation batches: sorted by length (least padding), always the same."""
+def fixed_batches(groups: list[EncodedGroup], batch_size: int, pad_token_id: int
+                  ) -> Iterable[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Evaluation batches, sorted by length (least padding), always the same: (indices of the groups in it, batch)."""
     order = sorted(range(len(groups)), key=lambda i: groups[i].tokens)
     for start in range(0, len(order), batch_size):
-        yield collate_groups([groups[i] for i in order[start:start + batch_size]], pad_token_id)
+        chosen = order[start:start + batch_size]
+        yield chosen, collate_groups([groups[i] for i in chosen], pad_token_id)

@@ -279,20 +279,27 @@ def read_gold_pairs(path: Path) -> tuple[list[str], list[str], list[str]]:
 
 
 def _gold_pairs(run: RunDir, cfg: RewardEvalConfig, log: Log, save_to: Optional[Path] = None
-                ) -> Optional[tuple[list[str], list[str], list[str]]]:
-    """Fresh pairs sampled from the policy on the built-in task's evaluation prompts (written to `save_to`),
-    those of `gold.pairs_file`, or None."""
+                ) -> tuple[Optional[tuple[list[str], list[str], list[str]]], Optional[str]]:
+    """(pairs, None): fresh pairs sampled from the policy on the built-in task's evaluation prompts (written to
+    `save_to`), or those of `gold.pairs_file`; (None, why) when there are none to judge."""
+    from alignloop.evaluation.gold_scope import gold_omission
     from alignloop.stages import builtin_paths, read_prompts
 
     if cfg.gold.pairs_file:
-        return read_gold_pairs(Path(cfg.gold.pairs_file))
+        pairs = read_gold_pairs(Path(cfg.gold.pairs_file))
+        reason = gold_omission(run, pairs[0], cfg.gold.pairs_file)
+        return (None, reason) if reason else (pairs, None)
     prompt_file = Path(cfg.gold.prompts) if cfg.gold.prompts else builtin_paths(run)["eval_prompts"]
-    if cfg.gold.pairs == 0 or not prompt_file.exists():
-        return None
+    if cfg.gold.pairs == 0:
+        return None, "gold.pairs=0"
+    if not prompt_file.exists():
+        return None, gold_omission(run, [], prompt_file) or f"no prompt file {prompt_file}"
     policy = Path(cfg.gold.policy) if cfg.gold.policy else run.final("sft")
     if not policy.exists():
-        log(f"{STAGE} eval: no policy at {policy} to sample gold pairs from; skipping the gold check")
-        return None
+        return None, f"no policy at {policy} to sample gold pairs from"
+    reason = gold_omission(run, read_prompts(prompt_file), prompt_file)
+    if reason:
+        return None, reason
     from alignloop.generation.text import complete
     from alignloop.models.causal_lm import load_causal_lm
     from alignloop.tokenizer import load_tokenizer
@@ -312,7 +319,7 @@ def _gold_pairs(run: RunDir, cfg: RewardEvalConfig, log: Log, save_to: Optional[
         # judge exactly these pairs (gold.pairs_file).
         atomic.write_text(save_to, "".join(json.dumps({"prompt": p, "a": x, "b": y}) + "\n"
                                            for p, x, y in zip(prompts, a, b)))
-    return prompts, a, b
+    return (prompts, a, b), None
 
 
 def _eval_inputs(cfg: RewardEvalConfig, path: Path, cache: DigestCache) -> StageInputs:
@@ -328,14 +335,16 @@ def _eval_inputs(cfg: RewardEvalConfig, path: Path, cache: DigestCache) -> Stage
 def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: Optional[str] = None,
                     explicit: Optional[set[str]] = None, keep_record: bool = True, force: bool = False
                     ) -> dict[str, Any]:
-    """Accuracy, loss, ECE and accuracy by margin of a reward model (and gold agreement on the built-in task).
+    """Accuracy (with its 95% interval), loss, ECE, accuracy by margin, length and truncation diagnostics of a
+    reward model (`alignloop.reward.evaluate.preference_report`), and agreement with the gold judge on the built-in
+    task (elsewhere `gold_omitted` says why there is none).
 
     `explicit`: the data.* keys the user set, which win over those recorded by training. For a round's own
     model with `keep_record`, the figures are the run's record (`rounds/NNN/reward/eval.json`, with the gold
     pairs in `gold_pairs.jsonl`, manifest entry `reward-eval:NNN`): kept when made from the same inputs,
     refused (unless `force`) when from others. Without `keep_record` nothing in the run changes.
     """
-    from alignloop.reward.evaluate import gold_agreement, preference_metrics, score_groups
+    from alignloop.reward.evaluate import gold_agreement, preference_report
 
     if cfg.model:
         path = Path(cfg.model)
@@ -373,24 +382,25 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
         split = cfg.split if cfg.split != "auto" else ("all" if cfg.data.path else "val")
         if split == "val":
             _, groups = split_groups(groups, data.val_fraction, data.seed)
-        encoded = encode_groups(groups, reward.encode)
-        chosen, rejected, strength = score_groups(reward, encoded, cfg.batch_size)
-        figures = preference_metrics(chosen, rejected, strength, cfg.bins)
+        figures = preference_report(reward, encode_groups(groups, reward.encode), cfg.batch_size, cfg.bins)
         result.update(figures)
         result["data"] = prefs.source
         result["split"] = split
         result["skipped"] = dict(prefs.skipped)
         if figures["n"]:
-            log(f"{STAGE} eval: accuracy {figures['accuracy']:.4f}, loss {figures['loss']:.4f}, "
-                f"ECE {figures['ece']:.4f} on {figures['n']} pairs ({split} split of {prefs.source})")
+            log(f"{STAGE} eval: {accuracy_line(figures)} on {figures['n']} pairs ({split} split of {prefs.source})")
+            log(f"{STAGE} eval: {length_line(figures)}")
 
     save_to = reward_dir(run, round_number) / "gold_pairs.jsonl" if keep_record else None
-    pairs = _gold_pairs(run, cfg, log, save_to)
+    pairs, gold_omitted = _gold_pairs(run, cfg, log, save_to)
+    result["gold_omitted"] = gold_omitted
+    if gold_omitted:
+        log(f"{STAGE} eval: no agreement with the gold judge: {gold_omitted}")
     if pairs is not None:
         gold = gold_agreement(reward, *pairs, batch_size=cfg.batch_size, bins=cfg.bins)
         result["gold"] = gold
         source = f"pairs from {cfg.gold.pairs_file}" if cfg.gold.pairs_file else "fresh pairs"
-        log(f"{STAGE} eval: agreement with the gold judge {gold['accuracy']:.4f} on {gold['n']} {source} "
+        log(f"{STAGE} eval: agreement with the gold judge: {accuracy_line(gold)} on {gold['n']} {source} "
             f"({gold['gold_ties_skipped']} gold ties left out)")
         if "accuracy" not in result:
             result.update({k: gold[k] for k in ("accuracy", "loss", "ece", "n")})
@@ -399,10 +409,36 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
             ensemble = load_ensemble(reward_dir(run, round_number), device=reward.device)
             result["gold_ensemble"] = gold_agreement(ensemble, *pairs, batch_size=cfg.batch_size, bins=cfg.bins)
             log(f"{STAGE} eval: agreement of the ensemble ({len(members)} models, {ensemble.size} estimates, "
-                f"mean reward) with the gold judge {result['gold_ensemble']['accuracy']:.4f}")
+                f"mean reward) with the gold judge: {accuracy_line(result['gold_ensemble'])}")
     if "accuracy" not in result:
-        raise DataError("nothing to evaluate on: give data.path=FILE, or collect feedback in the run's store")
+        raise DataError("nothing to evaluate on: give data.path=FILE, or collect feedback in the run's store"
+                        + (f" (no gold check: {gold_omitted})" if gold_omitted else ""))
     if keep_record:
         atomic.write_json(record, result)
         record_finished(run, key, inputs, record, cache, accuracy=result.get("accuracy"))
     return result
+
+
+def accuracy_line(figures: dict[str, Any]) -> str:
+    """Accuracy with its 95% interval, loss and ECE, in a few words."""
+    if figures.get("accuracy") is None:
+        return "accuracy n/a"
+    interval = figures.get("accuracy_ci")
+    return (f"accuracy {figures['accuracy']:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+            + f", loss {figures['loss']:.4f}, ECE {figures['ece']:.4f}")
+
+
+def length_line(figures: dict[str, Any]) -> str:
+    """The length diagnostics in one line: where a reward model that pays for length shows it."""
+    length, cut = figures.get("length") or {}, (figures.get("truncation") or {}).get("cut") or {}
+
+    def share(value: Optional[float]) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
+
+    rho = length.get("reward_length_spearman")
+    return (f"accuracy where people chose the longer reply {share((length.get('chosen_longer') or {}).get('accuracy'))}"
+            f", the shorter {share((length.get('chosen_shorter') or {}).get('accuracy'))}; "
+            f"'longer wins' scores {share(length.get('longer_wins_accuracy'))}, the model prefers the longer reply "
+            f"{share(length.get('model_prefers_longer'))}; rank correlation of reward with length "
+            f"{'n/a' if rho is None else f'{rho:.2f}'}; {cut.get('n', 0)} pairs with a reply cut at max_length "
+            f"(accuracy {share(cut.get('accuracy'))})")
