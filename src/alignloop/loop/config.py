@@ -9,13 +9,19 @@ from pydantic import Field
 from alignloop.config.base import Section
 from alignloop.evaluation.config import EvalConfig
 from alignloop.feedback.simulate import SimulateConfig
-from alignloop.reward.config import RewardConfig
+from alignloop.reward.config import GoldEvalConfig, RewardConfig, RewardEvalConfig
 from alignloop.rl.config import PPOConfig
 from alignloop.sample.config import SampleConfig
 
 
 def _round_sampling() -> SampleConfig:
     return SampleConfig(n_prompts=500, k=4, pairs_per_prompt=2, max_new_tokens=64)
+
+
+def _round_reward_eval() -> RewardEvalConfig:
+    # The validation split of the round's judgments is scored every round (seconds); sampling fresh pairs
+    # for the gold judge costs minutes on a CPU, so it is asked for with reward_eval.gold.pairs=N.
+    return RewardEvalConfig(gold=GoldEvalConfig(pairs=0))
 
 
 class HumanFeedbackConfig(Section):
@@ -40,6 +46,9 @@ class LoopConfig(Section):
     overlap: int = Field(1, ge=1, description="Annotators per item.")
     human: HumanFeedbackConfig = Field(default_factory=HumanFeedbackConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    reward_eval: RewardEvalConfig = Field(
+        default_factory=_round_reward_eval, description="The round's reward model checked on its validation "
+                                                        "judgments (accuracy, calibration, length) for the report.")
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report: bool = Field(True, description="Write report.html after every round.")

@@ -5,7 +5,7 @@ from round r-1's (round 1: SFT); the reference stays the SFT model; the reward
 model is retrained on all feedback so far, warm-started from round r-1's.
 
 Crash safety: every step records itself in manifest.json (`sample:00r`,
-`feedback:00r`, `reward:00r`, `ppo:00r`, `eval:00r`) and is itself resumable
+`feedback:00r`, `reward:00r`, `reward-eval:00r`, `ppo:00r`, `eval:00r`) and is itself resumable
 (samples.jsonl before the store, judgments committed one by one, training
 checkpoints), so after `kill -9` the same command picks up where it died, redoes
 no finished step, and loses no judgment.
@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from alignloop.errors import AlignloopError
+from alignloop.errors import AlignloopError, DataError
 from alignloop.evaluation.stage import run_eval
 from alignloop.feedback import open_store
 from alignloop.feedback.simulate import run_simulated
 from alignloop.loop.config import LoopConfig
 from alignloop.loop.report import write_report
-from alignloop.reward.stage import run_reward
+from alignloop.reward.stage import run_reward, run_reward_eval
 from alignloop.rl.ppo import run_ppo
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.sample.stage import run_sample
@@ -134,6 +134,12 @@ def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log, 
     if number > 1 and previous_reward.exists() and not cfg.reward.model.path:
         reward_cfg.model.path = str(previous_reward)  # warm start
     run_reward(run, reward_cfg, log, force=force)
+    reward_eval_cfg = cfg.reward_eval.model_copy(deep=True)
+    reward_eval_cfg.round = number
+    try:
+        run_reward_eval(run, reward_eval_cfg, log, force=force)
+    except DataError as exc:  # a diagnostic for the report: a round too small to check still trains
+        log(f"round {number}: the reward model was not evaluated: {exc}")
     crash_point(f"loop:{number}:rewarded")
 
     log(f"round {number}: [4/5] PPO from {policy}, reference {reference}")
