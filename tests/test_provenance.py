@@ -91,6 +91,19 @@ def test_changes_name_added_and_dropped_inputs():
                                                   "corpus: corpus.txt (content aaaa) -> (no longer read)"]
 
 
+def test_settings_of_another_version_count_only_off_their_defaults():
+    from alignloop.pretrain.config import PretrainConfig
+
+    recorded = StageInputs.of(PretrainConfig())
+    entry = _entry(recorded)
+    del entry["config"]["train.grad_clip"]  # as a version without that setting recorded it
+    entry["config"]["train.retired_setting"] = 3  # and one this version no longer has
+    entry["inputs"]["config"] = "written-by-another-version"
+    assert describe_changes(entry, StageInputs.of(PretrainConfig())) == []
+    changed = PretrainConfig.model_validate({"train": {"grad_clip": 0.5}})
+    assert describe_changes(entry, StageInputs.of(changed)) == ["train.grad_clip: (unset) -> 0.5"]
+
+
 def test_stale_dependents_follow_the_chain():
     stages = {
         "sft": {"outputs": {"final": "s1"}},

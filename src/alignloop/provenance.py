@@ -163,11 +163,17 @@ class StageInputs:
     # The digests read on the way, written to the run's cache once the stage records itself (a command that
     # fails before that leaves the run directory as it found it).
     cache: Optional[DigestCache] = field(default=None, repr=False)
+    # The config class's defaults: a setting that a newer version added is no change while it keeps them.
+    defaults: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, cfg: BaseModel | dict, exclude: Iterable[str] = ()) -> "StageInputs":
         settings = config_settings(cfg, exclude)
-        return cls(settings=settings, fingerprints={"config": digest_json(settings)})
+        try:
+            defaults = config_settings(type(cfg)(), exclude) if isinstance(cfg, BaseModel) else {}
+        except ValueError:  # a config without defaults for every field
+            defaults = {}
+        return cls(settings=settings, fingerprints={"config": digest_json(settings)}, defaults=defaults)
 
     def add_artifact(self, name: str, path: Path | str, cache: Optional[DigestCache] = None) -> "StageInputs":
         """Fingerprint a file or checkpoint folder by its content (a one-line error if it is not there)."""
@@ -190,16 +196,23 @@ class StageInputs:
 
 
 def describe_changes(entry: dict[str, Any], current: StageInputs) -> list[str]:
-    """`key: old -> new` for each setting and artifact that differs from what the manifest recorded."""
+    """`key: old -> new` for each setting and artifact that differs from what the manifest recorded.
+
+    Settings are compared one by one: one that this version added counts only when it is off its default,
+    one that it dropped not at all (the record was written by another version of alignloop).
+    """
     changes = []
     old_settings = entry.get("config") or {}
     if entry.get("inputs", {}).get("config") != current.fingerprints.get("config"):
         for key in sorted(set(old_settings) | set(current.settings)):
-            old, new = old_settings.get(key, "(unset)"), current.settings.get(key, "(unset)")
-            if old != new:
-                changes.append(f"{key}: {json.dumps(old)} -> {json.dumps(new)}")
-        if not changes:
-            changes.append("config: settings recorded by another version")
+            if key not in current.settings:
+                continue
+            new = current.settings[key]
+            if key not in old_settings:
+                if key not in current.defaults or current.defaults[key] != new:
+                    changes.append(f"{key}: (unset) -> {json.dumps(new)}")
+            elif old_settings[key] != new:
+                changes.append(f"{key}: {json.dumps(old_settings[key])} -> {json.dumps(new)}")
     old_inputs, old_notes = entry.get("inputs") or {}, entry.get("notes") or {}
     for name, new in current.fingerprints.items():
         if name == "config":
