@@ -7,10 +7,12 @@ group:
 
 - GRPO (Shao et al. 2024, DeepSeekMath §4.1): A = (r - mean(group)) / std(group);
   the KL to the reference is a loss term beta * KL_k3(pi || pi_ref) on every
-  token, not a reward penalty.
+  token (`grpo.kl_loss_estimator`), not a reward penalty.
 - RLOO (Ahmadian et al. 2024): A = r - mean of the other k-1 responses'
-  rewards, with the KL penalty in the reward, beta * sum_t KL_t (set
-  `grpo.kl_in_loss=false`).
+  rewards, with the KL penalty in the reward, beta * sum_t (log pi - log pi_ref)
+  (set `grpo.kl_in_loss=false`). In the reward only k1 is allowed: the
+  reward's policy gradient E[R grad log pi] is the KL's gradient for k1 alone
+  (for k3 it is ~0 near the reference and can raise the KL).
 
 Every token of a response gets the response's advantage. The loss is PPO's
 clipped surrogate, averaged over tokens (one epoch makes it plain REINFORCE
@@ -57,7 +59,7 @@ def grpo_state(policy, reference, scorer: RewardScorer, tokenizer, cfg: GRPOConf
 
 
 def grpo_update(state: RLState, exp: Experience, cfg: GRPOConfig, beta: float) -> dict[str, float]:
-    """`epochs` x `minibatches` steps of the clipped surrogate (+ beta * KL_k3 when `kl_in_loss`)."""
+    """`epochs` x `minibatches` steps of the clipped surrogate (+ beta * KL when `kl_in_loss`)."""
     algo = cfg.grpo
     device = exp.input_ids.device
     totals: dict[str, float] = {}
@@ -76,7 +78,7 @@ def grpo_update(state: RLState, exp: Experience, cfg: GRPOConfig, beta: float) -
                     logprobs, entropy = policy_forward(state.policy, micro, cfg.sampling.temperature)
                     policy_loss, pg_stats = ppo_policy_loss(logprobs, micro.logprobs, micro.advantages,
                                                             micro.response_mask, algo.clip_range)
-                    kl = masked_mean(kl_penalty(logprobs, micro.ref_logprobs, "k3"), micro.response_mask)
+                    kl = masked_mean(kl_penalty(logprobs, micro.ref_logprobs, algo.kl_loss_estimator), micro.response_mask)
                     loss = policy_loss + (beta * kl if algo.kl_in_loss else 0.0)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"{STAGE}: the loss became {float(loss)}; lower grpo.lr")

@@ -35,6 +35,14 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind = "k1") -> T
     - ``k2`` = (log r)^2 / 2: biased, low variance, >= 0.
     - ``k3`` = (r - 1) - log r: unbiased, low variance, >= 0.
     - ``abs`` = |log r|.
+    Where each may be used depends on how its gradient is taken:
+    - as a penalty in the reward (PPO, RLOO), the estimate is a number held
+      fixed and the policy gradient is E_pi[k * grad log pi]: that is
+      grad KL(pi || ref) for k1 alone (E_pi[grad log pi] = 0 absorbs the rest);
+      for k3 it is grad KL + sum_x ref(x) grad log pi(x), ~0 near the reference;
+    - as a loss term differentiated through log pi on the policy's own samples
+      (GRPO), k2's expected gradient is grad KL(pi || ref) and k3's is
+      grad KL(ref || pi); k1's is 0.
     Returns [B, T]; the caller masks padding.
     """
     log_ratio = ref_logprobs - logprobs
