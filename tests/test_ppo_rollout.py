@@ -202,3 +202,54 @@ def test_approximate_kl_above_target_stops_the_epochs(parts, rl_run_template):
     stats = ppo_update(state, exp, cfg)
     # The first step only measures the rollout policy (approx KL 0); the second has moved it past the target.
     assert stats["minibatch_steps"] == 2 and stats["epochs_run"] == 1
+
+
+def test_a_critic_copied_from_the_reward_model_predicts_the_normalised_reward(rl_run_template, tmp_path):
+    """With normalisation on, PPO's reward at the last token is (score - mean) / std: the copied critic's value
+    where the reward model reads its score (the EOS position) is that, not the raw score."""
+    import json
+    import shutil
+
+    from alignloop.reward.model import RewardStats, encode_decoder_pair, last_token_index, pad_batch
+    from alignloop.rl.critic import load_critic
+
+    rm_path = tmp_path / "reward"
+    shutil.copytree(rl_run_template / "rounds" / "001" / "reward" / "final", rm_path)
+    (rm_path / "reward_stats.json").write_text(json.dumps({"mean": 1.7, "std": 0.4, "n": 500}))
+    reward_model = load_reward_model(rm_path, "cpu")
+    assert reward_model.stats == RewardStats(1.7, 0.4, 500)
+    critic = critic_from_reward_model(rm_path, reward_model.stats)
+
+    pairs = [("Tom went to the park.", "Tom saw a dog. The end."), ("Zoe", "Zoe was happy."),
+             ("Mia saw a cat.", "The cat was very nice. Mia was happy. The end.")]
+    batch = pad_batch([encode_decoder_pair(reward_model.tokenizer, p, r, 64) for p, r in pairs],
+                      reward_model.tokenizer.pad_token_id)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        normalised = reward_model.normalise(reward_model(ids, mask))
+        # The critic's value of position j reads the hidden state at j - 1 (the state before token j), so one
+        # padding column on the right makes its last value read the EOS position, the reward model's.
+        values = critic(torch.nn.functional.pad(ids, (0, 1), value=reward_model.tokenizer.pad_token_id),
+                        torch.nn.functional.pad(mask, (0, 1)), 1)
+        at_eos = values[torch.arange(len(pairs)), last_token_index(mask)]
+        # float32 bound: the head's products |w_i h_i| summed, and the shift, each rounded a few dozen times.
+        hidden = reward_model._backbone(input_ids=ids, attention_mask=mask)[0][torch.arange(len(pairs)),
+                                                                                last_token_index(mask)]
+        magnitude = (hidden.abs() @ reward_model._head.weight.abs().T).squeeze(-1) + abs(reward_model.stats.mean)
+    tolerance = 64 * torch.finfo(torch.float32).eps * magnitude / reward_model.stats.std
+    assert ((at_eos - normalised).abs() <= tolerance).all(), (at_eos, normalised, tolerance)
+    raw = reward_model(ids, mask)
+    assert ((at_eos - raw).abs() > 1.0).all()  # the raw head would be off by about (mean - score (1 - std)) / std
+
+    # Resuming PPO reloads the critic from its checkpoint: the same values (the shift is in its config.json).
+    critic.save_pretrained(tmp_path / "critic")
+    reloaded = load_critic(tmp_path / "critic")
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, mask, 1), critic(ids, mask, 1))
+    # Without normalisation the critic is the reward model's head as it is.
+    plain = critic_from_reward_model(rm_path)
+    with torch.no_grad():
+        plain_values = plain(torch.nn.functional.pad(ids, (0, 1), value=reward_model.tokenizer.pad_token_id),
+                             torch.nn.functional.pad(mask, (0, 1)), 1)
+    assert torch.allclose(plain_values[torch.arange(len(pairs)), last_token_index(mask)], raw,
+                          atol=float(tolerance.max() * reward_model.stats.std))

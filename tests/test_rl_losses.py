@@ -10,6 +10,7 @@ from alignloop.rl.losses import (
     entropy_from_logits,
     explained_variance,
     group_advantages,
+    last_token_value_error,
     ppo_policy_loss,
     ppo_value_loss,
 )
@@ -88,6 +89,17 @@ def test_explained_variance():
     # a constant prediction explains nothing: residuals (-1, 0, 1) have the returns' variance
     assert explained_variance(torch.full((1, 4), 2.0), returns, mask).item() == pytest.approx(0.0)
     assert math.isnan(explained_variance(torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2)).item())
+
+
+def test_last_token_value_error_by_hand():
+    # Last tokens: row 1 at index 2 (V 0.5, G 2.0: -1.5), row 2 at index 0 (V 1.0, G 0.25: +0.75),
+    # row 3 has no token and is left out; padding (99) is never read.
+    values = torch.tensor([[9.0, 9.0, 0.5], [1.0, 99.0, 99.0], [7.0, 7.0, 7.0]])
+    returns = torch.tensor([[0.0, 0.0, 2.0], [0.25, 99.0, 99.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    # (0.5 - 2.0 + 1.0 - 0.25) / 2 = -0.375
+    assert last_token_value_error(values, returns, mask).item() == pytest.approx(-0.375)
+    assert last_token_value_error(values, returns, torch.zeros_like(mask)).item() == 0.0
 
 
 def test_dpo_loss_by_hand():

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from alignloop.reward.model import last_token_index
+
 __all__ = [
     "KLKind",
     "kl_penalty",
@@ -69,8 +71,7 @@ def token_rewards(score: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tenso
     """
     m = mask.to(kl.dtype)
     rewards = -beta * kl * m
-    steps = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-    last = (m * steps).argmax(-1)  # index of the last 1 in each row
+    last = last_token_index(mask)
     has_tokens = m.sum(-1) > 0
     rewards[torch.arange(mask.shape[0], device=mask.device), last] += score.to(kl.dtype) * has_tokens.to(kl.dtype)
     return rewards

@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignloop.reward.model import last_token_index
 from alignloop.rl.advantages import masked_mean, masked_var
 
 __all__ = [
     "ppo_policy_loss",
+    "last_token_value_error",
     "ppo_value_loss",
     "entropy_from_logits",
     "explained_variance",
@@ -116,6 +118,22 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     if float(var_returns) == 0.0:
         return torch.tensor(float("nan"), dtype=values.dtype, device=values.device)
     return 1.0 - var_residual / var_returns
+
+
+def last_token_value_error(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """Mean over responses of V(s_last) - G_last at each response's last token.
+
+    values, returns, mask: [B, T] (right-padded responses). At the last token the
+    GAE return is that token's reward, the shaped score minus its KL penalty, so
+    this is the critic's bias exactly where the score arrives: ~0 for a critic on
+    the reward's scale, the normalisation's mean and scale error for one that is
+    not. Rows without a token are left out; none at all gives 0.
+    """
+    rows = mask.sum(-1) > 0
+    last = last_token_index(mask)[rows]
+    picked = torch.arange(mask.shape[0], device=mask.device)[rows]
+    error = (values.detach() - returns.detach())[picked, last]
+    return error.mean() if error.numel() else torch.zeros((), dtype=values.dtype, device=values.device)
 
 
 def dpo_loss(

@@ -52,7 +52,8 @@ from alignloop.models.lora import describe, with_lora
 from alignloop.models.memory import enable_gradient_checkpointing
 from alignloop.rl.inputs import open_models, resolve_stage_inputs
 from alignloop.rl.kl import kl_penalty, token_rewards
-from alignloop.rl.losses import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss
+from alignloop.rl.losses import (entropy_from_logits, explained_variance, last_token_value_error, ppo_policy_loss,
+                                 ppo_value_loss)
 from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
@@ -261,6 +262,7 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
         **update,
         "explained_variance": float(explained_variance(exp.values, exp.returns, mask)),
         "value_mean": float(masked_mean(exp.values, mask)),
+        "value_error_last_token": float(last_token_value_error(exp.values, exp.returns, mask)),
         "advantage_mean": float(masked_mean(exp.advantages, mask)),
         "response_length": float(exp.response_lengths.mean()),
         "eos_rate": float(exp.ended_with_eos.float().mean()),
@@ -274,9 +276,11 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
     return exp, distributed.mean_across(stats, summed=("rollout_tokens_per_s", "update_tokens_per_s"))
 
 
-def _build_critic(kind: str, paths, scorer: RewardScorer, log) -> Critic:
+def _build_critic(cfg: PPOConfig, paths, scorer: RewardScorer, log) -> Critic:
+    kind = cfg.models.critic
     if kind == "reward" and scorer.by_ids:
-        return critic_from_reward_model(paths.reward)
+        # On the scale of the rewards it will predict: normalised when they are.
+        return critic_from_reward_model(paths.reward, scorer.reward_model.stats if cfg.reward.normalise else None)
     if kind == "reward":
         log(f"{STAGE}: the reward model reads another tokenizer or is an encoder; the critic starts from the policy")
     return critic_from_policy(paths.policy)
@@ -303,13 +307,13 @@ def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: 
     reward_model = load_reward_model(paths.reward, device)
     scorer = RewardScorer(reward_model, tokenizer, batch_size=cfg.sampling.batch_size)
     if cfg.models.lora.enabled:  # adapters on the critic too; its checkpoint holds them and the value head
-        base = _build_critic(cfg.models.critic, paths, scorer, log)
+        base = _build_critic(cfg, paths, scorer, log)
         critic_checkpoint = checkpoint / "critic" if checkpoint else None
         critic = Critic(with_lora(base.model, cfg.models.lora, "seq_cls", critic_checkpoint, cfg.run.seed))
     elif checkpoint is not None:
         critic = load_critic(checkpoint / "critic")
     else:
-        critic = _build_critic(cfg.models.critic, paths, scorer, log)
+        critic = _build_critic(cfg, paths, scorer, log)
     critic.to(device)
     if cfg.run.gradient_checkpointing:
         enable_gradient_checkpointing(critic.model)
