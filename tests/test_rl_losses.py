@@ -10,6 +10,7 @@ from alignloop.rl.losses import (
     entropy_from_logits,
     explained_variance,
     group_advantages,
+    implicit_reward_accuracy,
     last_token_value_error,
     ppo_policy_loss,
     ppo_value_loss,
@@ -132,6 +133,17 @@ def test_dpo_at_the_reference_is_log_two_and_gradient_only_reaches_the_policy():
 
 
 SCORES = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 6.0])  # two prompts, three samples each
+
+
+def test_implicit_reward_accuracy_counts_ties_half():
+    chosen = torch.tensor([0.3, 0.0, -0.2, 1e-7])
+    rejected = torch.tensor([0.1, 0.0, 0.5, 0.0])
+    # win, tie, loss, win (1e-7 above with no resolution): (1 + 0.5 + 0 + 1) / 4
+    assert implicit_reward_accuracy(chosen, rejected).item() == pytest.approx(0.625)
+    # 1e-7 within a resolution of 1e-6 is a tie: (1 + 0.5 + 0 + 0.5) / 4
+    assert implicit_reward_accuracy(chosen, rejected, 1e-6).item() == pytest.approx(0.5)
+    # at the start (policy = reference) every margin is 0: chance, not 0
+    assert implicit_reward_accuracy(torch.zeros(5), torch.zeros(5)).item() == 0.5
 
 
 def test_grpo_advantages_by_hand():

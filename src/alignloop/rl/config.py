@@ -9,7 +9,7 @@ Each method then has its own section of algorithm settings (`ppo.*`,
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -97,6 +97,13 @@ class RewardShapingConfig(Section):
     kl_horizon: int = Field(10000, ge=1, description="Adaptive controller: horizon in responses (larger = slower).")
 
 
+RecomputeLogprobs = Annotated[Literal["auto", True, False], Field(
+    description="Old log-probs of the ratio from a forward of the policy as the update runs it, after the "
+                "rollout, instead of the sampler's (OpenRLHF's choice). auto: on when the sampler is not exact "
+                "fp32 (bf16, on CUDA), where its step-by-step decode rounds differently from the training "
+                "forward; logs logprob_gap_kl.")]
+
+
 class PPOAlgorithmConfig(Section):
     """The PPO update (Schulman et al. 2017), with the details of Huang et al. 2022 ('37 implementation details')."""
 
@@ -119,6 +126,7 @@ class PPOAlgorithmConfig(Section):
     target_kl: Optional[float] = Field(
         None, gt=0, description="Stop an iteration's epochs early when a minibatch's approximate KL to the "
                                 "rollout policy exceeds this (unset: never).")
+    recompute_logprobs: RecomputeLogprobs = "auto"
 
 
 class RunLoopConfig(Section):
@@ -178,6 +186,7 @@ class GRPOAlgorithmConfig(Section):
                           "k3 (GRPO's; its expected gradient is that of KL(pi_ref || pi)) or k2 (that of "
                           "KL(pi || pi_ref), on the rollout policy's samples).")
     scale_by_std: bool = Field(True, description="grpo: divide by the group's std (Dr. GRPO sets this false).")
+    recompute_logprobs: RecomputeLogprobs = "auto"
 
 
 class GRPORewardShapingConfig(RewardShapingConfig):

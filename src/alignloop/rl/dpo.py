@@ -37,7 +37,7 @@ from alignloop.generation.logprobs import sequence_logprobs
 from alignloop.rl.config import DPOConfig, PreferenceDataConfig
 from alignloop.models.lora import describe
 from alignloop.rl.inputs import load_policy_and_reference, resolve_models, resolve_round
-from alignloop.rl.losses import dpo_loss
+from alignloop.rl.losses import dpo_loss, implicit_reward_accuracy
 from alignloop.rl.state import freeze
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
 from alignloop.tokenizer import load_tokenizer
@@ -179,8 +179,11 @@ def dpo_step_loss(policy, pairs: list[EncodedPair], ref: torch.Tensor, cfg: DPOC
     ref = ref.to(device)
     loss, chosen_rewards, rejected_rewards = dpo_loss(both[:n], both[n:], ref[:, 0], ref[:, 1], cfg.dpo.beta,
                                                       cfg.dpo.label_smoothing)
+    # Margins the four float32 sums cannot resolve (a few ulps of their size) are ties, not preferences.
+    magnitude = both[:n].detach().abs() + both[n:].detach().abs() + ref[:, 0].abs() + ref[:, 1].abs()
+    resolution = cfg.dpo.beta * 8 * torch.finfo(torch.float32).eps * magnitude
     return loss, {"loss": float(loss.detach()),
-                  "reward_accuracy": float((chosen_rewards > rejected_rewards).float().mean()),
+                  "reward_accuracy": float(implicit_reward_accuracy(chosen_rewards, rejected_rewards, resolution)),
                   "reward_margin": float((chosen_rewards - rejected_rewards).mean()),
                   "chosen_reward": float(chosen_rewards.mean()), "rejected_reward": float(rejected_rewards.mean())}
 

@@ -39,11 +39,12 @@ from alignloop.rl.inputs import open_models, resolve_stage_inputs
 from alignloop.rl.kl import kl_penalty
 from alignloop.rl.losses import group_advantages, ppo_policy_loss
 from alignloop.rl.ppo import chunks, clip_gradients, minibatch_tokens, policy_forward, sum_across
-from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
+from alignloop.rl.rollout import (Experience, RewardScorer, clip_fraction, make_experience, make_sampler,
+                                  open_reward_scorer, recompute_logprobs_on, recompute_old_logprobs)
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
 from alignloop.runs import RunDir, round_stage_key, hash_inputs
 from alignloop.train import distributed
-from alignloop.train.device import autocast
+from alignloop.train.device import active_precision, autocast
 
 STAGE = "grpo"
 
@@ -109,6 +110,10 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
                               prompts=[p for p in prompts for _ in range(group)],
                               prompt_ids=[ids for ids in prompt_ids for _ in range(group)],
                               generator=state.generator, shaping=cfg.reward, batch_size=cfg.sampling.batch_size)
+    gap = {}
+    precision = active_precision(exp.input_ids.device)
+    if recompute_logprobs_on(cfg.grpo.recompute_logprobs, precision, precision):  # as PPO (`alignloop.rl.ppo`)
+        gap = recompute_old_logprobs(state.policy, exp, cfg.sampling.temperature, cfg.sampling.batch_size)
     experience_seconds = time.perf_counter() - started
     mask = exp.response_mask
     beta = state.kl_controller.beta
@@ -131,11 +136,13 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
     stats = {
         "score": float(exp.scores.mean()),
         "reward": float(exp.rewards.mean()),
+        "reward_clip_frac": clip_fraction(exp.scores, state.scorer.reward_model, cfg.reward),
         "reward_with_kl": float(sequence_rewards.mean()),
         "kl": mean_kl,
         "kl_coef": beta,
         **update,
         "group_score_std": float(grouped.std(-1).mean()),
+        **gap,
         "response_length": float(exp.response_lengths.mean()),
         "eos_rate": float(exp.ended_with_eos.float().mean()),
         "rollout_tokens_per_s": tokens / max(exp.rollout_seconds, 1e-9),
@@ -151,8 +158,6 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
 def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
              ) -> LoopResult | None:
     """Run (or resume, or skip if finished) GRPO/RLOO in a round; the policy goes to rounds/NNN/grpo/final."""
-    from alignloop.reward.model import load_reward_model
-
     round_number, paths, prompt_file, prompts = resolve_stage_inputs(run, cfg.models, cfg.prompts, cfg.run.round)
     stage_dir = run.round_dir(round_number) / STAGE
     final = stage_dir / "final"
@@ -166,7 +171,7 @@ def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m
                          cfg.run.gradient_checkpointing)
     device, checkpoint, source = models.device, models.checkpoint, models.source
     tokenizer, policy, reference = models.tokenizer, models.policy, models.reference
-    scorer = RewardScorer(load_reward_model(paths.reward, device), tokenizer, batch_size=cfg.sampling.batch_size)
+    scorer = open_reward_scorer(paths.reward, device, tokenizer, cfg.reward, cfg.sampling.batch_size, STAGE, log)
     state = grpo_state(policy, reference, scorer, tokenizer, cfg)
     start = restore_checkpoint(state, checkpoint) if checkpoint is not None else 0
     if start:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignloop.reward.losses import preference_accuracy
 from alignloop.reward.model import last_token_index
 from alignloop.rl.advantages import masked_mean, masked_var
 
@@ -24,6 +25,7 @@ __all__ = [
     "entropy_from_logits",
     "explained_variance",
     "dpo_loss",
+    "implicit_reward_accuracy",
     "group_advantages",
 ]
 
@@ -164,6 +166,20 @@ def dpo_loss(
     logits = beta * (chosen_log_ratio - rejected_log_ratio)
     losses = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
     return losses.mean(), (beta * chosen_log_ratio).detach(), (beta * rejected_log_ratio).detach()
+
+
+def implicit_reward_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor, resolution: Tensor | float = 0.0
+                             ) -> Tensor:
+    """Share of pairs whose chosen response has the higher implicit reward, ties counting one half.
+
+    A margin within ``resolution`` (scalar or [B]) is a tie: at the first step
+    the policy is the reference, every margin is 0 up to float rounding, and the
+    accuracy is 0.5, not 0 (strict >) or a coin toss on rounding noise.
+    chosen_rewards, rejected_rewards: [B].
+    """
+    margin = chosen_rewards - rejected_rewards
+    margin = torch.where(margin.abs() <= resolution, torch.zeros_like(margin), margin)
+    return preference_accuracy(margin, torch.zeros_like(margin))
 
 
 def group_advantages(
