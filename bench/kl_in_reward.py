@@ -12,8 +12,11 @@ The set-up, all through the `alignloop` command:
 1. pretrain a tiny model on the built-in story corpus, keeping its checkpoints;
 2. the reward model is that model with a zero head (every score 0), no
    normalisation, no missing-EOS penalty: the task reward is 0 for every response;
-3. the policy starts from an earlier pretraining checkpoint, the reference is
-   the final one, so the KL starts well above 0;
+3. the reference is the final checkpoint; the policy starts from
+   reference + mix x (an earlier checkpoint - reference): near the reference
+   (mix 0.15, about a nat of KL), where k3's gradient fails, and far from it
+   (mix 1, the earlier checkpoint itself), where k3 ~ k1 - 1 per token and both
+   pull back;
 4. PPO and RLOO with a fixed beta, once with k1 and once with k3 in the reward.
 
 k3 in the reward is refused since issue 16, so its runs need the code from
@@ -21,33 +24,17 @@ before the fix: pass a checkout of it with `--old-src` (the k1 runs use this
 checkout's code). Results go to `bench/results/kl_in_reward.json`.
 
 Usage: PYTHONPATH=src .venv/bin/python bench/kl_in_reward.py --old-src OLD_CHECKOUT/src
-       [--run runs/kl-in-reward] [--iterations 40] [--threads 2]
+       [--run runs/kl-in-reward] [--iterations 40] [--mixes 0.15,1] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-
-
-def alignloop(src: Path, *args: str, log: Path) -> None:
-    """Run `alignloop ARGS` with the package in `src`, output appended to `log`."""
-    env = dict(os.environ, PYTHONPATH=str(src), OMP_WAIT_POLICY="PASSIVE")
-    with log.open("a", encoding="utf-8") as out:
-        out.write(f"\n$ PYTHONPATH={src} alignloop {' '.join(args)}\n")
-        out.flush()
-        code = subprocess.run([sys.executable, "-m", "alignloop", *args], stdout=out, stderr=subprocess.STDOUT,
-                              env=env).returncode
-    if code != 0:
-        raise SystemExit(f"`alignloop {' '.join(args)}` failed (exit {code}); see {log}")
+from rl_builtin import RESULTS, ROOT, alignloop  # bench/ is the script's folder, first on sys.path
 
 
 def zero_reward_model(run: Path) -> Path:
@@ -66,6 +53,24 @@ def zero_reward_model(run: Path) -> Path:
     return out
 
 
+def start_policy(run: Path, early: Path, mix: float) -> Path:
+    """A checkpoint with weights reference + mix * (early - reference) (mix 1: the early checkpoint itself)."""
+    if mix == 1:
+        return early
+    out = run / f"start-mix-{mix:g}"
+    if not (out / "config.json").exists():
+        from alignloop.models.causal_lm import load_causal_lm
+        from alignloop.tokenizer import load_tokenizer
+        from alignloop.train.checkpoints import save_final
+
+        model = load_causal_lm(run / "pretrain" / "final")
+        far = load_causal_lm(early).state_dict()
+        model.load_state_dict({name: weight + mix * (far[name] - weight) if weight.is_floating_point() else weight
+                               for name, weight in model.state_dict().items()})
+        save_final(out, model, load_tokenizer(early))
+    return out
+
+
 def kl_curve(metrics: Path) -> list[float]:
     return [json.loads(line)["kl"] for line in metrics.read_text().splitlines()]
 
@@ -75,21 +80,22 @@ def main() -> None:
     parser.add_argument("--old-src", type=Path, required=True, help="src/ of a checkout from before the fix.")
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "kl-in-reward")
     parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--mixes", default="0.15,1", help="Where the policy starts: 0 = the reference, 1 = the "
+                                                           "earliest kept pretraining checkpoint.")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     run, new_src = args.run, ROOT / "src"
     run.mkdir(parents=True, exist_ok=True)
     log = run / "bench.log"
     if not (run / "pretrain" / "final").exists():
-        alignloop(new_src, "pretrain", "--run", str(run), "model.preset=tiny", "tokenizer.vocab_size=2000",
+        alignloop("pretrain", "--run", str(run), "model.preset=tiny", "tokenizer.vocab_size=2000",
                   "data.stories=4000", "data.seq_len=128", "train.max_steps=600", "train.save_every=150",
                   "train.keep_last=4", "train.eval_every=10000", "train.samples=0", f"train.threads={args.threads}",
                   log=log)
-    checkpoints = sorted((run / "pretrain" / "checkpoints").glob("step-*"))
-    start = checkpoints[0]  # the earliest kept: the policy starts away from the reference
+    early = sorted((run / "pretrain" / "checkpoints").glob("step-*"))[0]  # the earliest kept
     reward = zero_reward_model(run)
 
-    common = [f"models.policy={start}", f"models.reference={run / 'pretrain' / 'final'}", f"models.reward={reward}",
+    common = [f"models.reference={run / 'pretrain' / 'final'}", f"models.reward={reward}",
               "reward.normalise=false", "reward.missing_eos_penalty=0", "reward.adaptive_kl=false",
               "reward.kl_coef=0.1", "sampling.max_new_tokens=32", f"run.threads={args.threads}",
               "run.sample_table_every=0", "run.precision=fp32"]
@@ -102,27 +108,28 @@ def main() -> None:
     }
     runs[("rloo", "k3")] = (args.old_src.resolve(), *runs[("rloo", "k1")][1:])
     runs[("ppo", "k3")] = (args.old_src.resolve(), *runs[("ppo", "k1")][1:])
-    results = {}
-    for number, ((method, estimator), (src, command, settings)) in enumerate(sorted(runs.items()), start=1):
+    results = []
+    mixes = [float(m) for m in args.mixes.split(",")]
+    cases = [(mix, *case) for mix in mixes for case in sorted(runs.items())]
+    for number, (mix, (method, estimator), (src, command, settings)) in enumerate(cases, start=1):
         metrics = run / "rounds" / f"{number:03d}" / command / "metrics.jsonl"
         if not metrics.exists() or len(kl_curve(metrics)) < args.iterations:
-            started = time.monotonic()
-            alignloop(src, command, "--run", str(run), f"run.round={number}", f"reward.kl_estimator={estimator}",
-                      *common, *settings, log=log)
-            print(f"{method} {estimator}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+            seconds = alignloop(command, "--run", str(run), f"run.round={number}", f"reward.kl_estimator={estimator}",
+                                f"models.policy={start_policy(run, early, mix)}", *common, *settings, log=log, src=src)
+            print(f"start {mix:g}, {method} {estimator}: {seconds:.0f} s", file=sys.stderr)
         curve = kl_curve(metrics)
-        results[f"{method}_{estimator}"] = {"kl_first": curve[0], "kl_last": curve[-1],
-                                            "kl_min": min(curve), "kl_max": max(curve), "kl": curve}
+        results.append({"start_mix": mix, "method": method, "estimator": estimator, "kl_first": curve[0],
+                        "kl_last": curve[-1], "kl_min": min(curve), "kl_max": max(curve), "kl": curve})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    setup = {"policy": str(start.relative_to(run)), "reference": "pretrain/final", "kl_coef": 0.1,
+    setup = {"early_checkpoint": str(early.relative_to(run)), "reference": "pretrain/final", "kl_coef": 0.1,
              "iterations": args.iterations, "task_reward": 0.0}
     (RESULTS / "kl_in_reward.json").write_text(json.dumps({"setup": setup, "runs": results}, indent=1) + "\n")
-    print("| method | KL estimator in the reward | KL at iteration 1 | KL at the last | min | max |")
-    print("|---|---|---|---|---|---|")
-    for name, r in results.items():
-        method, estimator = name.split("_")
-        print(f"| {method} | {estimator} | {r['kl_first']:.3f} | {r['kl_last']:.3f} | {r['kl_min']:.3f} | "
-              f"{r['kl_max']:.3f} |")
+    print("| policy starts at (mix) | method | KL estimator in the reward | KL at iteration 1 | at the last | "
+          "min | max |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['start_mix']:g} | {r['method']} | {r['estimator']} | {r['kl_first']:.3f} | {r['kl_last']:.3f} | "
+              f"{r['kl_min']:.3f} | {r['kl_max']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ def grpo_update(state: RLState, exp: Experience, cfg: GRPOConfig, beta: float) -
                     logprobs, entropy = policy_forward(state.policy, micro, cfg.sampling.temperature)
                     policy_loss, pg_stats = ppo_policy_loss(logprobs, micro.logprobs, micro.advantages,
                                                             micro.response_mask, algo.clip_range)
-                    kl = masked_mean(kl_penalty(logprobs, micro.ref_logprobs, algo.kl_loss_estimator), micro.response_mask)
+                    kl = masked_mean(kl_penalty(logprobs, micro.ref_logprobs, algo.kl_loss_estimator),
+                                     micro.response_mask)
                     loss = policy_loss + (beta * kl if algo.kl_in_loss else 0.0)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"{STAGE}: the loss became {float(loss)}; lower grpo.lr")

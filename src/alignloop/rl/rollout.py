@@ -35,6 +35,7 @@ from torch import Tensor
 from alignloop.data.formatting import decode_response, encode_prompt
 from alignloop.generation.logprobs import sequence_logprobs
 from alignloop.generation.sampler import RolloutBatch, Sampler
+from alignloop.reward.model import load_reward_model, stats_warning
 from alignloop.rl.advantages import masked_mean
 from alignloop.rl.config import RewardShapingConfig, SamplingConfig
 from alignloop.rl.kl import kl_penalty
@@ -120,8 +121,6 @@ class RewardScorer:
 def open_reward_scorer(path, device: torch.device, policy_tokenizer, shaping: RewardShapingConfig, batch_size: int,
                        stage: str, log) -> RewardScorer:
     """The frozen reward model of an RL stage, with a warning when its normalisation statistics are thin."""
-    from alignloop.reward.model import load_reward_model, stats_warning
-
     reward_model = load_reward_model(path, device)
     warning = stats_warning(path, reward_model.stats) if shaping.normalise else None
     if warning:

@@ -24,7 +24,8 @@ import torch
 from alignloop.config.base import Precision
 from alignloop.errors import ConfigError
 
-__all__ = ["Precision", "active_precision", "autocast", "check_precision", "pick_device", "precision_scope", "route_cpu_products"]
+__all__ = ["Precision", "active_precision", "autocast", "check_precision", "pick_device", "precision_scope",
+           "route_cpu_products"]
 _PRECISION: contextvars.ContextVar[str] = contextvars.ContextVar("alignloop_precision", default="auto")
 
 
