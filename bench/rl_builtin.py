@@ -36,13 +36,13 @@ RESULTS = ROOT / "bench" / "results"
 NEW_TOKENS = 96
 
 
-def alignloop(*args: str, log: Path) -> float:
-    """Run one `alignloop` command, its output appended to `log`; returns seconds taken."""
+def alignloop(*args: str, log: Path, src: Path = ROOT / "src") -> float:
+    """Run one `alignloop` command (the package in `src`), its output appended to `log`; returns seconds taken."""
     # Passive OpenMP waiting: on a CPU shared with other work, spinning threads slowed small matmuls ~10x.
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ALIGNLOOP_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
+    env = dict(os.environ, PYTHONPATH=str(src), ALIGNLOOP_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
     started = time.monotonic()
     with log.open("a", encoding="utf-8") as out:
-        out.write(f"\n$ alignloop {' '.join(args)}\n")
+        out.write(f"\n$ PYTHONPATH={src} alignloop {' '.join(args)}\n")
         out.flush()
         code = subprocess.run([sys.executable, "-m", "alignloop", *args], stdout=out, stderr=subprocess.STDOUT,
                               env=env).returncode

@@ -40,6 +40,7 @@ def test_dpo_starts_at_log_two_and_learns_the_preference(rl_run):
     # Before the first update the policy is the reference: every implicit reward is 0 and the loss is log 2.
     assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert metrics[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics[0]["reward_accuracy"] == 0.5  # every pair a tie: each counts one half
     assert metrics[-1]["loss"] < metrics[0]["loss"] and metrics[-1]["reward_accuracy"] == 1.0
     assert "val_reward_accuracy" in metrics[-1]
 

@@ -202,3 +202,116 @@ def test_approximate_kl_above_target_stops_the_epochs(parts, rl_run_template):
     stats = ppo_update(state, exp, cfg)
     # The first step only measures the rollout policy (approx KL 0); the second has moved it past the target.
     assert stats["minibatch_steps"] == 2 and stats["epochs_run"] == 1
+
+
+def test_a_critic_copied_from_the_reward_model_predicts_the_normalised_reward(rl_run_template, tmp_path):
+    """With normalisation on, PPO's reward at the last token is (score - mean) / std: the copied critic's value
+    where the reward model reads its score (the EOS position) is that, not the raw score."""
+    import json
+    import shutil
+
+    from alignloop.reward.model import RewardStats, encode_decoder_pair, last_token_index, pad_batch
+    from alignloop.rl.critic import load_critic
+
+    rm_path = tmp_path / "reward"
+    shutil.copytree(rl_run_template / "rounds" / "001" / "reward" / "final", rm_path)
+    (rm_path / "reward_stats.json").write_text(json.dumps({"mean": 1.7, "std": 0.4, "n": 500}))
+    reward_model = load_reward_model(rm_path, "cpu")
+    assert reward_model.stats == RewardStats(1.7, 0.4, 500)
+    critic = critic_from_reward_model(rm_path, reward_model.stats)
+
+    pairs = [("Tom went to the park.", "Tom saw a dog. The end."), ("Zoe", "Zoe was happy."),
+             ("Mia saw a cat.", "The cat was very nice. Mia was happy. The end.")]
+    batch = pad_batch([encode_decoder_pair(reward_model.tokenizer, p, r, 64) for p, r in pairs],
+                      reward_model.tokenizer.pad_token_id)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        normalised = reward_model.normalise(reward_model(ids, mask))
+        # The critic's value of position j reads the hidden state at j - 1 (the state before token j), so one
+        # padding column on the right makes its last value read the EOS position, the reward model's.
+        values = critic(torch.nn.functional.pad(ids, (0, 1), value=reward_model.tokenizer.pad_token_id),
+                        torch.nn.functional.pad(mask, (0, 1)), 1)
+        at_eos = values[torch.arange(len(pairs)), last_token_index(mask)]
+        # float32 bound: the head's products |w_i h_i| summed, and the shift, each rounded a few dozen times.
+        hidden = reward_model._backbone(input_ids=ids, attention_mask=mask)[0][torch.arange(len(pairs)),
+                                                                                last_token_index(mask)]
+        magnitude = (hidden.abs() @ reward_model._head.weight.abs().T).squeeze(-1) + abs(reward_model.stats.mean)
+    tolerance = 64 * torch.finfo(torch.float32).eps * magnitude / reward_model.stats.std
+    assert ((at_eos - normalised).abs() <= tolerance).all(), (at_eos, normalised, tolerance)
+    raw = reward_model(ids, mask)
+    assert ((at_eos - raw).abs() > 1.0).all()  # the raw head would be off by about (mean - score (1 - std)) / std
+
+    # Resuming PPO reloads the critic from its checkpoint: the same values (the shift is in its config.json).
+    critic.save_pretrained(tmp_path / "critic")
+    reloaded = load_critic(tmp_path / "critic")
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, mask, 1), critic(ids, mask, 1))
+    # Without normalisation the critic is the reward model's head as it is.
+    plain = critic_from_reward_model(rm_path)
+    with torch.no_grad():
+        plain_values = plain(torch.nn.functional.pad(ids, (0, 1), value=reward_model.tokenizer.pad_token_id),
+                             torch.nn.functional.pad(mask, (0, 1)), 1)
+    assert torch.allclose(plain_values[torch.arange(len(pairs)), last_token_index(mask)], raw,
+                          atol=float(tolerance.max() * reward_model.stats.std))
+
+
+def test_recompute_logprobs_auto_rule():
+    from alignloop.rl.rollout import recompute_logprobs_on
+
+    # auto: on when the sampler's precision is not the training forward's, or is not exact fp32
+    assert recompute_logprobs_on("auto", "bf16", "fp32") and recompute_logprobs_on("auto", "fp32", "bf16")
+    assert recompute_logprobs_on("auto", "bf16", "bf16")
+    assert not recompute_logprobs_on("auto", "fp32", "fp32")
+    # an explicit setting wins either way
+    assert recompute_logprobs_on(True, "fp32", "fp32") and not recompute_logprobs_on(False, "bf16", "fp32")
+
+
+def test_logprob_gap_by_hand():
+    from alignloop.rl.rollout import logprob_gap
+
+    # log r = forward - sampler = [-0.5, 1.0] on the valid tokens; the padded third token (gap 5) never counts.
+    # k3: e^-0.5 - 1 + 0.5 = 0.1065307, e - 1 - 1 = 0.7182818; mean 0.4124063; max |log r| = 1.
+    gap = logprob_gap(torch.tensor([[-1.0, -2.0, 0.0]]), torch.tensor([[-1.5, -1.0, 5.0]]),
+                      torch.tensor([[1.0, 1.0, 0.0]]))
+    assert gap["logprob_gap_kl"] == pytest.approx(0.4124063, abs=1e-6) and gap["logprob_gap_max"] == 1.0
+
+
+def test_recomputed_old_logprobs_keep_the_ratio_at_one(parts, rl_run_template):
+    """Forced on in fp32 (bf16 is refused on CPU): the old log-probs come from the training forward, the ratio
+    still starts at 1 within 1e-5 and the sampler-vs-forward gap is float rounding; auto leaves fp32 alone."""
+    from alignloop.config.base import load_config
+    from alignloop.rl.ppo import ppo_iteration
+
+    policy, reference, reward_model, tokenizer, _ = parts
+    rm_path = rl_run_template / "rounds" / "001" / "reward" / "final"
+    for setting in ("true", "auto"):
+        cfg = load_config(PPOConfig, None, ["sampling.max_new_tokens=8", "ppo.epochs=1", "ppo.minibatches=2",
+                                            f"ppo.recompute_logprobs={setting}"])
+        state = ppo_state(policy, reference, critic_from_reward_model(rm_path),
+                          RewardScorer(reward_model, tokenizer), tokenizer, cfg)
+        torch.manual_seed(0)
+        exp, stats = ppo_iteration(state, RL_PROMPTS, encode_prompts(tokenizer, RL_PROMPTS, 64), cfg)
+        assert stats["ratio_dev"] < 1e-5
+        if setting == "auto":
+            assert "logprob_gap_kl" not in stats and "sampler_logprobs" not in exp.extra
+            continue
+        sampled, mask = exp.extra["sampler_logprobs"], exp.response_mask
+        # The same bound as the ratio's: the two passes agree to float rounding, and k3 <= (max |log r|)^2 there.
+        assert stats["logprob_gap_max"] == pytest.approx(float(((sampled - exp.logprobs) * mask).abs().max()))
+        assert stats["logprob_gap_max"] < 1e-5 and 0 <= stats["logprob_gap_kl"] <= stats["logprob_gap_max"] ** 2
+
+
+def test_reward_clip_fraction_by_hand(rl_run_template):
+    from alignloop.rl.rollout import clip_fraction, shape_scores
+
+    reward_model = load_reward_model(rl_run_template / "rounds" / "001" / "reward" / "final", "cpu")
+    assert (reward_model.stats.mean, reward_model.stats.std) == (0.1, 2.0)
+    cfg = PPOConfig().reward  # normalised, clip 5
+    # normalised: (s - 0.1) / 2 = [0, 5.05, -5.0, 5.45]: the second and the last lie beyond the clip
+    scores = torch.tensor([0.1, 10.2, -9.9, 11.0])
+    assert clip_fraction(scores, reward_model, cfg) == 0.5
+    shaped = shape_scores(scores, torch.ones(4, dtype=torch.bool), reward_model, cfg)
+    assert shaped.tolist() == pytest.approx([0.0, 5.0, -5.0, 5.0])
+    assert clip_fraction(scores, reward_model, cfg.model_copy(update={"clip": None})) == 0.0
+    # unnormalised: the raw scores against the clip, 10.2, -9.9 and 11.0 beyond it
+    assert clip_fraction(scores, reward_model, cfg.model_copy(update={"normalise": False})) == 0.75

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 PPO_ARGS = ["ppo.iterations=3", "ppo.rollout_prompts=8", "ppo.epochs=2", "ppo.minibatches=2", "run.save_every=1",
             "run.precision=fp32"]
 LOGGED = ["score", "reward", "kl", "kl_coef", "entropy", "clipfrac", "approx_kl", "policy_loss", "value_loss",
-          "explained_variance", "response_length", "rollout_tokens_per_s", "update_tokens_per_s", "ratio_dev"]
+          "explained_variance", "response_length", "rollout_tokens_per_s", "update_tokens_per_s", "ratio_dev",
+          "reward_clip_frac", "value_error_last_token"]
 
 
 def ppo(run: Path, env: dict[str, str] | None = None):
@@ -40,7 +41,10 @@ def test_ppo_trains_logs_skips_and_resumes_exactly(rl_run, tmp_path):
     shutil.copytree(rl_run, crashed)
 
     cfg = load_config(PPOConfig, None, [f"prompts.path={rl_run / 'prompts.jsonl'}", *PPO_ARGS, *TINY_RL])
-    assert run_ppo(RunDir(rl_run), cfg, log=lambda message: None).iterations == 3
+    said = []
+    assert run_ppo(RunDir(rl_run), cfg, log=said.append).iterations == 3
+    # The template's reward_stats.json comes from 10 responses: PPO says its normalisation is rough.
+    assert any("ppo: warning:" in line and "comes from 10 responses (fewer than 200)" in line for line in said)
     final = rl_run / "rounds" / "001" / "policy" / "final"
     from transformers import AutoModelForCausalLM
 

@@ -182,3 +182,116 @@ def test_packed_reading_gives_the_same_rewards(decoder_dir):
         packed = reward.packed_heads(**batch).squeeze(-1)
     plain = torch.cat([reward.score_texts([p] * len(rs), rs) for p, rs in groups])
     assert torch.allclose(packed, plain, atol=1e-5)
+
+
+# ---- training guards: packed reading only under SDPA, dropout off unless asked, thin statistics ------------
+
+GROUP_PROMPTS = ["Tom found a cat (1).", "Mia found a kite (2).", "Ben found a ball (3).", "Lily found a book (4)."]
+
+
+def preference_groups():
+    """Each prompt with three responses and two comparisons, so packing puts several responses in one row."""
+    from alignloop.reward.data import PromptGroup
+
+    nan = float("nan")
+    return [PromptGroup(p, [f"{p.split()[0]} was happy. The end.", "cat cat cat cat.", "It was a day."],
+                        pairs=[(0, 1, nan), (0, 2, nan)]) for p in GROUP_PROMPTS]
+
+
+def gpt2_with_dropout(directory, decoder_dir):
+    """A 2-layer GPT-2 with GPT-2's own dropout (0.1 everywhere), on the tiny decoder's tokenizer."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(decoder_dir))
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                        resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def first_step(reward, tmp_path, packed: bool, **settings):
+    """Train one step on the four groups (one batch); returns (logged loss, the batch's loss recomputed after).
+
+    The learning rate is so small that the step leaves every weight as it was, so the batch's loss recomputed
+    in eval mode (no dropout), read unpacked, is what the logged step-1 loss must be when training reads
+    exactly what scoring reads.
+    """
+    from alignloop.reward.config import RewardLossConfig, RewardTrainConfig
+    from alignloop.reward.data import MODEL_INPUTS, PreferenceBatches, collate_groups, encode_groups
+    from alignloop.reward.objective import batch_objective
+    from alignloop.reward.train import train_reward_model
+
+    encoded = encode_groups(preference_groups(), reward.encode, encode_parts=reward.encode_group if packed else None)
+    data = PreferenceBatches(encoded, len(encoded), reward.tokenizer.pad_token_id, seed=0, packed=packed)
+    assert data.packed == packed
+    cfg = RewardTrainConfig(max_steps=1, epochs=None, batch_size=len(encoded), lr=1e-30, warmup_steps=0,
+                            weight_decay=0.0, device="cpu", threads=1, log_every=1, **settings)
+    said = []
+    train_reward_model(stage="reward", stage_dir=tmp_path / "stage", reward=reward, data=data, val_groups=[],
+                       cfg=cfg, loss_cfg=RewardLossConfig(), stats_groups=encoded, final_dir=tmp_path / "final",
+                       log=said.append)
+    logged = json.loads((tmp_path / "stage" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    batch = collate_groups([encoded[i] for i in data.batch_groups(0)], reward.tokenizer.pad_token_id)
+    rewards = reward.eval().heads(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+    return logged, float(batch_objective(rewards.float(), batch)[0].detach()), said
+
+
+def test_eager_attention_is_never_read_packed(decoder_dir, tmp_path):
+    from alignloop.reward.model import pack_groups
+
+    torch.manual_seed(0)
+    reward = build_reward_model(decoder_dir, max_length=64)
+    reward.model.set_attn_implementation("eager")
+    assert reward.attention == "eager" and not reward.can_pack
+    # The packed mask under eager attention: added to the scores as 0/1, so every response sees the others.
+    batch = pack_groups([reward.encode_group(p, ["Tom was happy.", "cat cat."]) for p in GROUP_PROMPTS[:2]],
+                        reward.tokenizer.pad_token_id)
+    with pytest.raises(ConfigError, match="SDPA attention.*eager.*share_prompt=false"):
+        reward.packed_heads(**batch)
+    # Training handed packed batches (as the stage did before it asked) reads them unpacked: its first-step
+    # loss is the loss of the batch read one response at a time (a packed eager read is off by ~1e-3).
+    logged, expected, said = first_step(reward, tmp_path, packed=True)
+    assert logged == pytest.approx(expected, rel=8 * torch.finfo(torch.float32).eps)
+    assert any("eager attention cannot read packed prompt groups" in line for line in said)
+
+
+def test_sdpa_attention_is_still_read_packed(decoder_dir, tmp_path):
+    torch.manual_seed(0)
+    reward = build_reward_model(decoder_dir, max_length=64)
+    assert reward.attention == "sdpa" and reward.can_pack
+    logged, expected, said = first_step(reward, tmp_path, packed=True)
+    # Packed and unpacked reads differ by float rounding only (different batch layouts): the loss's scale times
+    # a few dozen ulps.
+    assert logged == pytest.approx(expected, rel=64 * torch.finfo(torch.float32).eps)
+    assert not any("cannot read packed" in line for line in said)
+
+
+def test_reward_training_turns_the_backbones_dropout_off_unless_asked(decoder_dir, tmp_path):
+    backbone = gpt2_with_dropout(tmp_path / "gpt2", decoder_dir)
+    eps = torch.finfo(torch.float32).eps
+    for dropout in (False, True):
+        torch.manual_seed(0)
+        reward = build_reward_model(backbone, max_length=64)
+        assert reward.model.config.resid_pdrop == 0.1
+        logged, expected, _ = first_step(reward, tmp_path / str(dropout), packed=False, dropout=dropout)
+        if dropout:  # a random mask on every activation: the step's rewards are not the model's rewards
+            assert abs(logged - expected) > 1e3 * eps * expected
+        else:
+            assert logged == pytest.approx(expected, rel=8 * eps)
+
+
+def test_thin_reward_statistics_are_warned_about(decoder_dir, tmp_path):
+    from alignloop.reward.model import stats_warning
+
+    reward = build_reward_model(decoder_dir, max_length=64)
+    assert "has no reward_stats.json" in stats_warning(tmp_path, RewardStats())
+    reward.stats = RewardStats(0.5, 2.0, 199)
+    reward.save(tmp_path / "thin")
+    assert "comes from 199 responses (fewer than 200)" in stats_warning(tmp_path / "thin", reward.stats)
+    assert stats_warning(tmp_path / "thin", RewardStats(0.5, 2.0, 200)) is None
+    # Training writes statistics from its 12 responses here, and says they are thin.
+    _, _, said = first_step(reward, tmp_path, packed=False)
+    assert any("warning: reward_stats.json comes from 12 responses" in line for line in said)

@@ -10,6 +10,8 @@ from alignloop.rl.losses import (
     entropy_from_logits,
     explained_variance,
     group_advantages,
+    implicit_reward_accuracy,
+    last_token_value_error,
     ppo_policy_loss,
     ppo_value_loss,
 )
@@ -90,6 +92,17 @@ def test_explained_variance():
     assert math.isnan(explained_variance(torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2)).item())
 
 
+def test_last_token_value_error_by_hand():
+    # Last tokens: row 1 at index 2 (V 0.5, G 2.0: -1.5), row 2 at index 0 (V 1.0, G 0.25: +0.75),
+    # row 3 has no token and is left out; padding (99) is never read.
+    values = torch.tensor([[9.0, 9.0, 0.5], [1.0, 99.0, 99.0], [7.0, 7.0, 7.0]])
+    returns = torch.tensor([[0.0, 0.0, 2.0], [0.25, 99.0, 99.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    # (0.5 - 2.0 + 1.0 - 0.25) / 2 = -0.375
+    assert last_token_value_error(values, returns, mask).item() == pytest.approx(-0.375)
+    assert last_token_value_error(values, returns, torch.zeros_like(mask)).item() == 0.0
+
+
 def test_dpo_loss_by_hand():
     # log-ratios: chosen -10 - (-11) = 1, rejected -12 - (-11) = -1; h = 2; beta * h = 0.2
     # loss = -ln sigmoid(0.2) = ln(1 + e^-0.2) = 0.5981389
@@ -120,6 +133,17 @@ def test_dpo_at_the_reference_is_log_two_and_gradient_only_reaches_the_policy():
 
 
 SCORES = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 6.0])  # two prompts, three samples each
+
+
+def test_implicit_reward_accuracy_counts_ties_half():
+    chosen = torch.tensor([0.3, 0.0, -0.2, 1e-7])
+    rejected = torch.tensor([0.1, 0.0, 0.5, 0.0])
+    # win, tie, loss, win (1e-7 above with no resolution): (1 + 0.5 + 0 + 1) / 4
+    assert implicit_reward_accuracy(chosen, rejected).item() == pytest.approx(0.625)
+    # 1e-7 within a resolution of 1e-6 is a tie: (1 + 0.5 + 0 + 0.5) / 4
+    assert implicit_reward_accuracy(chosen, rejected, 1e-6).item() == pytest.approx(0.5)
+    # at the start (policy = reference) every margin is 0: chance, not 0
+    assert implicit_reward_accuracy(torch.zeros(5), torch.zeros(5)).item() == 0.5
 
 
 def test_grpo_advantages_by_hand():

@@ -95,7 +95,12 @@ class RewardTrainConfig(TrainConfig):
     save_every: int = Field(50, ge=1, description="Write a resumable checkpoint every N steps.")
     share_prompt: bool = Field(True, description="Decoders: read each prompt once with all its responses in one row "
                                                  "(same rewards as reading prompt+response apart, less compute).")
-    stats_responses: int = Field(2000, ge=2, description="Responses scored for reward_stats.json (mean, std).")
+    stats_responses: int = Field(2000, ge=2, description="Responses scored for reward_stats.json (mean, std); "
+                                                         "fewer than 200 draw a warning.")
+    dropout: bool = Field(False, description="Keep the backbone's dropout on while training (HF backbones such "
+                                             "as GPT-2 and BERT ship with 0.1). Off, as in TRL and the N+ "
+                                             "implementation details: the reward of a response then does not "
+                                             "depend on a random mask, in training as in scoring.")
     samples: int = Field(0, ge=0, description="Unused by the reward stage.")
 
 

@@ -37,8 +37,11 @@ from torch import nn
 
 from alignloop.errors import CheckpointError, ConfigError
 from alignloop.models.causal_lm import check_checkpoint_dir
+from alignloop.models.memory import checkpointed_forward
 
 STATS_FILE = "reward_stats.json"
+# Fewer responses than this make the normalisation's mean and std noisy enough to change what a KL coefficient means.
+MIN_STATS_RESPONSES = 200
 # Extra keys we keep in the checkpoint's config.json (HF configs carry unknown attributes through save/load).
 POOLING_KEY = "alignloop_pooling"
 MAX_LENGTH_KEY = "alignloop_max_length"
@@ -78,6 +81,17 @@ def read_stats(path: Path) -> RewardStats:
     if not (math.isfinite(stats.mean) and math.isfinite(stats.std) and stats.std > 0):
         raise CheckpointError(f"{file} has an invalid mean or std ({stats.mean}, {stats.std})")
     return stats
+
+
+def stats_warning(path: Path | str, stats: RewardStats) -> Optional[str]:
+    """A warning when the reward statistics of the model in `path` are too thin to normalise by, else None."""
+    file = Path(path) / STATS_FILE
+    if not file.exists():
+        return f"{path} has no {STATS_FILE}: the scores are not normalised (mean 0, std 1 assumed)"
+    if stats.n < MIN_STATS_RESPONSES:
+        return (f"{file} comes from {stats.n} responses (fewer than {MIN_STATS_RESPONSES}): the mean and std that "
+                f"normalise the rewards are rough estimates")
+    return None
 
 
 def config_is_decoder(config) -> bool:
@@ -294,16 +308,24 @@ class RewardModel(nn.Module):
     def heads(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The reward of every head, shape [B, num_heads]."""
+        # Training keeps eval mode (dropout off) unless asked: checkpointing, when on, must still apply.
+        with checkpointed_forward(self.model):
+            return self._heads(input_ids, attention_mask, token_type_ids)
+
+    def _heads(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               token_type_ids: Optional[torch.Tensor]) -> torch.Tensor:
         if self._head is None or self.pooling == "native":
             kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
             if self.is_decoder:
                 # HF finds the scored position from pad ids; position ids from the mask make padding harmless.
                 kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                kwargs["use_cache"] = False  # eval mode would otherwise keep every layer's keys and values
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits.float()
         backbone = self._backbone
         if self.is_decoder:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)[0]
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                              use_cache=False)[0]
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             pooled = hidden[rows, last_token_index(attention_mask)]
         else:
@@ -316,15 +338,30 @@ class RewardModel(nn.Module):
         return self._head(pooled).float()
 
     @property
+    def attention(self) -> str:
+        """The backbone's attention implementation (transformers' name: sdpa, eager, flash_attention_2...)."""
+        return str(getattr(self._hf_model.config, "_attn_implementation", None) or "eager")
+
+    @property
     def can_pack(self) -> bool:
-        """Whether `packed_heads` applies: a decoder whose head we call ourselves."""
-        return self.is_decoder and self._head is not None
+        """Whether `packed_heads` applies: a decoder whose head we call ourselves, with SDPA attention.
+
+        `pack_groups`' 4-D boolean mask means "may attend" to SDPA only: eager attention adds it to the
+        scores as 0/1 (every response would see the others, rewards off by ~1e-2) and flash attention
+        ignores it. Other implementations read each response with its prompt instead.
+        """
+        return self.is_decoder and self._head is not None and self.attention == "sdpa"
 
     def packed_heads(self, input_ids: torch.Tensor, position_ids: torch.Tensor, packed_mask: torch.Tensor,
                      score_row: torch.Tensor, score_col: torch.Tensor) -> torch.Tensor:
         """Rewards [responses, heads] of a `pack_groups` batch, in the order the responses were packed."""
-        backbone = self._backbone
-        hidden = backbone(input_ids=input_ids, attention_mask=packed_mask, position_ids=position_ids)[0]
+        if not self.can_pack:
+            raise ConfigError(f"packed reading needs a decoder with SDPA attention (this one: "
+                              f"{'decoder' if self.is_decoder else 'encoder'}, {self.attention}); "
+                              f"set train.share_prompt=false")
+        with checkpointed_forward(self.model):
+            hidden = self._backbone(input_ids=input_ids, attention_mask=packed_mask, position_ids=position_ids,
+                                    use_cache=False)[0]
         return self._head(hidden[score_row, score_col]).float()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -27,7 +27,7 @@ import torch
 from alignloop.reward.config import RewardLossConfig, RewardTrainConfig
 from alignloop.reward.data import MODEL_INPUTS, PACKED_INPUTS, EncodedGroup, PreferenceBatches
 from alignloop.reward.evaluate import preference_metrics, score_groups
-from alignloop.reward.model import RewardModel, RewardStats
+from alignloop.reward.model import MIN_STATS_RESPONSES, RewardModel, RewardStats
 from alignloop.reward.objective import batch_objective
 from alignloop.train import distributed
 from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
@@ -128,7 +128,13 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
         from alignloop.models.memory import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(reward.model)
-    reward.train()
+    # Eval mode turns every dropout off (modules and the attention's own rate), which zeroing nn.Dropout
+    # alone would not (Llama's attention reads a float); gradient checkpointing still applies (RewardModel.heads).
+    reward.train(cfg.dropout)
+    if data.packed and not reward.can_pack:
+        log(f"{stage}: {reward.attention} attention cannot read packed prompt groups; each response is read with "
+            f"its prompt instead")
+        data.packed = False
     optimizer = make_optimizer(reward.model, cfg)
     # Training calls `heads` / `packed_heads`, not `forward`: this adapter routes them through the
     # launcher's wrapper (DDP...), which owns reward.model's parameters; alone it is a plain call.
@@ -261,6 +267,10 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
         log(f"{stage}: keeping the best model (step {best_step}, validation accuracy {best_accuracy:.4f})")
     with distributed.full_params(scorer):
         reward.stats = reward_stats(reward, stats_groups or val_groups, cfg.stats_responses, cfg.batch_size)
+    if reward.stats.n < MIN_STATS_RESPONSES:
+        log(f"{stage}: warning: reward_stats.json comes from {reward.stats.n} responses (fewer than "
+            f"{MIN_STATS_RESPONSES}): PPO's normalisation by its mean and std will be rough; raise "
+            f"train.stats_responses or collect more preferences")
     weights = distributed.full_state_dict(reward.model)  # gathered by every process under FSDP
     from alignloop.atomic import atomic_directory
 

@@ -9,9 +9,9 @@ Each method then has its own section of algorithm settings (`ppo.*`,
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignloop.config.base import LearningRate, PrecisionSetting, Section
 from alignloop.models.lora import LoraSettings
@@ -76,13 +76,32 @@ class RewardShapingConfig(Section):
     missing_eos_penalty: float = Field(
         1.0, ge=0, description="Subtracted from the score of a response cut at max_new_tokens without EOS.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field(
-        "k1", description="Per-token KL estimate in the penalty: k1 = log pi - log pi_ref (unbiased), k3 = "
-                          "(r - 1) - log r with r = pi_ref / pi (never negative, lower variance).")
+        "k1", description="Per-token KL estimate in the reward penalty: k1 = log pi - log pi_ref, the only one "
+                          "whose policy gradient as a reward is the KL's (k2 and k3 are refused here; they "
+                          "belong in a loss term: grpo.kl_in_loss).")
     kl_coef: float = Field(0.05, ge=0, description="Initial (or fixed) KL coefficient beta.")
+
+    @field_validator("kl_estimator")
+    @classmethod
+    def _penalty_in_the_reward_is_k1(cls, kind: str) -> str:
+        # The reward is held fixed when its policy gradient is taken (score function), and only
+        # E_pi[k1 * grad log pi] is grad KL; k2 and k3 give ~0 near the reference and can raise the KL.
+        if kind != "k1":
+            raise ValueError(f"a KL penalty in the reward must be k1: the policy gradient of a {kind} reward "
+                             f"penalty is not the KL's gradient (it can raise the KL); {kind} belongs in a loss "
+                             f"term (grpo.kl_in_loss=true, grpo.kl_loss_estimator)")
+        return kind
     adaptive_kl: bool = Field(
         True, description="Adapt beta towards kl_target (Ziegler et al. 2019); false keeps beta = kl_coef.")
     kl_target: float = Field(4.0, gt=0, description="Adaptive controller: wanted KL per response, in nats.")
     kl_horizon: int = Field(10000, ge=1, description="Adaptive controller: horizon in responses (larger = slower).")
+
+
+RecomputeLogprobs = Annotated[Literal["auto", True, False], Field(
+    description="Old log-probs of the ratio from a forward of the policy as the update runs it, after the "
+                "rollout, instead of the sampler's (OpenRLHF's choice). auto: on when the sampler is not exact "
+                "fp32 (bf16, on CUDA), where its step-by-step decode rounds differently from the training "
+                "forward; logs logprob_gap_kl.")]
 
 
 class PPOAlgorithmConfig(Section):
@@ -107,6 +126,7 @@ class PPOAlgorithmConfig(Section):
     target_kl: Optional[float] = Field(
         None, gt=0, description="Stop an iteration's epochs early when a minibatch's approximate KL to the "
                                 "rollout policy exceeds this (unset: never).")
+    recompute_logprobs: RecomputeLogprobs = "auto"
 
 
 class RunLoopConfig(Section):
@@ -159,19 +179,22 @@ class GRPOAlgorithmConfig(Section):
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 disables).")
     clip_range: float = Field(0.2, gt=0, description="Ratio clip epsilon.")
     kl_in_loss: bool = Field(
-        True, description="Add beta * KL(k3) to the loss, as GRPO does; false puts the KL penalty into the "
-                          "reward instead (as RLOO does), with reward.kl_* settings.")
+        True, description="Add beta * KL (kl_loss_estimator) to the loss, as GRPO does; false puts a k1 KL "
+                          "penalty into the reward instead (as RLOO does), with reward.kl_* settings.")
+    kl_loss_estimator: Literal["k2", "k3"] = Field(
+        "k3", description="The KL term of the loss (kl_in_loss), differentiated through the policy's log-probs: "
+                          "k3 (GRPO's; its expected gradient is that of KL(pi_ref || pi)) or k2 (that of "
+                          "KL(pi || pi_ref), on the rollout policy's samples).")
     scale_by_std: bool = Field(True, description="grpo: divide by the group's std (Dr. GRPO sets this false).")
+    recompute_logprobs: RecomputeLogprobs = "auto"
 
 
 class GRPORewardShapingConfig(RewardShapingConfig):
-    """Reward shaping for GRPO/RLOO: as PPO's, but k3 and a fixed beta by default (DeepSeekMath's choice).
+    """Reward shaping for GRPO/RLOO: as PPO's, but a fixed beta by default (DeepSeekMath's choice).
 
     A subclass rather than a default instance, so that overriding one key keeps these defaults for the others.
     """
 
-    kl_estimator: Literal["k1", "k2", "k3"] = Field(
-        "k3", description="KL estimate in the reward penalty (grpo.kl_in_loss=false) and reported as kl_penalty.")
     adaptive_kl: bool = Field(False, description="Adapt beta towards kl_target; false keeps beta = kl_coef.")
 
 

@@ -8,6 +8,12 @@ model itself (backbone and head: its initial values already predict the final
 score, which is what a value is at the last token; Ouyang et al. 2022, §3.5)
 or from the policy (its backbone, a zero head), and it saves and loads with
 `save_pretrained` / `from_pretrained` like every other checkpoint here.
+
+PPO's rewards are normalised, (score - mean) / std with the reward model's
+`reward_stats.json`, so a critic copied from the reward model is put on that
+scale: its head is divided by std and the values are shifted by -mean / std.
+Decoder heads have no bias to absorb the shift, so it is a constant kept in
+the checkpoint's config.json (`alignloop_value_offset`), added to every value.
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.errors import CheckpointError
+from alignloop.reward.model import RewardStats
 from alignloop.generation.logprobs import position_ids_from_attention_mask, unwrap_model
 from alignloop.models.causal_lm import check_checkpoint_dir
+
+# A constant added to every value (the critic's config.json carries it through save and load).
+OFFSET_KEY = "alignloop_value_offset"
 
 
 class Critic(nn.Module):
@@ -35,6 +45,7 @@ class Critic(nn.Module):
             raise CheckpointError(f"{type(inner).__name__} has no scalar `score` head to use as a value head")
         self.backbone = getattr(inner, inner.base_model_prefix)
         self.head = head
+        self.offset = float(getattr(inner.config, OFFSET_KEY, None) or 0.0)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, response_start: int) -> Tensor:
         """Values of the states before each response token: [B, L - response_start].
@@ -50,7 +61,7 @@ class Critic(nn.Module):
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                    position_ids=position_ids_from_attention_mask(attention_mask), use_cache=False)[0]
         hidden = hidden[:, response_start - 1:-1]
-        return self.head(hidden).squeeze(-1).float()
+        return self.head(hidden).squeeze(-1).float() + self.offset
 
     def save_pretrained(self, directory, **kwargs) -> None:
         """Save as an HF sequence-classification checkpoint (used by the checkpoint code)."""
@@ -71,8 +82,13 @@ def _load_classifier(path: Path, num_labels: int | None = None):
         raise CheckpointError(f"cannot build a critic on {path}: {first[:200]}") from None
 
 
-def critic_from_reward_model(path: Path | str) -> Critic:
-    """A critic that starts as the reward model: same backbone, its head (the mean of an ensemble's heads)."""
+def critic_from_reward_model(path: Path | str, normalised_by: RewardStats | None = None) -> Critic:
+    """A critic that starts as the reward model: same backbone, its head (the mean of an ensemble's heads).
+
+    `normalised_by`: the statistics PPO normalises the scores with (None: raw scores). The head becomes
+    (w / std, b / std) and the values are shifted by -mean / std, so that the value read where the reward
+    model reads its score is the normalised score, (w.h + b - mean) / std, the reward PPO gives there.
+    """
     model = _load_classifier(check_checkpoint_dir(path))
     head = model.score
     if head.out_features != 1:
@@ -84,6 +100,12 @@ def critic_from_reward_model(path: Path | str) -> Critic:
                 single.bias.copy_(head.bias.mean(0, keepdim=True))
         model.score = single
         model.config.num_labels = 1
+    if normalised_by is not None:
+        with torch.no_grad():
+            model.score.weight.div_(normalised_by.std)
+            if model.score.bias is not None:
+                model.score.bias.div_(normalised_by.std)
+        setattr(model.config, OFFSET_KEY, -normalised_by.mean / normalised_by.std)
     return Critic(model)
 
 

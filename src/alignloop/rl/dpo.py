@@ -43,7 +43,7 @@ from alignloop.rl.inputs import (
     resolve_round,
     stage_inputs,
 )
-from alignloop.rl.losses import dpo_loss
+from alignloop.rl.losses import dpo_loss, implicit_reward_accuracy
 from alignloop.rl.state import freeze
 from alignloop.provenance import DONE, DigestCache, StageInputs, digest_json, record_finished, record_started
 from alignloop.runs import RunDir, round_stage_key
@@ -186,8 +186,11 @@ def dpo_step_loss(policy, pairs: list[EncodedPair], ref: torch.Tensor, cfg: DPOC
     ref = ref.to(device)
     loss, chosen_rewards, rejected_rewards = dpo_loss(both[:n], both[n:], ref[:, 0], ref[:, 1], cfg.dpo.beta,
                                                       cfg.dpo.label_smoothing)
+    # Margins the four float32 sums cannot resolve (a few ulps of their size) are ties, not preferences.
+    magnitude = both[:n].detach().abs() + both[n:].detach().abs() + ref[:, 0].abs() + ref[:, 1].abs()
+    resolution = cfg.dpo.beta * 8 * torch.finfo(torch.float32).eps * magnitude
     return loss, {"loss": float(loss.detach()),
-                  "reward_accuracy": float((chosen_rewards > rejected_rewards).float().mean()),
+                  "reward_accuracy": float(implicit_reward_accuracy(chosen_rewards, rejected_rewards, resolution)),
                   "reward_margin": float((chosen_rewards - rejected_rewards).mean()),
                   "chosen_reward": float(chosen_rewards.mean()), "rejected_reward": float(rejected_rewards.mean())}
 

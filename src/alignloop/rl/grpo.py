@@ -7,10 +7,12 @@ group:
 
 - GRPO (Shao et al. 2024, DeepSeekMath §4.1): A = (r - mean(group)) / std(group);
   the KL to the reference is a loss term beta * KL_k3(pi || pi_ref) on every
-  token, not a reward penalty.
+  token (`grpo.kl_loss_estimator`), not a reward penalty.
 - RLOO (Ahmadian et al. 2024): A = r - mean of the other k-1 responses'
-  rewards, with the KL penalty in the reward, beta * sum_t KL_t (set
-  `grpo.kl_in_loss=false`).
+  rewards, with the KL penalty in the reward, beta * sum_t (log pi - log pi_ref)
+  (set `grpo.kl_in_loss=false`). In the reward only k1 is allowed: the
+  reward's policy gradient E[R grad log pi] is the KL's gradient for k1 alone
+  (for k3 it is ~0 near the reference and can raise the KL).
 
 Every token of a response gets the response's advantage. The loss is PPO's
 clipped surrogate, averaged over tokens (one epoch makes it plain REINFORCE
@@ -37,12 +39,13 @@ from alignloop.rl.inputs import open_models, plan_round_stage, resolve_stage_inp
 from alignloop.rl.kl import kl_penalty
 from alignloop.rl.losses import group_advantages, ppo_policy_loss
 from alignloop.rl.ppo import chunks, clip_gradients, minibatch_tokens, policy_forward, sum_across
-from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
+from alignloop.rl.rollout import (Experience, RewardScorer, clip_fraction, make_experience, make_sampler,
+                                  open_reward_scorer, recompute_logprobs_on, recompute_old_logprobs)
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
 from alignloop.provenance import DONE, DigestCache
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.train import distributed
-from alignloop.train.device import autocast
+from alignloop.train.device import active_precision, autocast
 
 STAGE = "grpo"
 
@@ -58,7 +61,7 @@ def grpo_state(policy, reference, scorer: RewardScorer, tokenizer, cfg: GRPOConf
 
 
 def grpo_update(state: RLState, exp: Experience, cfg: GRPOConfig, beta: float) -> dict[str, float]:
-    """`epochs` x `minibatches` steps of the clipped surrogate (+ beta * KL_k3 when `kl_in_loss`)."""
+    """`epochs` x `minibatches` steps of the clipped surrogate (+ beta * KL when `kl_in_loss`)."""
     algo = cfg.grpo
     device = exp.input_ids.device
     totals: dict[str, float] = {}
@@ -77,7 +80,8 @@ def grpo_update(state: RLState, exp: Experience, cfg: GRPOConfig, beta: float) -
                     logprobs, entropy = policy_forward(state.policy, micro, cfg.sampling.temperature)
                     policy_loss, pg_stats = ppo_policy_loss(logprobs, micro.logprobs, micro.advantages,
                                                             micro.response_mask, algo.clip_range)
-                    kl = masked_mean(kl_penalty(logprobs, micro.ref_logprobs, "k3"), micro.response_mask)
+                    kl = masked_mean(kl_penalty(logprobs, micro.ref_logprobs, algo.kl_loss_estimator),
+                                     micro.response_mask)
                     loss = policy_loss + (beta * kl if algo.kl_in_loss else 0.0)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"{STAGE}: the loss became {float(loss)}; lower grpo.lr")
@@ -108,6 +112,10 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
                               prompts=[p for p in prompts for _ in range(group)],
                               prompt_ids=[ids for ids in prompt_ids for _ in range(group)],
                               generator=state.generator, shaping=cfg.reward, batch_size=cfg.sampling.batch_size)
+    gap = {}
+    precision = active_precision(exp.input_ids.device)
+    if recompute_logprobs_on(cfg.grpo.recompute_logprobs, precision, precision):  # as PPO (`alignloop.rl.ppo`)
+        gap = recompute_old_logprobs(state.policy, exp, cfg.sampling.temperature, cfg.sampling.batch_size)
     experience_seconds = time.perf_counter() - started
     mask = exp.response_mask
     beta = state.kl_controller.beta
@@ -130,11 +138,13 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
     stats = {
         "score": float(exp.scores.mean()),
         "reward": float(exp.rewards.mean()),
+        "reward_clip_frac": clip_fraction(exp.scores, state.scorer.reward_model, cfg.reward),
         "reward_with_kl": float(sequence_rewards.mean()),
         "kl": mean_kl,
         "kl_coef": beta,
         **update,
         "group_score_std": float(grouped.std(-1).mean()),
+        **gap,
         "response_length": float(exp.response_lengths.mean()),
         "eos_rate": float(exp.ended_with_eos.float().mean()),
         "rollout_tokens_per_s": tokens / max(exp.rollout_seconds, 1e-9),
@@ -150,8 +160,6 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
 def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
              force: bool = False) -> LoopResult | None:
     """Run (or resume, or skip if finished) GRPO/RLOO in a round; the policy goes to rounds/NNN/grpo/final."""
-    from alignloop.reward.model import load_reward_model
-
     round_number, paths, prompt_file, prompts = resolve_stage_inputs(run, cfg.models, cfg.prompts, cfg.run.round)
     stage_dir = run.round_dir(round_number) / STAGE
     final = stage_dir / "final"
@@ -167,7 +175,7 @@ def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m
                          cfg.run.gradient_checkpointing)
     device, checkpoint, source = models.device, models.checkpoint, models.source
     tokenizer, policy, reference = models.tokenizer, models.policy, models.reference
-    scorer = RewardScorer(load_reward_model(paths.reward, device), tokenizer, batch_size=cfg.sampling.batch_size)
+    scorer = open_reward_scorer(paths.reward, device, tokenizer, cfg.reward, cfg.sampling.batch_size, STAGE, log)
     state = grpo_state(policy, reference, scorer, tokenizer, cfg)
     start = restore_checkpoint(state, checkpoint) if checkpoint is not None else 0
     if start:

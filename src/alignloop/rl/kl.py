@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from alignloop.reward.model import last_token_index
+
 __all__ = [
     "KLKind",
     "kl_penalty",
@@ -35,6 +37,14 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind = "k1") -> T
     - ``k2`` = (log r)^2 / 2: biased, low variance, >= 0.
     - ``k3`` = (r - 1) - log r: unbiased, low variance, >= 0.
     - ``abs`` = |log r|.
+    Where each may be used depends on how its gradient is taken:
+    - as a penalty in the reward (PPO, RLOO), the estimate is a number held
+      fixed and the policy gradient is E_pi[k * grad log pi]: that is
+      grad KL(pi || ref) for k1 alone (E_pi[grad log pi] = 0 absorbs the rest);
+      for k3 it is grad KL + sum_x ref(x) grad log pi(x), ~0 near the reference;
+    - as a loss term differentiated through log pi on the policy's own samples
+      (GRPO), k2's expected gradient is grad KL(pi || ref) and k3's is
+      grad KL(ref || pi); k1's is 0.
     Returns [B, T]; the caller masks padding.
     """
     log_ratio = ref_logprobs - logprobs
@@ -61,8 +71,7 @@ def token_rewards(score: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tenso
     """
     m = mask.to(kl.dtype)
     rewards = -beta * kl * m
-    steps = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-    last = (m * steps).argmax(-1)  # index of the last 1 in each row
+    last = last_token_index(mask)
     has_tokens = m.sum(-1) > 0
     rewards[torch.arange(mask.shape[0], device=mask.device), last] += score.to(kl.dtype) * has_tokens.to(kl.dtype)
     return rewards

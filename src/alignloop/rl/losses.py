@@ -14,14 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignloop.reward.losses import preference_accuracy
+from alignloop.reward.model import last_token_index
 from alignloop.rl.advantages import masked_mean, masked_var
 
 __all__ = [
     "ppo_policy_loss",
+    "last_token_value_error",
     "ppo_value_loss",
     "entropy_from_logits",
     "explained_variance",
     "dpo_loss",
+    "implicit_reward_accuracy",
     "group_advantages",
 ]
 
@@ -118,6 +122,22 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     return 1.0 - var_residual / var_returns
 
 
+def last_token_value_error(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """Mean over responses of V(s_last) - G_last at each response's last token.
+
+    values, returns, mask: [B, T] (right-padded responses). At the last token the
+    GAE return is that token's reward, the shaped score minus its KL penalty, so
+    this is the critic's bias exactly where the score arrives: ~0 for a critic on
+    the reward's scale, the normalisation's mean and scale error for one that is
+    not. Rows without a token are left out; none at all gives 0.
+    """
+    rows = mask.sum(-1) > 0
+    last = last_token_index(mask)[rows]
+    picked = torch.arange(mask.shape[0], device=mask.device)[rows]
+    error = (values.detach() - returns.detach())[picked, last]
+    return error.mean() if error.numel() else torch.zeros((), dtype=values.dtype, device=values.device)
+
+
 def dpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -146,6 +166,20 @@ def dpo_loss(
     logits = beta * (chosen_log_ratio - rejected_log_ratio)
     losses = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
     return losses.mean(), (beta * chosen_log_ratio).detach(), (beta * rejected_log_ratio).detach()
+
+
+def implicit_reward_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor, resolution: Tensor | float = 0.0
+                             ) -> Tensor:
+    """Share of pairs whose chosen response has the higher implicit reward, ties counting one half.
+
+    A margin within ``resolution`` (scalar or [B]) is a tie: at the first step
+    the policy is the reference, every margin is 0 up to float rounding, and the
+    accuracy is 0.5, not 0 (strict >) or a coin toss on rounding noise.
+    chosen_rewards, rejected_rewards: [B].
+    """
+    margin = chosen_rewards - rejected_rewards
+    margin = torch.where(margin.abs() <= resolution, torch.zeros_like(margin), margin)
+    return preference_accuracy(margin, torch.zeros_like(margin))
 
 
 def group_advantages(

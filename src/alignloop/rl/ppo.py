@@ -6,8 +6,10 @@ PPO", and CleanRL's ppo.py):
 
 1. Rollout: sample one response per prompt with the shared sampler; it
    records each token's log-prob under the policy that sampled it
-   (`old_logprobs`). Score each response with the frozen reward model;
-   normalise, clip, and penalise a response cut off without EOS.
+   (`old_logprobs`), or, with `ppo.recompute_logprobs` (auto: under bf16), a
+   forward of the policy as the update runs it replaces them. Score each
+   response with the frozen reward model; normalise, clip, and penalise a
+   response cut off without EOS.
 2. Reference and critic: the frozen reference's log-probs of the same tokens
    and the critic's value of every prefix.
 3. Rewards per token: r_t = -beta * KL_t on every response token, plus the
@@ -52,13 +54,15 @@ from alignloop.models.lora import describe, with_lora
 from alignloop.models.memory import enable_gradient_checkpointing
 from alignloop.rl.inputs import open_models, plan_round_stage, resolve_stage_inputs, stage_inputs
 from alignloop.rl.kl import kl_penalty, token_rewards
-from alignloop.rl.losses import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss
-from alignloop.rl.rollout import Experience, RewardScorer, make_experience, make_sampler
+from alignloop.rl.losses import (entropy_from_logits, explained_variance, last_token_value_error, ppo_policy_loss,
+                                 ppo_value_loss)
+from alignloop.rl.rollout import (Experience, RewardScorer, clip_fraction, make_experience, make_sampler,
+                                  open_reward_scorer, recompute_logprobs_on, recompute_old_logprobs)
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
 from alignloop.provenance import DONE, DigestCache
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.train import distributed
-from alignloop.train.device import autocast
+from alignloop.train.device import active_precision, autocast
 
 STAGE = "ppo"
 
@@ -230,6 +234,10 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
                               critic=None if fuse_critic else state.scoring_critic, scorer=state.scorer,
                               tokenizer=state.tokenizer, sampler=sampler, prompts=prompts, prompt_ids=prompt_ids,
                               generator=state.generator, shaping=cfg.reward, batch_size=cfg.sampling.batch_size)
+    gap = {}
+    precision = active_precision(exp.input_ids.device)  # the sampler's and the update's: one run.precision
+    if recompute_logprobs_on(cfg.ppo.recompute_logprobs, precision, precision):
+        gap = recompute_old_logprobs(state.policy, exp, cfg.sampling.temperature, cfg.sampling.batch_size)
     first_values = None
     if fuse_critic:
         with autocast(exp.input_ids.device):
@@ -255,6 +263,7 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
     stats = {
         "score": float(exp.scores.mean()),
         "reward": float(exp.rewards.mean()),
+        "reward_clip_frac": clip_fraction(exp.scores, state.scorer.reward_model, cfg.reward),
         "reward_with_kl": float(exp.token_rewards.sum(-1).mean()),
         "kl": mean_kl,
         "kl_penalty": float((kl * mask).sum(-1).mean()),
@@ -262,6 +271,8 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
         **update,
         "explained_variance": float(explained_variance(exp.values, exp.returns, mask)),
         "value_mean": float(masked_mean(exp.values, mask)),
+        "value_error_last_token": float(last_token_value_error(exp.values, exp.returns, mask)),
+        **gap,
         "advantage_mean": float(masked_mean(exp.advantages, mask)),
         "response_length": float(exp.response_lengths.mean()),
         "eos_rate": float(exp.ended_with_eos.float().mean()),
@@ -275,9 +286,11 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
     return exp, distributed.mean_across(stats, summed=("rollout_tokens_per_s", "update_tokens_per_s"))
 
 
-def _build_critic(kind: str, paths, scorer: RewardScorer, log) -> Critic:
+def _build_critic(cfg: PPOConfig, paths, scorer: RewardScorer, log) -> Critic:
+    kind = cfg.models.critic
     if kind == "reward" and scorer.by_ids:
-        return critic_from_reward_model(paths.reward)
+        # On the scale of the rewards it will predict: normalised when they are.
+        return critic_from_reward_model(paths.reward, scorer.reward_model.stats if cfg.reward.normalise else None)
     if kind == "reward":
         log(f"{STAGE}: the reward model reads another tokenizer or is an encoder; the critic starts from the policy")
     return critic_from_policy(paths.policy)
@@ -286,8 +299,6 @@ def _build_critic(kind: str, paths, scorer: RewardScorer, log) -> Critic:
 def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
             force: bool = False) -> LoopResult | None:
     """Run (or resume, or skip if finished) PPO in a round; the policy goes to rounds/NNN/policy/final."""
-    from alignloop.reward.model import load_reward_model
-
     round_number, paths, prompt_file, prompts = resolve_stage_inputs(run, cfg.models, cfg.prompts, cfg.run.round)
     round_dir = run.round_dir(round_number)
     stage_dir, final = round_dir / STAGE, round_dir / "policy" / "final"
@@ -303,16 +314,15 @@ def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: 
                          cfg.run.gradient_checkpointing)
     device, checkpoint, source = models.device, models.checkpoint, models.source
     tokenizer, policy, reference = models.tokenizer, models.policy, models.reference
-    reward_model = load_reward_model(paths.reward, device)
-    scorer = RewardScorer(reward_model, tokenizer, batch_size=cfg.sampling.batch_size)
+    scorer = open_reward_scorer(paths.reward, device, tokenizer, cfg.reward, cfg.sampling.batch_size, STAGE, log)
     if cfg.models.lora.enabled:  # adapters on the critic too; its checkpoint holds them and the value head
-        base = _build_critic(cfg.models.critic, paths, scorer, log)
+        base = _build_critic(cfg, paths, scorer, log)
         critic_checkpoint = checkpoint / "critic" if checkpoint else None
         critic = Critic(with_lora(base.model, cfg.models.lora, "seq_cls", critic_checkpoint, cfg.run.seed))
     elif checkpoint is not None:
         critic = load_critic(checkpoint / "critic")
     else:
-        critic = _build_critic(cfg.models.critic, paths, scorer, log)
+        critic = _build_critic(cfg, paths, scorer, log)
     critic.to(device)
     if cfg.run.gradient_checkpointing:
         enable_gradient_checkpointing(critic.model)

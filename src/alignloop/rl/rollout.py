@@ -13,6 +13,11 @@ Shared by PPO, GRPO/RLOO and best-of-n. One call to `make_experience`:
 4. computes the frozen reference's log-probs (for the KL penalty) and, for
    PPO, the critic's values, with one forward pass each.
 
+`recompute_old_logprobs` then optionally replaces the sampler's log-probs by
+those of the training forward (OpenRLHF's choice): under bf16 the sampler's
+step-by-step decode and the update's full forward round differently, and the
+PPO ratio would start away from 1 by that rounding alone.
+
 Everything is per response token, [B, T], with `response_mask` 1 on response
 tokens up to and including EOS: prompt tokens and padding are never in it.
 """
@@ -30,7 +35,10 @@ from torch import Tensor
 from alignloop.data.formatting import decode_response, encode_prompt
 from alignloop.generation.logprobs import sequence_logprobs
 from alignloop.generation.sampler import RolloutBatch, Sampler
+from alignloop.reward.model import load_reward_model, stats_warning
+from alignloop.rl.advantages import masked_mean
 from alignloop.rl.config import RewardShapingConfig, SamplingConfig
+from alignloop.rl.kl import kl_penalty
 from alignloop.train.device import autocast
 
 
@@ -110,13 +118,35 @@ class RewardScorer:
         return torch.cat(scores).to(device)
 
 
+def open_reward_scorer(path, device: torch.device, policy_tokenizer, shaping: RewardShapingConfig, batch_size: int,
+                       stage: str, log) -> RewardScorer:
+    """The frozen reward model of an RL stage, with a warning when its normalisation statistics are thin."""
+    reward_model = load_reward_model(path, device)
+    warning = stats_warning(path, reward_model.stats) if shaping.normalise else None
+    if warning:
+        log(f"{stage}: warning: {warning}")
+    return RewardScorer(reward_model, policy_tokenizer, batch_size=batch_size)
+
+
+def normalised_scores(scores: Tensor, reward_model, cfg: RewardShapingConfig) -> Tensor:
+    """(score - mean) / std with the reward model's statistics when `reward.normalise`, else the raw scores."""
+    return reward_model.normalise(scores) if cfg.normalise else scores.clone()
+
+
+def clip_fraction(scores: Tensor, reward_model, cfg: RewardShapingConfig) -> float:
+    """Share of responses whose (normalised) score lies outside [-clip, clip], i.e. that `shape_scores` clips."""
+    if cfg.clip is None or not len(scores):
+        return 0.0
+    return float((normalised_scores(scores, reward_model, cfg).abs() > cfg.clip).float().mean())
+
+
 def shape_scores(scores: Tensor, ended_with_eos: Tensor, reward_model, cfg: RewardShapingConfig) -> Tensor:
     """The sequence-level reward: normalise, clip to [-clip, clip], then subtract the no-EOS penalty.
 
     The penalty comes after the clip so that a cut-off response is always
     worse than the same response scored at the clip boundary.
     """
-    rewards = reward_model.normalise(scores) if cfg.normalise else scores.clone()
+    rewards = normalised_scores(scores, reward_model, cfg)
     if cfg.clip is not None:
         rewards = rewards.clamp(-cfg.clip, cfg.clip)
     return rewards - cfg.missing_eos_penalty * (~ended_with_eos.bool()).to(rewards.dtype)
@@ -287,3 +317,47 @@ def make_experience(*, policy, reference, critic, scorer: RewardScorer, tokenize
         values=None if values is None else values * mask, scores=scores.float(), rewards=rewards.float(),
         ended_with_eos=batch.ended_with_eos, prompts=list(prompts), responses=responses,
         rollout_seconds=rollout_seconds)
+
+
+# ---------------------------------------------------------------------------
+# Old log-probs from the training forward
+
+
+def recompute_logprobs_on(setting: bool | str, rollout_precision: str, training_precision: str) -> bool:
+    """Whether the update's old log-probs come from a training forward after the rollout instead of the sampler.
+
+    `setting`: true, false or "auto". auto recomputes when the sampler's precision differs from the training
+    forward's, or when the sampler is not fp32: in bf16 its step-by-step decode and the full forward round
+    differently even at the same precision. Two fp32 passes agree to float rounding (`ratio_dev` below
+    1e-5), and the extra forward would buy nothing.
+    """
+    if setting != "auto":
+        return bool(setting)
+    return rollout_precision != training_precision or rollout_precision != "fp32"
+
+
+def logprob_gap(sampled: Tensor, recomputed: Tensor, mask: Tensor) -> dict[str, float]:
+    """How far the sampler's log-probs are from the training forward's on the same tokens.
+
+    - logprob_gap_kl: KL(sampler || forward) per token, k3 estimate (r - 1) - log r with
+      r = p_forward / p_sampler on the sampler's own tokens (never negative; 0 when they agree);
+    - logprob_gap_max: max |log p_sampler - log p_forward| over response tokens.
+    sampled, recomputed, mask: [B, T].
+    """
+    picked = mask.bool()
+    return {"logprob_gap_kl": float(masked_mean(kl_penalty(sampled, recomputed, "k3"), mask)),
+            "logprob_gap_max": float((sampled - recomputed).abs()[picked].max()) if picked.any() else 0.0}
+
+
+def recompute_old_logprobs(policy, exp: Experience, temperature: float, batch_size: int) -> dict[str, float]:
+    """Replace `exp.logprobs` by the policy's training forward over the rollout (no grad); returns the gap.
+
+    `policy` is the model the update differentiates (under a launcher, its wrapper), run as the update
+    runs it, so that the ratio pi / pi_old starts at 1 up to that forward's own rounding.
+    """
+    recomputed = rollout_logprobs(policy, exp.input_ids, exp.attention_mask, exp.prompt_length, temperature,
+                                  batch_size) * exp.response_mask
+    gap = logprob_gap(exp.logprobs, recomputed, exp.response_mask)
+    exp.extra["sampler_logprobs"] = exp.logprobs
+    exp.logprobs = recomputed
+    return gap

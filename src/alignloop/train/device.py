@@ -24,7 +24,8 @@ import torch
 from alignloop.config.base import Precision
 from alignloop.errors import ConfigError
 
-__all__ = ["Precision", "autocast", "check_precision", "pick_device", "precision_scope", "route_cpu_products"]
+__all__ = ["Precision", "active_precision", "autocast", "check_precision", "pick_device", "precision_scope",
+           "route_cpu_products"]
 _PRECISION: contextvars.ContextVar[str] = contextvars.ContextVar("alignloop_precision", default="auto")
 
 
@@ -69,8 +70,13 @@ def precision_scope(device: torch.device, precision: str, key: str = "train.prec
         _PRECISION.reset(token)
 
 
+def active_precision(device: torch.device) -> str:
+    """The precision `autocast(device)` runs at inside the current `precision_scope`: "bf16" or "fp32"."""
+    return "bf16" if device.type == "cuda" and _PRECISION.get() != "fp32" else "fp32"
+
+
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA unless the stage asked for fp32; a no-op on CPU."""
-    if enabled and device.type == "cuda" and _PRECISION.get() != "fp32":
+    if enabled and active_precision(device) == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
