@@ -45,7 +45,7 @@ def write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if full:
-            raise disk_full_error(path) from None
+            raise disk_full_error(path) from exc
         raise
 
 
@@ -72,7 +72,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         full = is_disk_full(exc, str(tmp))  # asked before the cleanup frees the space again
         shutil.rmtree(tmp, ignore_errors=True)
         if full:
-            raise disk_full_error(target) from None
+            raise disk_full_error(target) from exc
         raise
     old = target.parent / f".old-{target.name}-{os.getpid()}"
     if target.exists():
