@@ -124,9 +124,7 @@ def trained_run(pretrained_run, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run(trained_run, tmp_path) -> Path:
-    target = tmp_path / "run"
-    shutil.copytree(trained_run, target)
-    return target
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
 
 
 def _write(folder: Path, name: str, content: bytes) -> Path:
@@ -153,20 +151,16 @@ def test_feedback_import_of_a_missing_file_or_into_a_new_run_creates_nothing(tmp
     assert not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("case", REWARD_CASES)
-def test_reward_data_path(run, tmp_path, case):
-    name, content, words = REWARD_CASES[case]
-    path = _write(tmp_path, name, content)
-    before = snapshot(run)
-    refused(run_cli("reward", "--run", str(run), f"data.path={path}", "train.max_steps=1"), run, before, words)
+STAGE_CASES = {**{("reward", case): value for case, value in REWARD_CASES.items()},
+               **{("sft", case): value for case, value in SFT_CASES.items()}}
 
 
-@pytest.mark.parametrize("case", SFT_CASES)
-def test_sft_data_path(run, tmp_path, case):
-    name, content, words = SFT_CASES[case]
+@pytest.mark.parametrize(("stage", "case"), STAGE_CASES)
+def test_reward_and_sft_data_path(run, tmp_path, stage, case):
+    name, content, words = STAGE_CASES[stage, case]
     path = _write(tmp_path, name, content)
     before = snapshot(run)
-    refused(run_cli("sft", "--run", str(run), f"data.path={path}", "train.max_steps=1"), run, before, words)
+    refused(run_cli(stage, "--run", str(run), f"data.path={path}", "train.max_steps=1"), run, before, words)
 
 
 @pytest.mark.parametrize("case", PRETRAIN_CASES)

@@ -59,10 +59,10 @@ def test_dpo_reads_hh_transcripts_as_reward_does(rl_run):
     from alignloop.rl.dpo import read_preference_pairs
 
     hh = rl_run / "hh.jsonl"
+    same = "\n\nHuman: x\n\nAssistant: same"
     hh.write_text("".join(json.dumps({"chosen": f"\n\nHuman: {p}\n\nAssistant: {c}",
                                       "rejected": f"\n\nHuman: {p}\n\nAssistant: {r}"}) + "\n" for p, c, r in PAIRS)
-                  + json.dumps({"chosen": "\n\nHuman: x\n\nAssistant: same", "rejected": "\n\nHuman: x\n\nAssistant: same"})
-                  + "\n")
+                  + json.dumps({"chosen": same, "rejected": same}) + "\n")
     messages = []
     cfg = load_config(DPOConfig, None, [f"data.path={hh}", "data.val_fraction=0.2", "dpo.batch_size=4",
                                         "dpo.epochs=1", "run.threads=1"])

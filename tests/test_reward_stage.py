@@ -66,7 +66,8 @@ def test_cli_train_then_eval_json_with_skipped_records(backbone, tmp_path):
 
 def test_only_bad_input_is_one_line_exit_2(backbone, tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_bytes(b'{"prompt": "p", "chosen": "", "rejected": "b"}\n{"prompt": "p", "chosen": "c", "rejected": "c"}\n')
+    path.write_bytes(b'{"prompt": "p", "chosen": "", "rejected": "b"}\n'
+                     b'{"prompt": "p", "chosen": "c", "rejected": "c"}\n')
     result = run_cli("reward", "--run", str(tmp_path / "run"), f"data.path={path}", f"model.path={backbone}")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
