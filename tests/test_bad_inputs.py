@@ -265,3 +265,16 @@ def test_a_full_disk_during_import_is_one_line(small_disk, tmp_path):
     path = _write(tmp_path, "many.jsonl", _lines(*records))
     result = on_small_disk("300k", small_disk, "feedback", "import", str(path), "--run", str(small_disk / "run"))
     disk_full(result, "no space left on device while writing the feedback store")
+
+
+def test_what_counts_as_a_full_disk(tmp_path):
+    from alignloop.errors import is_disk_full
+
+    assert is_disk_full(OSError(28, "No space left on device"))
+    assert is_disk_full(Exception("No space left on device (os error 28)"))  # tokenizers
+    assert is_disk_full(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert is_disk_full(RuntimeError("(sqlite3.OperationalError) database or disk is full"))
+    short_write = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 551552 vs 551440")
+    assert not is_disk_full(short_write)  # without a folder to look at, a broken stream is not a full disk
+    assert not is_disk_full(short_write, str(tmp_path))  # nor with room left there
+    assert not is_disk_full(OSError(13, "Permission denied")) and not is_disk_full(ValueError("bad"))

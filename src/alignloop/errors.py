@@ -5,6 +5,9 @@ its message as one line and exits non-zero, with no traceback: the message must
 name the problem (the file, the key, the value) on its own.
 """
 
+import errno
+import shutil
+
 
 class AlignloopError(Exception):
     """A problem with the user's input or environment, reported as one line."""
@@ -44,9 +47,6 @@ NEARLY_FULL_BYTES = 1 << 20
 
 def is_disk_full(exc: BaseException, folder: "str | None" = None) -> bool:
     """Whether `exc` means the disk filled up (with `folder`: a short write there with no room left)."""
-    import errno
-    import shutil
-
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(exc).lower()

@@ -31,7 +31,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Refused(ValueError):
-    """A value the JSON standard does not have (raised from inside `json.loads`)."""
+    """A value refused although `json.loads` reads it (NaN, a lone surrogate, runaway nesting, NUL)."""
 
 
 def _refuse_constant(name: str) -> Any:

@@ -107,7 +107,7 @@ def _check_format(obj: Any, fmt: str, where: str) -> None:
                         f"pass --format {matches}")
 
 
-def _where_missing(obj: dict, keys: tuple[str, ...]) -> str:
+def _missing_keys(obj: dict, keys: tuple[str, ...]) -> str:
     missing = [k for k in keys if k not in obj]
     return f" (this one has no {' and no '.join(repr(k) for k in missing)})" if missing else ""
 
@@ -142,7 +142,7 @@ def _empty_prompt(where: str, implicit: bool) -> DataError:
 def trl_to_record(obj: Any, where: str) -> dict[str, Any]:
     """A TRL preference line as a store preference record (text for display, exact form in meta)."""
     if not isinstance(obj, dict) or "chosen" not in obj or "rejected" not in obj:
-        detail = _where_missing(obj, ("chosen", "rejected")) if isinstance(obj, dict) else ""
+        detail = _missing_keys(obj, ("chosen", "rejected")) if isinstance(obj, dict) else ""
         raise DataError(f"{where}: a TRL record needs both 'chosen' and 'rejected'{detail}")
     chosen, rejected, prompt = obj["chosen"], obj["rejected"], obj.get("prompt")
     extra = {k: v for k, v in obj.items() if k not in ("prompt", "chosen", "rejected")}
