@@ -95,17 +95,16 @@ class RunDir:
 
     # ---- manifest.json ----------------------------------------------------
     def read_manifest(self) -> dict[str, Any]:
-        """manifest.json as `{"stages": {name: entry}}`; one that is not that (hand-edited) is an error."""
         if not self.manifest_path.exists():
             return {"stages": {}}
-        from alignloop.data.jsonl import read_json
-
-        data = read_json(self.manifest_path, "manifest", hint="; fix or delete it")
-        stages = data.get("stages", {}) if isinstance(data, dict) else None
-        if not isinstance(stages, dict) or not all(isinstance(e, dict) for e in stages.values()):
-            raise AlignloopError(f"{self.manifest_path} is not a run manifest (an object whose \"stages\" maps "
-                                 f"each stage to an object); fix or delete it")
-        data["stages"] = stages
+        try:
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise AlignloopError(f"{self.manifest_path} is corrupt (not JSON); fix or delete it") from None
+        if not isinstance(data, dict) or not isinstance(data.setdefault("stages", {}), dict) \
+                or not all(isinstance(entry, dict) for entry in data["stages"].values()):
+            raise AlignloopError(f"{self.manifest_path} is corrupt: expected an object whose 'stages' maps each stage "
+                                 f"to an object; fix or delete it")
         return data
 
     def mark_stage(self, stage: str, status: str, inputs_hash: str | None = None, **extra: Any) -> None:

@@ -1,4 +1,4 @@
-"""Reading data files (JSON lines, JSON, text; gzip or not) with errors that name the file and line.
+"""Reading data files (JSON lines, text; gzip or not) with errors that name the file and line.
 
 Every reader of user data goes through here, so that every one of them is as
 strict as the others: a file is gzip-decompressed when it is gzip (by its first
@@ -107,8 +107,8 @@ def _check_values(value: Any, forbid_nul: bool) -> None:
             stack.extend((child, depth + 1) for child in children)
 
 
-def parse_json(text: str, where: str, forbid_nul: bool = False, hint: str = "") -> Any:
-    """One JSON value, strictly (see the module docstring). The error reads `WHERE: why.HINT`."""
+def parse_json(text: str, where: str, forbid_nul: bool = False) -> Any:
+    """One JSON value, strictly (see the module docstring); the error reads `WHERE: why`."""
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
         _check_values(value, forbid_nul)
@@ -123,12 +123,7 @@ def parse_json(text: str, where: str, forbid_nul: bool = False, hint: str = "") 
         why = str(exc)
     except ValueError as exc:  # int("9" * 5000): past Python's digit limit
         why = f"a number too long to read ({str(exc).split(';')[0]})"
-    raise DataError(f"{where}: {why}{hint}")
-
-
-def read_json(path: Path | str, what: str = "file", hint: str = "") -> Any:
-    """A whole JSON file (e.g. eval.json, manifest.json); a truncated or corrupt one is a DataError."""
-    return parse_json(read_text(path, what), str(path), hint=hint)
+    raise DataError(f"{where}: {why}")
 
 
 def jsonl_values(path: Path | str, what: str = "file", forbid_nul: bool = False) -> Iterator[tuple[int, Any]]:

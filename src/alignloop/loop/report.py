@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from alignloop import atomic
-from alignloop.data.jsonl import read_json
-from alignloop.errors import DataError
 from alignloop.runs import RunDir
 from alignloop.train.metrics import read_metrics
 
@@ -74,20 +72,15 @@ def _rounds(run: RunDir) -> list[tuple[int, Path]]:
     return sorted((int(p.name), p) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def read_eval(path: Path) -> dict[str, Any]:
-    """A round's eval.json; a truncated or hand-broken one is a one-line error, not a missing row."""
-    data = read_json(path, "evaluation", hint="; delete it and rerun `alignloop eval` (or the loop) to redo it")
-    if not isinstance(data, dict):
-        raise DataError(f"{path} is not an evaluation (a JSON object); delete it and rerun `alignloop eval`")
-    return data
-
-
 def _round_table(rounds: list[tuple[int, Path]]) -> tuple[list[dict[str, Any]], str]:
     rows = []
     for number, folder in rounds:
         path = folder / "eval.json"
         if path.exists():
-            rows.append({"round": number, **read_eval(path)})
+            try:
+                rows.append({"round": number, **json.loads(path.read_text(encoding="utf-8"))})
+            except json.JSONDecodeError:
+                continue
     if not rows:
         return rows, "<p>No round has been evaluated yet.</p>"
     keys = [k for k in ("gold_win_rate", "rm_win_rate", "kl", "ppl_before", "ppl_after", "n") if any(k in r for r in rows)]

@@ -13,6 +13,7 @@ no finished step, and loses no judgment.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from alignloop.evaluation.stage import run_eval
 from alignloop.feedback import open_store
 from alignloop.feedback.simulate import run_simulated
 from alignloop.loop.config import LoopConfig
-from alignloop.loop.report import read_eval, write_report
+from alignloop.loop.report import write_report
 from alignloop.reward.stage import run_reward
 from alignloop.rl.ppo import run_ppo
 from alignloop.runs import RunDir, round_stage_key
@@ -150,7 +151,7 @@ def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log) 
         eval_cfg.models.baseline = str(reference)
         result = run_eval(run, eval_cfg, checkpoint=run.round_dir(number) / "policy" / "final", log=log)
         run.mark_stage(key, "done", gold_win_rate=result.get("gold_win_rate"), kl=result.get("kl"))
-    return read_eval(eval_path)
+    return json.loads(eval_path.read_text(encoding="utf-8"))
 
 
 def run_loop(run: RunDir, cfg: LoopConfig, human: bool = False,
