@@ -39,7 +39,7 @@ def test_bad_inputs_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="not UTF-8"):
         read_corpus(tmp_path / "bin.txt")
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{broken\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2"):
+    with pytest.raises(DataError, match=r"bad.jsonl line 2"):
         read_corpus(tmp_path / "bad.jsonl")
 
 

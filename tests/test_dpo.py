@@ -54,3 +54,24 @@ def test_dpo_without_feedback_says_where_it_looked(rl_run):
     cfg = load_config(DPOConfig, None, [])
     with pytest.raises(DataError, match="feedback.db does not exist"):
         run_dpo(RunDir(rl_run), cfg, log=lambda message: None)
+
+
+def test_dpo_reads_hh_transcripts_as_reward_does(rl_run):
+    from alignloop.rl.dpo import read_preference_pairs
+
+    hh = rl_run / "hh.jsonl"
+    same = "\n\nHuman: x\n\nAssistant: same"
+    hh.write_text("".join(json.dumps({"chosen": f"\n\nHuman: {p}\n\nAssistant: {c}",
+                                      "rejected": f"\n\nHuman: {p}\n\nAssistant: {r}"}) + "\n" for p, c, r in PAIRS)
+                  + json.dumps({"chosen": same, "rejected": same}) + "\n")
+    messages = []
+    cfg = load_config(DPOConfig, None, [f"data.path={hh}", "data.val_fraction=0.2", "dpo.batch_size=4",
+                                        "dpo.epochs=1", "run.threads=1"])
+    pairs, _ = read_preference_pairs(RunDir(rl_run), cfg.data, messages.append)
+    assert pairs == [(f"\n\nHuman: {p}\n\nAssistant:", c, r) for p, c, r in PAIRS]
+    assert messages == [f"dpo: skipped 1 record of {hh}: 1 chosen identical to rejected (line 6)"]
+    final = run_dpo(RunDir(rl_run), cfg, log=lambda message: None)
+    assert (final / "model.safetensors").exists()
+    (rl_run / "bad.jsonl").write_text(json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    with pytest.raises(DataError, match="bad.jsonl line 1: .*no 'rejected'"):
+        read_preference_pairs(RunDir(rl_run), load_config(DPOConfig, None, [f"data.path={rl_run / 'bad.jsonl'}"]).data)

@@ -78,31 +78,78 @@ def test_rich_records_pairs_rankings_ratings_and_aggregation(tmp_path):
     assert [r.responses for r in every.rankings] == [["r3", "r1", "r2"]]
 
 
-def test_bad_records_are_counted_not_fatal(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    lines = [
-        json.dumps({"prompt": "a", "chosen": "x", "rejected": "y"}).encode(),
-        json.dumps({"prompt": "a", "chosen": "x"}).encode(),  # missing field
-        json.dumps({"prompt": "a", "chosen": "", "rejected": "y"}).encode(),  # empty
-        json.dumps({"prompt": "a", "chosen": "same", "rejected": "same"}).encode(),  # identical
-        b'{"prompt": "a", "chosen": "\xff\xfe", "rejected": "y"}',  # not UTF-8
-        b"{not json",
-        b"[1, 2]",
-    ]
-    path.write_bytes(b"\n".join(lines) + b"\n")
+def test_unusable_records_are_counted_with_their_lines(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [
+        {"prompt": "a", "chosen": "x", "rejected": "y"},
+        {"prompt": "a", "chosen": "", "rejected": "y"},  # empty
+        {"prompt": "a", "chosen": "same", "rejected": "same "},  # identical but for a space
+        {"prompt": "a", "chosen": "x", "rejected": "z", "tie": True},  # a tie, dropped
+        {"prompt": "a", "chosen": "same", "rejected": "same"},
+    ])
     prefs = read_preference_file(path)
     assert len(prefs.comparisons) == 1
-    assert prefs.skipped == {"missing chosen or rejected": 1, "empty chosen": 1, "chosen identical to rejected": 1,
-                             "not UTF-8": 1, "not valid JSON": 1, "not a JSON object": 1}
-    assert "skipped 6 records" in prefs.skipped_summary()
-    only_bad = tmp_path / "only_bad.jsonl"
-    only_bad.write_bytes(b"\n".join(lines[1:]) + b"\n")
-    with pytest.raises(DataError, match="no usable preference records.*identical"):
+    assert prefs.skipped == {"empty chosen": 1, "chosen identical to rejected": 2, "tie (data.ties=drop)": 1}
+    summary = prefs.skipped_summary()
+    assert "skipped 4 records" in summary and "2 chosen identical to rejected (lines 3, 5)" in summary
+    assert "1 empty chosen (line 2)" in summary
+    only_bad = write_jsonl(tmp_path / "only_bad.jsonl", [{"prompt": "a", "chosen": "s", "rejected": "s"}])
+    with pytest.raises(DataError, match="no usable preference records.*identical.*line 1"):
         read_preference_file(only_bad)
     with pytest.raises(DataError, match="does not exist"):
         read_preference_file(tmp_path / "missing.jsonl")
     with pytest.raises(DataError, match="data.lines"):
         read_preference_file(path, lines="ten")
+
+
+GOOD = json.dumps({"prompt": "a", "chosen": "x", "rejected": "y"}).encode()
+RICH = {"prompt": "p", "responses": [{"id": 4, "text": "r1"}, {"id": 5, "text": "r2"}, {"id": 6, "text": "r3"}]}
+MALFORMED = {
+    "missing rejected": (b'{"prompt": "a", "chosen": "x"}', "has no 'rejected'"),
+    "not UTF-8": (b'{"prompt": "a", "chosen": "\xff\xfe", "rejected": "y"}', "not UTF-8"),
+    "not JSON": (b"{not json", "not valid JSON"),
+    "truncated last line": (GOOD[:25], "not valid JSON"),
+    "not an object": (b"[1, 2]", "expected a JSON object"),
+    "NaN": (b'{"prompt": "a", "chosen": "x", "rejected": "y", "strength": NaN}', "NaN"),
+    "strength not 1-3": (b'{"prompt": "a", "chosen": "x", "rejected": "y", "strength": "very"}', "strength"),
+    "deeply nested": (b'{"prompt": "a", "chosen": "x", "rejected": "y", "m": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+                      "nested deeper"),
+    "lone surrogate": (b'{"prompt": "a\\udc00", "chosen": "x", "rejected": "y"}', "surrogate"),
+    "mixed types": (b'{"prompt": "a", "chosen": ["x"], "rejected": "y"}', "must all be strings"),
+    "rich ratings a list": (json.dumps({**RICH, "kind": "rating", "ratings": [1]}).encode(), "'ratings' must be"),
+    "rich ratings not per aspect": (json.dumps({**RICH, "kind": "rating", "ratings": {"4": 5}}).encode(),
+                                    "ratings of response 4"),
+    "rich ranking of unknown ids": (json.dumps({**RICH, "kind": "ranking", "ranking": [4, 9]}).encode(),
+                                    "9 is not the id"),
+    "rich choice unknown": (json.dumps({**RICH, "responses": ["a", "b"], "kind": "pair", "choice": "c"}).encode(),
+                            "'choice'"),
+    "rich kind unknown": (json.dumps({**RICH, "kind": "essay"}).encode(), "'kind' must be one of"),
+    "rich ids not numbers": (json.dumps({"prompt": "p", "responses": [{"text": "a", "id": [1]}, "b"],
+                                         "choice": "a"}).encode(), "ids must be distinct"),
+    "rich strength text": (json.dumps({"prompt": "p", "responses": ["a", "b"], "choice": "a",
+                                       "strength": "x"}).encode(), "strength"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_line_is_an_error_naming_it(tmp_path, case):
+    line, words = MALFORMED[case]
+    path = tmp_path / "prefs.jsonl"
+    path.write_bytes(GOOD + b"\n" + GOOD + b"\n" + line + (b"" if case == "truncated last line" else b"\n"))
+    with pytest.raises(DataError, match=f"prefs.jsonl line 3: .*{words}"):
+        read_preference_file(path)
+    assert len(read_preference_file(path, lines="1-2").comparisons) == 2  # lines outside data.lines are not read
+
+
+def test_a_damaged_gzip_file_is_named(tmp_path):
+    packed = bytearray(gzip.compress(b"".join(GOOD + b"\n" for _ in range(200))))
+    for start, name in ((len(packed) - 12, "truncated"), (20, "corrupt")):
+        damaged = bytearray(packed) if name == "corrupt" else packed[:start]
+        if name == "corrupt":
+            damaged[20:40] = bytes(b ^ 0xFF for b in damaged[20:40])
+        path = tmp_path / f"{name}.jsonl.gz"
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(DataError, match=f"{name}.jsonl.gz is a damaged gzip file"):
+            read_preference_file(path)
 
 
 def test_gzip_and_line_ranges(tmp_path):

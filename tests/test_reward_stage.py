@@ -40,8 +40,8 @@ def _quiet(_: str) -> None:
 def test_cli_train_then_eval_json_with_skipped_records(backbone, tmp_path):
     path = tmp_path / "mixed.jsonl"
     good = "".join(json.dumps(r) + "\n" for r in good_bad_pairs(64)).encode()
-    bad = (b'{"prompt": "x", "chosen": "same", "rejected": "same"}\n{"prompt": "x", "chosen": ""}\n'
-           b'{"prompt": "x", "chosen": "\xff", "rejected": "y"}\n')
+    bad = (b'{"prompt": "x", "chosen": "same", "rejected": "same"}\n{"prompt": "x", "chosen": "", "rejected": "y"}\n'
+           b'{"prompt": "x", "chosen": "z", "rejected": ""}\n')
     path.write_bytes(good + bad)
     run = tmp_path / "run"
     trained = run_cli("reward", "--run", str(run), f"data.path={path}", f"model.path={backbone}",
@@ -67,11 +67,16 @@ def test_cli_train_then_eval_json_with_skipped_records(backbone, tmp_path):
 
 def test_only_bad_input_is_one_line_exit_2(backbone, tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_bytes(b'{"chosen": "a"}\n{"prompt": "p", "chosen": "", "rejected": "b"}\n\xff\xfe\n')
+    path.write_bytes(b'{"prompt": "p", "chosen": "", "rejected": "b"}\n'
+                     b'{"prompt": "p", "chosen": "c", "rejected": "c"}\n')
     result = run_cli("reward", "--run", str(tmp_path / "run"), f"data.path={path}", f"model.path={backbone}")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "no usable preference records" in result.stderr and "not UTF-8" in result.stderr
+    assert "no usable preference records" in result.stderr and "identical to rejected (line 2)" in result.stderr
+    path.write_bytes(b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n\xff\xfe\n')
+    result = run_cli("reward", "--run", str(tmp_path / "run"), f"data.path={path}", f"model.path={backbone}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "bad.jsonl line 2: not UTF-8" in result.stderr
 
 
 def test_crash_and_resume_is_exact(backbone, prefs_file, tmp_path):

@@ -99,4 +99,5 @@ def test_upload_reports_a_bad_line_and_stores_nothing(app):
     assert bad.status_code == 422 and "line 2" in bad.json()["detail"]
     assert admin.get("/api/stats/agreement").json()["counts"]["items"] == 0
     ok = admin.post("/api/items/upload", files={"file": ("x.jsonl", f"{good}\n{good}\n")}, data={"kind": "pair"})
-    assert ok.status_code == 201 and ok.json() == {"format": "responses", "records": 2, "items": 2}
+    assert ok.status_code == 201 and ok.json() == {"format": "responses", "records": 1, "items": 1, "already": 0,
+                                                   "skipped": {"repeated in the file": [2]}}

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from alignloop.errors import disk_full_error, is_disk_full
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -38,9 +40,12 @@ def write_text(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = is_disk_full(exc, str(path.parent))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if full:
+            raise disk_full_error(path) from exc
         raise
 
 
@@ -63,8 +68,11 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
+        full = is_disk_full(exc, str(tmp))  # asked before the cleanup frees the space again
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise disk_full_error(target) from exc
         raise
     old = target.parent / f".old-{target.name}-{os.getpid()}"
     if target.exists():

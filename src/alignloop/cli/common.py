@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from alignloop.config.base import load_config
-from alignloop.errors import AlignloopError
+from alignloop.errors import AlignloopError, disk_full_error, is_disk_full
 from alignloop.runs import RunDir
 
 T = TypeVar("T", bound=BaseModel)
@@ -71,8 +71,14 @@ def reporting_errors() -> Iterator[None]:
         fail("terminated (SIGTERM); rerun the same command to resume", 143)
     except MemoryError:
         fail("out of memory; lower the batch size or sequence length", 3)
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - only a full disk and other OS errors are ours to word
         if os.environ.get("ALIGNLOOP_DEBUG"):
+            raise
+        if is_disk_full(exc):
+            # A write outside alignloop.atomic (metrics, the feedback store): name the file when known.
+            where = getattr(exc, "filename", None) or ("the feedback store" if "database" in str(exc) else None)
+            fail(str(disk_full_error(where)) if where else "no space left on device; free some space and rerun")
+        if not isinstance(exc, OSError):
             raise
         fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 2)
 

@@ -138,7 +138,7 @@ def users_disable(name: Annotated[str, typer.Argument(help="Account name.")], ru
 
 @feedback_app.command("import")
 def feedback_import(
-    path: Annotated[Path, typer.Argument(help="JSONL file to import.")],
+    path: Annotated[Path, typer.Argument(help="JSONL file to import (.jsonl.gz too).")],
     run: RunArg = None,
     db: DbOption = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, responses, trl or hh.")] = "auto",
@@ -146,14 +146,16 @@ def feedback_import(
         "--kind", help="responses only: auto (by count), pair (all pairs), ranking or rating.")] = "auto",
     round_number: RoundOption = None,
 ) -> None:
-    """Import responses to annotate, or labelled preferences (TRL, Anthropic HH). All or nothing."""
+    """Import responses to annotate, or labelled preferences (TRL, Anthropic HH). All or nothing;
+    records imported before are not stored again."""
     with reporting_errors():
-        from alignloop.feedback.formats import import_file
+        from alignloop.feedback.formats import apply_import, describe_import, read_import_file
 
+        plan = read_import_file(path, fmt, kind)  # every line checked before the store is opened
         with _open(run, db) as store:
             round_id = None if round_number is None else store.round_id(round_number)
-            summary = import_file(store, path, fmt, round_id=round_id, kind=kind)
-        echo(f"imported {summary['records']} {summary['format']} records as {summary['items']} items from {path}")
+            summary = apply_import(store, plan, round_id)
+        echo(describe_import(summary, str(path)))
 
 
 @feedback_app.command("export")

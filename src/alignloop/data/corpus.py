@@ -41,7 +41,7 @@ def read_jsonl_texts(path: Path, text_field: str = "text") -> list[str]:
     for number, record in iter_jsonl(path, "corpus file"):
         value = record.get(text_field)
         if not isinstance(value, str):
-            raise DataError(f"{path}:{number}: record has no string {text_field!r} field (set data.text_field)")
+            raise DataError(f"{path} line {number}: record has no string {text_field!r} field (set data.text_field)")
         if value.strip():
             docs.append(value.strip())
     return docs

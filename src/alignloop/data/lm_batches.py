@@ -118,11 +118,14 @@ def collate_supervised(examples: list[SupervisedExample], pad_token_id: int) -> 
 
 def render_chat(messages: list[dict]) -> list[tuple[str, str]]:
     """(prompt, response) pairs of a chat: each assistant turn answers everything before it."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError("'messages' must be a non-empty list of {\"role\", \"content\"} objects")
     pairs, history = [], ""
     for message in messages:
-        role, content = message.get("role"), message.get("content")
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(role, str) or not isinstance(content, str):
-            raise DataError("a chat message needs string 'role' and 'content' fields")
+            raise DataError("each chat message must be an object with string 'role' and 'content' fields")
         if role == "assistant":
             pairs.append((history + "Assistant:", content))
         history += f"{role.capitalize()}: {content}\n"
@@ -130,19 +133,23 @@ def render_chat(messages: list[dict]) -> list[tuple[str, str]]:
 
 
 def read_supervised_records(path: Path) -> list[tuple[str, str]]:
-    """(prompt, response) pairs from JSONL `{"prompt","response"}` or chat `{"messages": [...]}`."""
+    """(prompt, response) pairs from JSONL `{"prompt","response"}` or chat `{"messages": [...]}` (gzip or not).
+
+    A line of any other shape is an error naming it; a record with an empty response is left out.
+    """
     pairs = []
     for number, record in iter_jsonl(path, "SFT data"):
         if "messages" in record:
             try:
                 pairs.extend(render_chat(record["messages"]))
             except DataError as exc:
-                raise DataError(f"{path}:{number}: {exc}") from None
+                raise DataError(f"{path} line {number}: {exc}") from None
         elif isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
             if record["response"].strip():
                 pairs.append((record["prompt"], record["response"]))
         else:
-            raise DataError(f"{path}:{number}: expected {{'prompt', 'response'}} strings or 'messages'")
+            raise DataError(f"{path} line {number}: expected {{\"prompt\", \"response\"}} strings or "
+                            f"{{\"messages\": [...]}}")
     if not pairs:
         raise DataError(f"SFT data {path} holds no examples")
     return pairs

@@ -97,6 +97,9 @@ class Prompt(Base):
     # Format details needed to write the prompt back exactly (e.g. TRL chat messages).
     meta: Mapped[Optional[dict]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Added by migration 0004: the content key of the imported record that made this prompt
+    # (`alignloop.feedback.formats.content_key`), so that importing a file again stores nothing twice.
+    import_key: Mapped[Optional[str]] = mapped_column(String(64), unique=True, index=True)
 
     responses: Mapped[list["Response"]] = relationship(back_populates="prompt", order_by="Response.id")
 

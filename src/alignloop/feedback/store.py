@@ -362,7 +362,8 @@ class Store:
                 prompt, responses = _sample_record(record, index)
                 if item_kind in ("pair", "ranking") and len(responses) < 2:
                     raise DataError(f"record {index + 1}: a {item_kind} item needs at least 2 responses")
-                prompt_row = Prompt(round_id=round_id, text=prompt, source=source, meta=record.get("meta"))
+                prompt_row = Prompt(round_id=round_id, text=prompt, source=source, meta=record.get("meta"),
+                                    import_key=record.get("import_key"))
                 s.add(prompt_row)
                 rows = []
                 for response in responses:
@@ -395,7 +396,8 @@ class Store:
         with self.write() as s:
             for index, record in enumerate(records):
                 prompt, responses = _sample_record(record, index, allow_empty=True)
-                prompt_row = Prompt(round_id=round_id, text=prompt, source=source, meta=record.get("meta"))
+                prompt_row = Prompt(round_id=round_id, text=prompt, source=source, meta=record.get("meta"),
+                                    import_key=record.get("import_key"))
                 s.add(prompt_row)
                 if not responses:
                     continue
@@ -518,6 +520,15 @@ class Store:
             return Progress(done=counts.get("done", 0), skipped=counts.get("skipped", 0), remaining=remaining)
 
     # ---- imported labels -----------------------------------------------------------
+    def known_import_keys(self, keys: Sequence[str]) -> set[str]:
+        """The content keys among `keys` of records imported before (`Prompt.import_key`)."""
+        found: set[str] = set()
+        with self.read() as s:
+            for start in range(0, len(keys), 500):  # stay under the database's bound-parameter limit
+                chunk = list(keys[start:start + 500])
+                found.update(s.scalars(select(Prompt.import_key).where(Prompt.import_key.in_(chunk))))
+        return found
+
     def import_preferences(self, records: Sequence[dict[str, Any]], source: str,
                            round_id: Optional[int] = None) -> list[int]:
         """Store labelled pairs `{"prompt", "chosen", "rejected", "prompt_meta"?, "chosen_meta"?,
@@ -536,7 +547,7 @@ class Store:
                 if author not in authors:
                     authors[author] = queue.import_author(s, author)
                 prompt = Prompt(round_id=round_id, text=record["prompt"], source=source,
-                                meta=record.get("prompt_meta"), created_at=now)
+                                meta=record.get("prompt_meta"), created_at=now, import_key=record.get("import_key"))
                 chosen = Response(prompt=prompt, text=record["chosen"], meta=record.get("chosen_meta"),
                                   model_name=record.get("chosen_model"), created_at=now)
                 rejected = Response(prompt=prompt, text=record["rejected"], meta=record.get("rejected_meta"),

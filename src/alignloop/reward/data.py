@@ -6,12 +6,16 @@ Sources:
   message lists, or an implicit prompt), Anthropic HH `{"chosen", "rejected"}`
   transcripts, or our rich records (`{"prompt", "responses", "kind", "choice" |
   "ranking" | "ratings", "annotator", ...}` as `alignloop feedback export
-  --format rich` writes them);
+  --format rich` writes them); TRL and HH lines are read by the same code as
+  `alignloop feedback import` (`alignloop.feedback.formats`);
 - the run's feedback store.
 
-Records that cannot be used (not UTF-8, not JSON, a missing field, an empty
-response, chosen identical to rejected) are skipped and counted by reason;
-only a source with nothing usable is an error.
+A malformed line (not UTF-8, not JSON, a missing field, a field of the wrong
+type, a rich record whose ranking or ratings name no response of its own) is an
+error naming the file and line. Well-formed records that cannot be learned from
+(an empty response, chosen identical to rejected, a tie when ties are dropped)
+are skipped and counted by reason, with their line numbers; only a source with
+nothing usable is an error.
 
 Everything becomes `PromptGroup`s: one prompt, its distinct responses, and the
 comparisons between them (pairs, ties, rankings, ratings). A batch encodes
@@ -24,9 +28,9 @@ per group too: its responses share one row behind a 4D attention mask
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,11 +39,13 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
+from alignloop.data.jsonl import decode_utf8, parse_json, read_bytes
 from alignloop.data.split import split_indices
 from alignloop.errors import DataError
+from alignloop.feedback import formats
+from alignloop.feedback.models import CHOICES, ITEM_KINDS
 from alignloop.reward.model import pad_batch
 
-HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 RATING_LOW, RATING_HIGH = 1.0, 5.0
 
 
@@ -81,6 +87,7 @@ class Preferences:
     rankings: list[Ranking] = field(default_factory=list)
     ratings: list[Rating] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    skipped_lines: dict[str, list[int]] = field(default_factory=dict)  # reason -> line numbers, when known
     source: str = ""
     # From a feedback store: the judgments read (by content), the newest one's id, and how many newer
     # ones were left out because the stage had already been started on the older ones.
@@ -92,24 +99,25 @@ class Preferences:
     def __len__(self) -> int:
         return len(self.comparisons) + len(self.rankings) + len(self.ratings)
 
+    def skip(self, reason: str, line: Optional[int] = None) -> None:
+        """Count a record left out (and its line, when it came from a file)."""
+        self.skipped[reason] += 1
+        if line is not None:
+            self.skipped_lines.setdefault(reason, []).append(line)
+
     def skipped_summary(self) -> str:
         if not self.skipped:
             return ""
         total = sum(self.skipped.values())
-        reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+        reasons = ", ".join(
+            f"{n} {reason}" + (f" ({formats.line_list(self.skipped_lines[reason])})"
+                               if reason in self.skipped_lines else "")
+            for reason, n in self.skipped.most_common())
         return f"skipped {total} record{'s' if total != 1 else ''} of {self.source}: {reasons}"
 
 
 class SkipRecord(Exception):
-    """A record that cannot be used; its message is the reason it is counted under."""
-
-
-def _text(value: Any, name: str) -> str:
-    if value is None:
-        raise SkipRecord(f"missing {name}")
-    if not isinstance(value, str):
-        raise SkipRecord(f"{name} not text")
-    return value
+    """A well-formed record that cannot be used; its message is the reason it is counted under."""
 
 
 def _nonempty(value: str, name: str) -> str:
@@ -118,95 +126,115 @@ def _nonempty(value: str, name: str) -> str:
     return value
 
 
-def _messages_text(messages: list) -> str:
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+def _number(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value <= high
 
 
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
-
-
-def _common_prefix(a: Sequence, b: Sequence) -> int:
-    n = 0
-    while n < len(a) and n < len(b) and a[n] == b[n]:
-        n += 1
-    return n
+def _strength(value: Any, where: str) -> Optional[float]:
+    """An annotator's strength 1-3, or None; anything else is an error."""
+    if value is not None and not _number(value, 1, 3):
+        raise DataError(f"{where}: 'strength' must be a number from 1 to 3 (or null), not {json.dumps(value)[:40]}")
+    return value
 
 
 def _check_pair(prompt: str, chosen: str, rejected: str, strength: Any = None, tie: Any = False) -> Comparison:
     _nonempty(chosen, "chosen")
     _nonempty(rejected, "rejected")
-    if chosen.strip() == rejected.strip():
-        raise SkipRecord("chosen identical to rejected")
-    if strength is not None and not isinstance(strength, (int, float)):
-        strength = None
+    if formats.identical(chosen, rejected):
+        raise SkipRecord(formats.IDENTICAL)
     return Comparison(prompt, chosen, rejected, strength, bool(tie))
 
 
-def split_hh(transcript_a: str, transcript_b: str) -> tuple[str, str, str]:
-    """(prompt, reply a, reply b) of two HH transcripts: the dialogue up to the last shared
-    `Assistant:`, then the two final replies without the space that follows it."""
-    shared = transcript_a[:_common_prefix(transcript_a, transcript_b)]
-    cut = shared.rfind(ASSISTANT)
-    if cut < 0:
-        return "", transcript_a, transcript_b
-    cut += len(ASSISTANT)
-    prompt = transcript_a[:cut]
-    reply_a, reply_b = transcript_a[cut:], transcript_b[cut:]
-    return prompt, _strip_one_space(reply_a), _strip_one_space(reply_b)
+def pair_record(obj: dict, where: str = "record") -> Comparison:
+    """A TRL or HH line as a comparison (read as `alignloop feedback import` reads it).
+
+    A malformed line is a `DataError` naming `where`; `SkipRecord` says why a
+    well-formed one cannot be used (an empty response, chosen the same as rejected).
+    """
+    record = formats.preference_record(obj, where)
+    tie = obj.get("tie", False)
+    if tie is not None and not isinstance(tie, bool):
+        raise DataError(f"{where}: 'tie' must be true or false, not {json.dumps(tie)[:40]}")
+    return _check_pair(record["prompt"], record["chosen"], record["rejected"],
+                       _strength(obj.get("strength"), where), tie)
 
 
-def _strip_one_space(reply: str) -> str:
-    return reply[1:] if reply.startswith(" ") else reply
+def _response_id(value: Any, ids: list[int], where: str) -> int:
+    """A response id in a ranking or in the ratings' keys (an int, or its digits as a string)."""
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value not in ids:
+        raise DataError(f"{where}: {json.dumps(value)[:40]} is not the id of one of the record's responses "
+                        f"({', '.join(map(str, ids))})")
+    return value
 
 
-def pair_record(obj: dict) -> Comparison:
-    """A TRL or HH line as a comparison; `SkipRecord` says why it cannot be used."""
-    chosen, rejected, prompt = obj.get("chosen"), obj.get("rejected"), obj.get("prompt")
-    if chosen is None or rejected is None:
-        raise SkipRecord("missing chosen or rejected")
-    strength, tie = obj.get("strength"), obj.get("tie", False)
-    if _is_messages(chosen) and _is_messages(rejected) and (prompt is None or _is_messages(prompt)):
-        if prompt is None:  # implicit prompt: the shared leading messages
-            cut = _common_prefix(chosen, rejected)
-            prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
-        return _check_pair(_messages_text(prompt), _messages_text(chosen), _messages_text(rejected), strength, tie)
-    chosen, rejected = _text(chosen, "chosen"), _text(rejected, "rejected")
-    if prompt is None:
-        if chosen.startswith(HUMAN) or ASSISTANT in chosen:
-            prompt, chosen, rejected = split_hh(chosen, rejected)
-        else:
-            cut = _common_prefix(chosen, rejected)
-            prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
-    return _check_pair(_text(prompt, "prompt"), chosen, rejected, strength, tie)
+def _rich_ratings(ratings: Any, ids: list[int], where: str) -> dict[int, dict[str, float]]:
+    if ratings is None:
+        return {}
+    if not isinstance(ratings, dict):
+        raise DataError(f"{where}: 'ratings' must be an object {{response id: {{aspect: 1-5}}}}")
+    out = {}
+    for key, scores in ratings.items():
+        if not isinstance(scores, dict) or not all(_number(v, RATING_LOW, RATING_HIGH) for v in scores.values()):
+            raise DataError(f"{where}: the ratings of response {key} must be an object {{aspect: score from "
+                            f"{RATING_LOW:g} to {RATING_HIGH:g}}}")
+        out[_response_id(key, ids, where)] = scores
+    return out
 
 
-def rich_row(obj: dict, line: int) -> dict:
-    """A rich record as a judgment row of `alignloop.feedback.preferences` (ids by position if absent)."""
-    prompt = _text(obj.get("prompt"), "prompt")
+def rich_row(obj: dict, line: int, where: Optional[str] = None) -> dict:
+    """A rich record as a judgment row of `alignloop.feedback.preferences` (ids by position if absent).
+
+    Every field the reward model reads is checked: a malformed record is a `DataError`
+    naming `where`; `SkipRecord` for a well-formed pair or ranking it cannot learn from.
+    """
+    where = where or f"line {line}"
+    prompt = obj.get("prompt")
+    if not isinstance(prompt, str):
+        raise DataError(f"{where}: a rich record needs a 'prompt' string")
     responses = obj.get("responses")
     if not isinstance(responses, list) or not responses:
-        raise SkipRecord("missing responses")
+        raise DataError(f"{where}: 'responses' must be a non-empty list of strings or {{\"text\", \"id\"}} objects")
     clean = []
     for position, response in enumerate(responses):
         if isinstance(response, str):
             response = {"text": response}
         if not isinstance(response, dict) or not isinstance(response.get("text"), str):
-            raise SkipRecord("response not text")
+            raise DataError(f"{where}: response {position + 1} must be a string or an object with a 'text' string")
         clean.append({**response, "id": response.get("id", position)})
+    ids = [r["id"] for r in clean]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or len(set(ids)) != len(ids):
+        raise DataError(f"{where}: response ids must be distinct whole numbers")
     kind = obj.get("kind") or ("ranking" if obj.get("ranking") else "pair" if obj.get("choice") else "rating")
+    if kind not in ITEM_KINDS:
+        raise DataError(f"{where}: 'kind' must be one of {', '.join(ITEM_KINDS)}, not {json.dumps(kind)[:40]}")
+    choice, ranking = obj.get("choice"), obj.get("ranking")
     if kind == "pair" and len(clean) != 2:
-        raise SkipRecord("pair without two responses")
+        raise DataError(f"{where}: a pair has 2 responses, not {len(clean)}")
+    if choice is not None and (kind != "pair" or choice not in CHOICES):
+        raise DataError(f"{where}: 'choice' is for pairs and must be one of {', '.join(CHOICES)}, "
+                        f"not {json.dumps(choice)[:40]}")
+    if ranking is not None:
+        if kind != "ranking" or not isinstance(ranking, list) or len(ranking) < 2:
+            raise DataError(f"{where}: 'ranking' is for rankings: a list of response ids, best first")
+        ranking = [_response_id(i, ids, where) for i in ranking]
+        if len(set(ranking)) != len(ranking):
+            raise DataError(f"{where}: 'ranking' names a response twice")
+    for key, types in (("annotator", str), ("round", int), ("item_id", (int, str))):
+        if obj.get(key) is not None and (not isinstance(obj[key], types) or isinstance(obj[key], bool)):
+            raise DataError(f"{where}: '{key}' has the wrong type ({json.dumps(obj[key])[:40]})")
+    row = {"kind": kind, "prompt": prompt, "responses": clean, "choice": choice,
+           "strength": _strength(obj.get("strength"), where), "ranking": ranking,
+           "ratings": _rich_ratings(obj.get("ratings"), ids, where),
+           "annotator": obj.get("annotator") or "unknown", "round": obj.get("round"),
+           "item_id": obj.get("item_id", f"line-{line}")}
     if kind in ("pair", "ranking") and any(not r["text"].strip() for r in clean):
         raise SkipRecord("empty response")
-    if kind == "pair" and clean[0]["text"].strip() == clean[1]["text"].strip():
-        raise SkipRecord("chosen identical to rejected")
-    ratings = obj.get("ratings") or {}
-    return {"kind": kind, "prompt": prompt, "responses": clean, "choice": obj.get("choice"),
-            "strength": obj.get("strength"), "ranking": obj.get("ranking"),
-            "ratings": {int(k) if str(k).lstrip("-").isdigit() else k: v for k, v in ratings.items()},
-            "annotator": obj.get("annotator") or "unknown", "round": obj.get("round"),
-            "item_id": obj.get("item_id", f"line-{line}")}
+    if kind == "pair" and formats.identical(clean[0]["text"], clean[1]["text"]):
+        raise SkipRecord(formats.IDENTICAL)
+    return row
 
 
 def parse_lines(spec: Optional[str]) -> Optional[tuple[int, int]]:
@@ -223,52 +251,39 @@ def parse_lines(spec: Optional[str]) -> Optional[tuple[int, int]]:
     return bounds
 
 
-def _read_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise DataError(f"preference file {path} does not exist")
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path} is a damaged gzip file ({exc})") from None
-    return raw
-
-
 def read_preference_file(path: Path | str, lines: Optional[str] = None, aggregate: str = "majority",
                          ties: str = "drop", ratings: bool = False) -> Preferences:
-    """Every usable record of a preference JSONL file; unusable ones are counted in `.skipped`."""
+    """Every usable record of a preference JSONL file (gzip or not), within `lines` when given.
+
+    A malformed line (not UTF-8, not JSON, not a record of a known format, a field
+    of the wrong type) is a `DataError` naming it; usable-looking records that
+    cannot be learned from are counted in `.skipped`, with their lines.
+    """
     from alignloop.feedback import preferences as store_preferences
 
     path = Path(path)
     bounds = parse_lines(lines)
     out = Preferences(source=str(path))
     rich_rows: list[dict] = []
-    for number, raw_line in enumerate(_read_bytes(path).split(b"\n"), start=1):
+    for number, raw_line in enumerate(read_bytes(path, "preference file").split(b"\n"), start=1):
         if bounds and not bounds[0] <= number <= bounds[1]:
             continue
         if not raw_line.strip():
             continue
+        where = f"{path} line {number}"
+        obj = parse_json(decode_utf8(raw_line, path, number), where)
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         try:
-            try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise SkipRecord("not UTF-8") from None
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise SkipRecord("not valid JSON") from None
-            if not isinstance(obj, dict):
-                raise SkipRecord("not a JSON object")
             if "responses" in obj:
-                rich_rows.append(rich_row(obj, number))
+                rich_rows.append(rich_row(obj, number, where))
             else:
-                comparison = pair_record(obj)
+                comparison = pair_record(obj, where)
                 if comparison.tie and ties == "drop":
                     raise SkipRecord("tie (data.ties=drop)")
                 out.comparisons.append(comparison)
         except SkipRecord as reason:
-            out.skipped[str(reason)] += 1
+            out.skip(str(reason), number)
     if rich_rows:
         _add_rows(out, rich_rows, aggregate, ties, ratings, store_preferences)
     if not len(out):
@@ -287,7 +302,7 @@ def _add_rows(out: Preferences, rows: list[dict], aggregate: str, ties: str, rat
     else:
         for record in prefs.ranking_records(ranking_rows):
             if any(not text.strip() for text in record["responses"]) or len(set(record["responses"])) < 2:
-                out.skipped["ranking with empty or identical responses"] += 1
+                out.skip("ranking with empty or identical responses")
                 continue
             out.rankings.append(Ranking(record["prompt"], list(record["responses"])))
     for record in prefs.preference_records(pair_rows, aggregate, ties):
@@ -295,7 +310,7 @@ def _add_rows(out: Preferences, rows: list[dict], aggregate: str, ties: str, rat
             out.comparisons.append(_check_pair(record["prompt"], record["chosen"], record["rejected"],
                                                record.get("strength"), record.get("tie")))
         except SkipRecord as reason:
-            out.skipped[str(reason)] += 1
+            out.skip(str(reason))
     if ratings:
         for record in prefs.rating_records(rows):
             scores = [float(v) for v in record["ratings"].values() if isinstance(v, (int, float))]

@@ -213,8 +213,9 @@ class PreferenceDataConfig(Section):
     """Preference pairs for DPO: the run's feedback store, or a file."""
 
     path: Optional[str] = Field(
-        None, description='JSONL of {"prompt", "chosen", "rejected"} (TRL\'s format). Unset: the run\'s feedback '
-                          'store (majority vote per pair, ties dropped).')
+        None, description='JSONL (or .jsonl.gz) of preferences as `reward` reads them: TRL {"prompt", "chosen", '
+                          '"rejected"}, Anthropic HH {"chosen", "rejected"} transcripts, or rich records. Unset: the '
+                          'run\'s feedback store (majority vote per pair, ties dropped).')
     store: Optional[str] = Field(None, description="Feedback store path or URL. Unset: the run's feedback.db.")
     feedback_round: Optional[int] = Field(None, ge=1, description="Only this round's judgments (unset: all).")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of pairs held out to report accuracy on.")

@@ -7,8 +7,9 @@ rejected response under the policy and under the frozen reference. The
 reference's log-probs never change, so they are computed once up front.
 
 Pairs come from the run's feedback store (majority vote per pair, ties
-dropped) or from a JSONL file in TRL's `{"prompt", "chosen", "rejected"}`
-format. Prompt and response are tokenized as everywhere else
+dropped) or from a JSONL file read as the reward stage reads one: TRL's
+`{"prompt", "chosen", "rejected"}`, Anthropic HH `{"chosen", "rejected"}`
+transcripts, or rich records. Prompt and response are tokenized as everywhere else
 (`alignloop.data.formatting`). Batches are a pure function of the step, so a
 resumed run sees the same data. The policy goes to `rounds/NNN/dpo/final/`.
 
@@ -31,7 +32,6 @@ from typing import Callable
 import torch
 
 from alignloop.data.formatting import encode_prompt, encode_response
-from alignloop.data.jsonl import iter_jsonl
 from alignloop.errors import DataError, TrainingError
 from alignloop.generation.logprobs import sequence_logprobs
 from alignloop.rl.config import DPOConfig, PreferenceDataConfig
@@ -67,20 +67,20 @@ def stage_key(round_number: int) -> str:
 # Data
 
 
-def read_preference_file(path: Path) -> list[tuple[str, str, str]]:
-    """(prompt, chosen, rejected) from JSONL in TRL's standard format."""
-    pairs = []
-    for number, record in iter_jsonl(path, "preference file"):
-        if not all(isinstance(record.get(k), str) for k in ("prompt", "chosen", "rejected")):
-            raise DataError(f'{path}:{number}: expected string fields "prompt", "chosen" and "rejected"')
-        pairs.append((record["prompt"], record["chosen"], record["rejected"]))
-    return pairs
+def read_preference_pairs(run: RunDir, cfg: PreferenceDataConfig, log: Callable[[str], None] = lambda m: None
+                          ) -> tuple[list[tuple[str, str, str]], str]:
+    """The preference pairs and where they came from: a JSONL file, or the feedback store.
 
-
-def read_preference_pairs(run: RunDir, cfg: PreferenceDataConfig) -> tuple[list[tuple[str, str, str]], str]:
-    """The preference pairs and where they came from: a JSONL file, or the feedback store."""
+    A file is read as the reward stage reads it (`alignloop.reward.data.read_preference_file`):
+    TRL, Anthropic HH transcripts or rich records, one per line, gzip or not; ties are dropped.
+    """
     if cfg.path:
-        pairs, source = read_preference_file(Path(cfg.path)), cfg.path
+        from alignloop.reward.data import read_preference_file
+
+        prefs = read_preference_file(cfg.path)
+        if prefs.skipped:
+            log(f"{STAGE}: {prefs.skipped_summary()}")
+        pairs, source = [(c.prompt, c.chosen, c.rejected) for c in prefs.comparisons], cfg.path
     else:
         from alignloop.feedback import open_store
 
@@ -213,7 +213,7 @@ def run_dpo(run: RunDir, cfg: DPOConfig, log: Callable[[str], None] = lambda m: 
     """Run (or resume, or skip if finished) DPO; the policy goes to rounds/NNN/dpo/final."""
     round_number = resolve_round(run, cfg.run.round)
     paths = resolve_models(run, cfg.models, round_number, need_reward=False)
-    pairs, source = read_preference_pairs(run, cfg.data)
+    pairs, source = read_preference_pairs(run, cfg.data, log)
     stage_dir = run.round_dir(round_number) / STAGE
     final = stage_dir / "final"
     cache = DigestCache.for_run(run)

@@ -54,8 +54,12 @@ class MetricsLog:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
         record = {"step": step, "time": round(time.time(), 3), **clean}
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        try:
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
+        except OSError as exc:  # a failed write does not say which file: name it (e.g. for a full disk)
+            exc.filename = exc.filename or str(self.path)
+            raise
         if self._writer is not None:
             for key, value in clean.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
