@@ -2,11 +2,13 @@
 
 Two commands writing one run directory at once (two `loop`s, a `reward` while
 the loop trains) would delete each other's checkpoints and interleave their
-manifest updates. Every command that writes a run takes `RUN/.lock` with
-`flock`: the kernel releases it when the holder exits, however it exits, so a
-lock left by a killed process is never in the way; the file's text (pid,
-command, start time) only serves the message. Nested takes by the same process
-(the loop calling the stages) are counted, not re-locked.
+manifest updates. Every command that writes a run takes an exclusive `flock`
+on the run directory itself: the kernel releases it when the holder exits,
+however it exits, so a lock left by a killed process is never in the way.
+While it holds the lock, the holder names itself (pid, command, start time) in
+`RUN/.lock` for the message a second command prints, and removes that file
+when it lets go. Nested takes by the same process (the loop calling the
+stages) are counted, not re-locked.
 """
 
 from __future__ import annotations
@@ -61,22 +63,21 @@ def run_lock(root: Path, command: str | None = None) -> Iterator[None]:
             _held[key] = (fd, depth - 1)
         return
     path = root / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise RunBusy(f"run directory {root} is in use by {_holder(path)}; wait for it to finish or stop it, "
                       f"then rerun") from None
-    text = json.dumps({"pid": os.getpid(), "command": command or " ".join(["alignloop", *sys.argv[1:]])[:200],
-                       "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, text.encode(), 0)
     _held[key] = (fd, 1)
     try:
+        path.write_text(json.dumps({"pid": os.getpid(),
+                                    "command": command or " ".join(["alignloop", *sys.argv[1:]])[:200],
+                                    "since": time.strftime("%Y-%m-%dT%H:%M:%S")}), encoding="utf-8")
         yield
     finally:
         _held.pop(key, None)
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+            path.unlink()
         os.close(fd)  # closing the descriptor releases the lock

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,15 +92,9 @@ def writing_run(run: Path) -> Iterator[RunDir]:
         with run_dir.lock():
             yield run_dir
     except BaseException:
-        if not existed and _empty_but_lock(run_dir.root):
-            shutil.rmtree(run_dir.root, ignore_errors=True)
+        if not existed and run_dir.root.is_dir() and not any(run_dir.root.iterdir()):
+            run_dir.root.rmdir()
         raise
-
-
-def _empty_but_lock(root: Path) -> bool:
-    from alignloop.runlock import LOCK_NAME
-
-    return root.is_dir() and all(entry.name == LOCK_NAME for entry in root.iterdir())
 
 
 def resolve(cls: type[T], config: Path | None, overrides: list[str] | None, defaults: dict | None = None) -> T:
