@@ -26,7 +26,10 @@ class BackboneConfig(Section):
         "mean", description="Encoders only: mean over tokens, the model's own pooler (BERT's [CLS]), or mean "
                             "over the response's tokens alone (the second segment; the prompt still conditions "
                             "them through attention).")
-    max_length: int = Field(512, ge=8, description="Longest prompt+response in tokens (the prompt's start is cut first).")
+    max_length: int = Field(512, ge=8, description="Longest prompt+response in tokens, at most the backbone's "
+                                                   "position limit (MiniLM and BERT 512, GPT-2 1024, our presets "
+                                                   "their context): the prompt's oldest turns are cut first, a "
+                                                   "reply only when it alone does not fit.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Train LoRA adapters on the backbone instead "
                                                                          "of every weight (the scalar head trains fully).")
 
@@ -49,6 +52,30 @@ class RewardDataConfig(Section):
     seed: int = Field(0, description="Seed of the split.")
 
 
+class LengthDebiasConfig(Section):
+    """Ways to keep the reward from paying for length (see BENCHMARKS.md, "Length"); they combine.
+
+    Whatever is used, the model scores with what is left once length is taken out, and its checkpoint says
+    which ways it was trained with (`alignloop_length_debias` in config.json).
+    """
+
+    odin: float = Field(0.0, ge=0, description="Weight of ODIN's correlation terms (Chen et al. 2024); above 0 a "
+                                                "second, length head is trained beside the reward: training "
+                                                "scores with their sum, the length head is pushed to correlate "
+                                                "with log length within each batch and the reward to not, and "
+                                                "the length head is dropped when the model is saved.")
+    orthogonal: float = Field(1.0, ge=0, description="With odin: weight of |cos| between the reward's and the "
+                                                     "length head's weights (ODIN's orthogonality term).")
+    covariate: bool = Field(False, description="Add beta * tanh((len chosen - len rejected) / sd) to each pair's "
+                                               "Bradley-Terry logit, beta fitted to the training pairs before "
+                                               "training and held fixed: a length expert that explains what "
+                                               "length explains, so the reward learns the rest; scoring drops it.")
+    balance: int = Field(0, ge=0, description="Reweight the training pairs so that within each of this many bins "
+                                              "of |length difference| the pairs where people chose the longer "
+                                              "reply and those where they chose the shorter weigh the same "
+                                              "(0: off, every pair weighs 1).")
+
+
 class RewardLossConfig(Section):
     """The objective: Bradley-Terry on pairs and rankings, plus optional terms."""
 
@@ -57,6 +84,7 @@ class RewardLossConfig(Section):
     centering: float = Field(0.0, ge=0, description="Weight of the reward-centering term mean((r_c + r_r)^2) "
                                                     "(Eisenstein et al. 2023; 0.01 is typical).")
     rating_weight: float = Field(1.0, ge=0, description="Weight of the rating regression term (with data.ratings).")
+    length: LengthDebiasConfig = Field(default_factory=LengthDebiasConfig)
 
 
 class EnsembleConfig(Section):

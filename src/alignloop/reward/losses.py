@@ -19,25 +19,33 @@ __all__ = [
     "normalize_ratings",
     "rating_regression_loss",
     "reward_centering_loss",
+    "pearson_correlation",
+    "odin_length_loss",
+    "head_orthogonality_loss",
     "preference_accuracy",
     "expected_calibration_error",
 ]
 
 
-def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float | None = None) -> Tensor:
-    """Pairwise Bradley-Terry loss: mean of -log sigmoid(r_c - r_r - m).
+def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float | None = None,
+                       weights: Tensor | None = None) -> Tensor:
+    """Pairwise Bradley-Terry loss: mean of -log sigmoid(r_c - r_r - m), each pair times its weight.
 
     InstructGPT (Ouyang et al. 2022, eq. 1) without margin; with margin m, the
     Llama 2 form (Touvron et al. 2023, eq. 2), where m grows with how strongly
     the annotator preferred the chosen response, so clear preferences must be
-    separated by more.
-    chosen_rewards, rejected_rewards: [B]; margin: [B], a float, or None.
+    separated by more. A negative margin is an offset in the chosen side's
+    favour (the length covariate, `alignloop.reward.debias`).
+    chosen_rewards, rejected_rewards: [B]; margin: [B], a float, or None;
+    weights: [B] or None (all 1). The mean is over pairs, not over weights, so
+    weights that average 1 over the training set leave the loss's scale alone.
     Returns a scalar.
     """
     diff = chosen_rewards - rejected_rewards
     if margin is not None:
         diff = diff - margin
-    return -F.logsigmoid(diff).mean()
+    losses = -F.logsigmoid(diff)
+    return (losses * weights.to(losses.dtype)).mean() if weights is not None else losses.mean()
 
 
 def ranking_pairs(k: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
@@ -124,6 +132,43 @@ def reward_centering_loss(chosen_rewards: Tensor, rejected_rewards: Tensor) -> T
     coefficient (they use 0.01). chosen_rewards, rejected_rewards: [B].
     """
     return (chosen_rewards + rejected_rewards).square().mean()
+
+
+def pearson_correlation(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
+    """Pearson's correlation of two [N] vectors: cov(x, y) / (sd(x) sd(y)); 0 when either is constant.
+
+    `eps` keeps the gradient finite where a side barely varies.
+    """
+    dx = x - x.mean()
+    dy = y.to(dx.dtype) - y.to(dx.dtype).mean()
+    denominator = (dx.square().sum() * dy.square().sum()).clamp(min=0).sqrt()
+    return (dx * dy).sum() / (denominator + eps)
+
+
+def odin_length_loss(quality_rewards: Tensor, length_rewards: Tensor, lengths: Tensor) -> Tensor:
+    """ODIN's correlation terms (Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF"):
+    mean over quality heads of |rho(r_Q, L)|, minus rho(r_L, L), with rho Pearson's correlation over the batch.
+
+    The reward a model is trained with is r_Q + r_L; this term pushes the quality reward r_Q to carry no
+    (linear) trace of the length L and the length reward r_L to carry it all, so that dropping r_L at scoring
+    time drops the length preference. quality_rewards: [N] or [N, H]; length_rewards, lengths: [N] (every
+    response of the batch once). Returns a scalar in [-1, 2].
+    """
+    quality = quality_rewards.unsqueeze(-1) if quality_rewards.dim() == 1 else quality_rewards
+    decorrelate = torch.stack([pearson_correlation(quality[:, h], lengths).abs() for h in range(quality.shape[1])])
+    return decorrelate.mean() - pearson_correlation(length_rewards, lengths)
+
+
+def head_orthogonality_loss(quality_weights: Tensor, length_weights: Tensor) -> Tensor:
+    """ODIN's orthogonality term: mean over (quality head, length head) of |cos(w_Q, w_L)|.
+
+    The cosine makes it the paper's |w_Q . w_L| on weight-normalised heads: the two heads read different
+    directions of the shared features rather than one growing while the other shrinks.
+    quality_weights: [H, D]; length_weights: [K, D]. Returns a scalar in [0, 1].
+    """
+    q = F.normalize(quality_weights.float(), dim=-1)
+    l = F.normalize(length_weights.float(), dim=-1)
+    return (q @ l.T).abs().mean()
 
 
 def preference_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:

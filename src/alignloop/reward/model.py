@@ -22,6 +22,14 @@ How a sequence gets one number:
 With `num_labels = N > 1` the checkpoint is an ensemble of N heads on one
 backbone: the reward is their mean and their spread measures disagreement
 (see `alignloop.reward.ensemble`).
+
+Trained with ODIN (`loss.length.odin`), the model also has a length head while
+it trains: the last output, counted by `alignloop_length_heads` in its config.
+Training scores with reward + length head; everything else (`heads`,
+`forward`, `score_texts`, hence PPO, best-of-n and `reward eval`) reads the
+reward heads alone, and `save` writes them alone, so a finished checkpoint is
+an ordinary one whose config records how it was trained
+(`alignloop_length_debias`).
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ MIN_STATS_RESPONSES = 200
 POOLING_KEY = "alignloop_pooling"
 MAX_LENGTH_KEY = "alignloop_max_length"
 DEFAULT_MAX_LENGTH = 512
+LENGTH_HEADS_KEY = "alignloop_length_heads"  # trailing outputs that are length heads (training checkpoints only)
+DEBIAS_KEY = "alignloop_length_debias"  # how training kept length out of the reward (`loss.length`), for the record
 
 
 @dataclass
@@ -107,47 +117,80 @@ def config_is_decoder(config) -> bool:
     return config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def encode_decoder_pair(tokenizer, prompt: str, response: str, max_length: int) -> dict[str, list[int]]:
+# The prompt's last tokens a reply always keeps (at most a quarter of max_length): what it answers.
+PROMPT_TAIL = 8
+# Which part of a reply too long to fit on its own is read (`keep_part`); chosen by the measurement in
+# BENCHMARKS.md ("Length"), and recorded in the checkpoint.
+KEEP_RESPONSE_KEY = "alignloop_keep_response"
+KEEP_RESPONSE = ("start", "end", "both")
+DEFAULT_KEEP_RESPONSE = "start"
+
+
+def prompt_reserve(prompt_tokens: int, max_length: int) -> int:
+    """How many of the prompt's tokens are kept however long the reply: `PROMPT_TAIL`, at most a quarter of
+    `max_length`, at least one (a decoder's BOS), never more than the prompt has."""
+    return min(prompt_tokens, max(1, min(PROMPT_TAIL, max_length // 4)))
+
+
+def keep_part(ids: Sequence[int], n: int, keep: str = DEFAULT_KEEP_RESPONSE, last: int = 0) -> list[int]:
+    """`ids` cut to `n` tokens: its start, its end, or both halves (the start's half rounded up).
+
+    The final `last` tokens (a decoder's EOS) are kept whatever `keep` says, inside the `n`.
+    """
+    ids = list(ids)
+    if len(ids) <= n:
+        return ids
+    if keep not in KEEP_RESPONSE:
+        raise ConfigError(f"keep_response must be one of {', '.join(KEEP_RESPONSE)}, not {keep!r}")
+    last = min(last, n)
+    body, tail = ids[:len(ids) - last], ids[len(ids) - last:]
+    room = n - last
+    if keep == "start":
+        body = body[:room]
+    elif keep == "end":
+        body = body[len(body) - room:] if room else []
+    else:
+        head = (room + 1) // 2
+        body = body[:head] + (body[len(body) - (room - head):] if room > head else [])
+    return body + tail
+
+
+def cut_prompt_left(prompt_ids: Sequence[int], room: int, start_token: Optional[int]) -> list[int]:
+    """The prompt's last `room` tokens; a leading `start_token` (a decoder's BOS) stays first when there is room."""
+    prompt_ids = list(prompt_ids)
+    if len(prompt_ids) <= room:
+        return prompt_ids
+    head = prompt_ids[:1] if prompt_ids and start_token is not None and prompt_ids[0] == start_token else []
+    if room <= len(head):
+        return head[:max(room, 0)]
+    return head + prompt_ids[len(prompt_ids) - (room - len(head)):]
+
+
+def encode_decoder_pair(tokenizer, prompt: str, response: str, max_length: int,
+                        keep: str = DEFAULT_KEEP_RESPONSE) -> dict[str, list[int]]:
     """`<bos> prompt response <eos>` as the policy sees it (`alignloop.data.formatting`), cut to fit.
 
-    Over-long inputs lose the start of the prompt first (the reward is read at the end), then the
-    end of the response, whose EOS is kept so the scored position is still "the reply is over".
+    Over-long inputs lose the prompt's oldest tokens (after BOS) first: the reward is read at the end and the
+    latest turns matter most. The reply itself is cut only when it alone (with the prompt's last
+    `PROMPT_TAIL` tokens) does not fit; it then keeps `keep` and its EOS, so the scored position is still
+    "the reply is over".
     """
-    from alignloop.data.formatting import encode_prompt, encode_response
-
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    response_ids = encode_response(tokenizer, prompt, response)
-    keep_prompt = min(len(prompt_ids), max(1, max_length // 4))
-    if len(response_ids) > max_length - keep_prompt:
-        cut = max_length - keep_prompt
-        response_ids = response_ids[: cut - 1] + response_ids[-1:]
-    room = max_length - len(response_ids)
-    if len(prompt_ids) > room:
-        head = prompt_ids[:1] if prompt_ids and prompt_ids[0] == tokenizer.bos_token_id else []
-        prompt_ids = head + prompt_ids[len(prompt_ids) - (room - len(head)):] if room > len(head) else head[:room]
+    prompt_ids, (response_ids,) = encode_decoder_group(tokenizer, prompt, [response], max_length, keep)
     return {"input_ids": prompt_ids + response_ids}
 
 
-def encode_decoder_group(tokenizer, prompt: str, responses: Sequence[str], max_length: int
-                         ) -> tuple[list[int], list[list[int]]]:
+def encode_decoder_group(tokenizer, prompt: str, responses: Sequence[str], max_length: int,
+                         keep: str = DEFAULT_KEEP_RESPONSE) -> tuple[list[int], list[list[int]]]:
     """(prompt ids, [response ids]) for reading one prompt once with all its responses (`pack_groups`).
 
-    Cut as `encode_decoder_pair` cuts: responses keep their start and EOS, the prompt loses its start,
-    so that prompt + the longest response fits `max_length`.
+    Cut as `encode_decoder_pair` cuts, so that prompt + the longest response fits `max_length`.
     """
     from alignloop.data.formatting import encode_prompt, encode_response
 
     prompt_ids = encode_prompt(tokenizer, prompt)
-    keep_prompt = min(len(prompt_ids), max(1, max_length // 4))
-    cut = max_length - keep_prompt
-    response_ids = []
-    for response in responses:
-        ids = encode_response(tokenizer, prompt, response)
-        response_ids.append(ids[: cut - 1] + ids[-1:] if len(ids) > cut else ids)
-    room = max_length - max(len(r) for r in response_ids)
-    if len(prompt_ids) > room:
-        head = prompt_ids[:1] if prompt_ids and prompt_ids[0] == tokenizer.bos_token_id else []
-        prompt_ids = head + prompt_ids[len(prompt_ids) - (room - len(head)):] if room > len(head) else head[:room]
+    room = max_length - prompt_reserve(len(prompt_ids), max_length)
+    response_ids = [keep_part(encode_response(tokenizer, prompt, r), room, keep, last=1) for r in responses]
+    prompt_ids = cut_prompt_left(prompt_ids, max_length - max(len(r) for r in response_ids), tokenizer.bos_token_id)
     return prompt_ids, response_ids
 
 
@@ -188,26 +231,54 @@ def pack_groups(groups: Sequence[tuple[list[int], list[list[int]]]], pad_token_i
             "score_row": torch.tensor(rows, dtype=torch.long), "score_col": torch.tensor(cols, dtype=torch.long)}
 
 
-def encode_encoder_pair(tokenizer, prompt: str, response: str, max_length: int) -> dict[str, list[int]]:
+def pair_template(tokenizer) -> tuple[tuple[list[int], list[int], list[int]], tuple[int, int, int]]:
+    """Where an encoder's tokenizer puts its special tokens around a pair: ((before the first text, between
+    the two, after the second), (the segment id of the first text, of the second, of what follows the second)).
+
+    Read from the tokenizer itself on a probe pair (BERT: `[CLS] a [SEP] b [SEP]`, RoBERTa: `<s> a </s></s> b
+    </s>`), so a pair can be put together from ids cut by hand, exactly as the tokenizer would have.
+    """
+    cached = getattr(tokenizer, "_alignloop_pair_template", None)
+    if cached is not None:
+        return cached
+    a = tokenizer("a", add_special_tokens=False)["input_ids"]
+    b = tokenizer("b", add_special_tokens=False)["input_ids"]
+    pair = tokenizer("a", "b")
+    ids, types = list(pair["input_ids"]), list(pair.get("token_type_ids") or [0] * len(pair["input_ids"]))
+    first = next((i for i in range(len(ids)) if ids[i:i + len(a)] == a), None)
+    second = None if first is None else next(
+        (i for i in range(first + len(a), len(ids)) if ids[i:i + len(b)] == b), None)
+    if second is None:
+        raise CheckpointError("the reward model's tokenizer does not encode a pair of texts as text, specials, text")
+    template = ((ids[:first], ids[first + len(a):second], ids[second + len(b):]),
+                (types[first], types[second], types[-1] if second + len(b) < len(ids) else types[second]))
+    try:
+        tokenizer._alignloop_pair_template = template
+    except AttributeError:  # a tokenizer that takes no new attributes is read again next time
+        pass
+    return template
+
+
+def encode_encoder_pair(tokenizer, prompt: str, response: str, max_length: int,
+                        keep: str = DEFAULT_KEEP_RESPONSE) -> dict[str, list[int]]:
     """The pair (prompt, response) with the tokenizer's special tokens, cut to fit.
 
-    The prompt loses its start first (in a dialogue the latest turns matter most); a response that
-    alone would not fit keeps its beginning.
+    The prompt loses its oldest tokens first (in a dialogue the latest turns matter most; the leading
+    [CLS] stays, being a special token). The reply is cut only when it alone (with the prompt's last
+    `PROMPT_TAIL` tokens) does not fit, and then keeps `keep`.
     """
-    specials = tokenizer.num_special_tokens_to_add(pair=True)
-    room = max_length - specials - min(8, max_length // 4)
-    encoded = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
-    if len(encoded["input_ids"]) > room:
-        response = response[: encoded["offset_mapping"][max(room, 1) - 1][1]]
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    try:
-        pair = tokenizer(prompt, response, truncation="only_first", max_length=max_length)
-    finally:
-        tokenizer.truncation_side = side
-    out = {"input_ids": list(pair["input_ids"])}
-    if "token_type_ids" in pair:
-        out["token_type_ids"] = list(pair["token_type_ids"])
+    (before, between, after), (type_a, type_b, type_after) = pair_template(tokenizer)
+    budget = max_length - len(before) - len(between) - len(after)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = keep_part(tokenizer(response, add_special_tokens=False)["input_ids"],
+                             max(budget - prompt_reserve(len(prompt_ids), max_length), 1), keep)
+    prompt_ids = cut_prompt_left(prompt_ids, budget - len(response_ids), None)
+    ids = before + prompt_ids + between + response_ids + after
+    types = [type_a] * (len(before) + len(prompt_ids) + len(between)) + [type_b] * len(response_ids) \
+        + [type_after] * len(after)
+    out = {"input_ids": ids}
+    if "token_type_ids" in tokenizer.model_input_names:
+        out["token_type_ids"] = types
     return out
 
 
@@ -271,6 +342,9 @@ class RewardModel(nn.Module):
         if limit:
             self.max_length = min(self.max_length, int(limit))
         self.pooling = "last" if self.is_decoder else (getattr(config, POOLING_KEY, None) or "native")
+        self.length_heads = int(getattr(config, LENGTH_HEADS_KEY, None) or 0)
+        # Checkpoints from before the setting (and from elsewhere) kept a long reply's start.
+        self.keep_response = getattr(config, KEEP_RESPONSE_KEY, None) or "start"
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token is None:
                 raise CheckpointError("the reward model's tokenizer has neither a pad nor an eos token")
@@ -299,7 +373,54 @@ class RewardModel(nn.Module):
 
     @property
     def num_heads(self) -> int:
-        return int(self.model.config.num_labels)
+        """Reward heads (the length head of ODIN training not counted)."""
+        return int(self.model.config.num_labels) - self.length_heads
+
+    @property
+    def _head_name(self) -> str:
+        return "score" if self.is_decoder else "classifier"
+
+    def set_length_heads(self, wanted: int) -> None:
+        """Give the model `wanted` (0 or 1) length heads after its reward heads: a fresh output row of the head,
+        initialised as transformers initialises heads, or the reward rows alone. Before the optimizer is made."""
+        if wanted == self.length_heads:
+            return
+        head = getattr(self._hf_model, self._head_name, None)
+        if type(head) is not nn.Linear:
+            raise ConfigError("loss.length.odin needs a reward head that is one linear layer read on pooled "
+                              "states, on a model without LoRA adapters (model.lora); this model's is "
+                              f"{type(head).__name__}")
+        rows = self.num_heads + wanted
+        grown = nn.Linear(head.in_features, rows, bias=head.bias is not None, device=head.weight.device,
+                          dtype=head.weight.dtype)
+        with torch.no_grad():
+            keep = min(rows, head.out_features)
+            grown.weight[:keep].copy_(head.weight[:keep])
+            std = float(getattr(self.model.config, "initializer_range", 0.02) or 0.02)
+            grown.weight[keep:].normal_(0.0, std)
+            if head.bias is not None:
+                grown.bias[:keep].copy_(head.bias[:keep])
+                grown.bias[keep:].zero_()
+        setattr(self._hf_model, self._head_name, grown)
+        self.length_heads = wanted
+        self._label_config(rows, wanted)
+
+    def _label_config(self, rows: int, length_heads: int) -> None:
+        config = self.model.config
+        config.id2label = {i: (f"reward_{i}" if i < rows - length_heads else "length") for i in range(rows)}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+        config.num_labels = rows
+        if length_heads:
+            setattr(config, LENGTH_HEADS_KEY, length_heads)
+        elif hasattr(config, LENGTH_HEADS_KEY):
+            delattr(config, LENGTH_HEADS_KEY)
+
+    def head_orthogonality(self) -> torch.Tensor:
+        """ODIN's orthogonality term of the head's reward rows against its length rows (`losses`)."""
+        from alignloop.reward.losses import head_orthogonality_loss
+
+        weight = self._head.weight
+        return head_orthogonality_loss(weight[:self.num_heads], weight[self.num_heads:])
 
     @property
     def device(self) -> torch.device:
@@ -307,7 +428,12 @@ class RewardModel(nn.Module):
 
     def heads(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The reward of every head, shape [B, num_heads]."""
+        """The reward of every head, shape [B, num_heads] (a length head left out)."""
+        return self.outputs(input_ids, attention_mask, token_type_ids)[:, :self.num_heads]
+
+    def outputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Every output of the head, length heads included (what training reads), shape [B, num_labels]."""
         # Training keeps eval mode (dropout off) unless asked: checkpointing, when on, must still apply.
         with checkpointed_forward(self.model):
             return self._heads(input_ids, attention_mask, token_type_ids)
@@ -355,6 +481,11 @@ class RewardModel(nn.Module):
     def packed_heads(self, input_ids: torch.Tensor, position_ids: torch.Tensor, packed_mask: torch.Tensor,
                      score_row: torch.Tensor, score_col: torch.Tensor) -> torch.Tensor:
         """Rewards [responses, heads] of a `pack_groups` batch, in the order the responses were packed."""
+        return self.packed_outputs(input_ids, position_ids, packed_mask, score_row, score_col)[:, :self.num_heads]
+
+    def packed_outputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor, packed_mask: torch.Tensor,
+                       score_row: torch.Tensor, score_col: torch.Tensor) -> torch.Tensor:
+        """`packed_heads` with length heads included (what training reads)."""
         if not self.can_pack:
             raise ConfigError(f"packed reading needs a decoder with SDPA attention (this one: "
                               f"{'decoder' if self.is_decoder else 'encoder'}, {self.attention}); "
@@ -372,12 +503,12 @@ class RewardModel(nn.Module):
     def encode(self, prompt: str, response: str) -> dict[str, list[int]]:
         """Token ids of one (prompt, response), the way this model reads it."""
         if self.is_decoder:
-            return encode_decoder_pair(self.tokenizer, prompt, response, self.max_length)
-        return encode_encoder_pair(self.tokenizer, prompt, response, self.max_length)
+            return encode_decoder_pair(self.tokenizer, prompt, response, self.max_length, self.keep_response)
+        return encode_encoder_pair(self.tokenizer, prompt, response, self.max_length, self.keep_response)
 
     def encode_group(self, prompt: str, responses: list[str]) -> tuple[list[int], list[list[int]]]:
         """(prompt ids, [response ids]) for packed reading (decoders only)."""
-        return encode_decoder_group(self.tokenizer, prompt, responses, self.max_length)
+        return encode_decoder_group(self.tokenizer, prompt, responses, self.max_length, self.keep_response)
 
     def collate(self, examples: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         return pad_batch(examples, self.tokenizer.pad_token_id)
@@ -418,9 +549,32 @@ class RewardModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.config.architectures = [type(self._hf_model).__name__]
-        save_pretrained(directory, self.model, state_dict=state_dict)
+        rows, length_heads = int(self.model.config.num_labels), self.length_heads
+        if length_heads:  # the config of the reward heads alone; the weights follow below
+            self._label_config(self.num_heads, 0)
+        try:
+            save_pretrained(directory, self.model, state_dict=state_dict)
+        finally:
+            if length_heads:
+                self._label_config(rows, length_heads)
+        if length_heads:
+            drop_head_rows(directory, self._head_name, self.num_heads)
         self.tokenizer.save_pretrained(str(directory))
         atomic.write_json(directory / STATS_FILE, self.stats.to_json())
+
+
+def drop_head_rows(directory: Path, head: str, keep: int) -> None:
+    """Keep the first `keep` outputs of the head `head` in the safetensors files of `directory` (ODIN's
+    length head goes; the reward heads stay, bit for bit)."""
+    from safetensors.torch import load_file, save_file
+
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        tensors = load_file(str(file))
+        names = [n for n in (f"{head}.weight", f"{head}.bias") if n in tensors and tensors[n].shape[0] > keep]
+        if names:
+            for name in names:
+                tensors[name] = tensors[name][:keep].contiguous()
+            save_file(tensors, str(file), metadata={"format": "pt"})
 
 
 def _quiet_transformers():
@@ -474,16 +628,24 @@ def build_reward_model(backbone: Path | str, num_heads: int = 1, max_length: int
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
         previous_heads = int(getattr(config, "num_labels", 0)) if getattr(config, "architectures", None) and any(
             a.endswith("ForSequenceClassification") for a in config.architectures) else 0
-        config.num_labels = num_heads
+        # A training checkpoint of ODIN keeps its length head (resuming); anything else gets `num_heads` heads.
+        length_heads = int(getattr(config, LENGTH_HEADS_KEY, None) or 0) if previous_heads else 0
+        if previous_heads != num_heads + length_heads:
+            length_heads = 0
+        rows = num_heads + length_heads
+        config.num_labels = rows
         config.problem_type = "regression"
-        config.id2label = {i: f"reward_{i}" for i in range(num_heads)}
+        config.id2label = {i: (f"reward_{i}" if i < num_heads else "length") for i in range(rows)}
         config.label2id = {v: k for k, v in config.id2label.items()}
+        if not length_heads and hasattr(config, LENGTH_HEADS_KEY):
+            delattr(config, LENGTH_HEADS_KEY)
         setattr(config, MAX_LENGTH_KEY, max_length)
+        setattr(config, KEEP_RESPONSE_KEY, DEFAULT_KEEP_RESPONSE)
         if not config_is_decoder(config):
             setattr(config, POOLING_KEY, getattr(config, POOLING_KEY, None) if previous_heads else pooling)
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             str(path), config=config, local_files_only=True,
-            ignore_mismatched_sizes=bool(previous_heads and previous_heads != num_heads))
+            ignore_mismatched_sizes=bool(previous_heads and previous_heads != rows))
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"cannot build a reward model on {path}: {first[:200]}") from None
@@ -514,5 +676,6 @@ def build_scratch_reward_model(tokenizer, preset: str = "small", max_length: int
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, num_labels=num_heads, problem_type="regression")
     setattr(config, MAX_LENGTH_KEY, max_length)
+    setattr(config, KEEP_RESPONSE_KEY, DEFAULT_KEEP_RESPONSE)
     tokenizer.padding_side = "right"
     return RewardModel(AutoModelForSequenceClassification.from_config(config), tokenizer)

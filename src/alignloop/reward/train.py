@@ -26,8 +26,9 @@ import torch
 
 from alignloop.reward.config import RewardLossConfig, RewardTrainConfig
 from alignloop.reward.data import MODEL_INPUTS, PACKED_INPUTS, EncodedGroup, PreferenceBatches
+from alignloop.reward.debias import LengthInputs
 from alignloop.reward.evaluate import preference_metrics, score_groups
-from alignloop.reward.model import MIN_STATS_RESPONSES, RewardModel, RewardStats
+from alignloop.reward.model import DEBIAS_KEY, MIN_STATS_RESPONSES, RewardModel, RewardStats
 from alignloop.reward.objective import batch_objective
 from alignloop.train import distributed
 from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
@@ -116,6 +117,21 @@ def train_reward_model(*, stage: str, stage_dir: Path, reward: RewardModel, data
                       final_dir=final_dir, device=device, log=log)
 
 
+def debias_record(loss_cfg: RewardLossConfig, beta: Optional[float]) -> Optional[dict[str, Any]]:
+    """What the checkpoint says about how length was kept out of its reward (None: it was not)."""
+    length = loss_cfg.length
+    record: dict[str, Any] = {}
+    if length.odin > 0:
+        record["odin"] = {"correlation": length.odin, "orthogonal": length.orthogonal,
+                          "scored_with": "the reward heads alone (the length head was dropped)"}
+    if length.covariate:
+        record["covariate"] = {"beta": beta, "feature": "tanh((len chosen - len rejected) / sd), characters",
+                               "scored_with": "the reward alone"}
+    if length.balance:
+        record["balance"] = {"bins": length.balance}
+    return record or None
+
+
 def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: PreferenceBatches,
            val_groups: Sequence[EncodedGroup], cfg: RewardTrainConfig, loss_cfg: RewardLossConfig, bootstrap: float,
            resume_state: Optional[dict[str, Any]], stats_groups: Sequence[EncodedGroup], final_dir: Optional[Path],
@@ -131,15 +147,31 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
     # Eval mode turns every dropout off (modules and the attention's own rate), which zeroing nn.Dropout
     # alone would not (Llama's attention reads a float); gradient checkpointing still applies (RewardModel.heads).
     reward.train(cfg.dropout)
+    length_cfg = loss_cfg.length
+    reward.set_length_heads(1 if length_cfg.odin > 0 else 0)  # before the optimizer sees the head
+    lengths = LengthInputs(data.groups, covariate=length_cfg.covariate, balance=length_cfg.balance)
+    record = debias_record(loss_cfg, lengths.beta)
+    if record is not None:
+        setattr(reward.model.config, DEBIAS_KEY, record)
+    elif hasattr(reward.model.config, DEBIAS_KEY):  # warm-started from a model trained another way
+        delattr(reward.model.config, DEBIAS_KEY)
+    if lengths.beta is not None:
+        log(f"{stage}: length covariate fitted to the training pairs: beta {lengths.beta:.4f}")
     if data.packed and not reward.can_pack:
         log(f"{stage}: {reward.attention} attention cannot read packed prompt groups; each response is read with "
             f"its prompt instead")
         data.packed = False
     optimizer = make_optimizer(reward.model, cfg)
-    # Training calls `heads` / `packed_heads`, not `forward`: this adapter routes them through the
-    # launcher's wrapper (DDP...), which owns reward.model's parameters; alone it is a plain call.
-    scorer = distributed.Forward(reward.model, lambda packed, inputs: reward.packed_heads(**inputs) if packed
-                                 else reward.heads(**inputs))
+    # Training calls `outputs` / `packed_outputs`, not `forward`: this adapter routes them through the
+    # launcher's wrapper (DDP...), which owns reward.model's parameters; alone it is a plain call. ODIN's
+    # orthogonality term reads the head's weights inside that call too, where FSDP has them whole.
+    odin = reward.length_heads > 0
+
+    def score(packed: bool, inputs: dict[str, torch.Tensor]):
+        outputs = reward.packed_outputs(**inputs) if packed else reward.outputs(**inputs)
+        return outputs, (reward.head_orthogonality() if odin else None)
+
+    scorer = distributed.Forward(reward.model, score)
     max_steps = total_steps(cfg, data.batches_per_epoch)
     # best_value: the selection figure (accuracy, or minus the loss), higher is better
     start_step, best_value, best_accuracy, best_step, stale = 0, -math.inf, -1.0, None, 0
@@ -182,15 +214,18 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
                 local_ids = group_ids[distributed.uneven_slice(len(group_ids))]
                 # A rank left without a group (a short last batch) still runs one, weighted 0:
                 # every rank must take part in the gradient averaging.
-                batch = _to(data.collate(local_ids or group_ids[:1]), device)
+                ids = local_ids or group_ids[:1]
+                batch = _to({**data.collate(ids), **lengths.batch([data.groups[i] for i in ids])}, device)
                 with autocast(device):
                     if "packed_mask" in batch:
-                        rewards = scorer(True, {k: batch[k] for k in PACKED_INPUTS})
+                        rewards, orthogonality = scorer(True, {k: batch[k] for k in PACKED_INPUTS})
                     else:
-                        rewards = scorer(False, {k: batch[k] for k in MODEL_INPUTS if k in batch})
+                        rewards, orthogonality = scorer(False, {k: batch[k] for k in MODEL_INPUTS if k in batch})
                 loss, figures = batch_objective(rewards.float(), batch, margin=loss_cfg.margin,
                                                 centering=loss_cfg.centering, rating_weight=loss_cfg.rating_weight,
-                                                bootstrap=bootstrap)
+                                                bootstrap=bootstrap, length_heads=reward.length_heads,
+                                                odin=length_cfg.odin, orthogonality=orthogonality,
+                                                orthogonal=length_cfg.orthogonal)
                 # This rank's part of the mean over the global batch's comparisons (1 alone).
                 loss = loss * distributed.global_share(figures["comparisons"] if local_ids else 0.0) / cfg.grad_accum
                 step_loss += backward_checked(loss, stage, step, stage_dir)
@@ -203,13 +238,15 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
 
             accuracies = [f["accuracy"] for f in step_figures if "accuracy" in f]
             accuracy = sum(accuracies) / len(accuracies) if accuracies else None
+            correlations = [f["length_corr"] for f in step_figures if "length_corr" in f]
             if done % cfg.log_every == 0 or done == max_steps:
                 elapsed = max(time.monotonic() - window_start, 1e-9)
                 pairs_per_s = distributed.all_reduce_sum([window_pairs / elapsed])[0]
                 pairs_seen += window_pairs
                 window_pairs, window_start = 0, time.monotonic()
                 metrics.log(done, loss=step_loss, accuracy=accuracy, lr=lr, grad_norm=grad_norm,
-                            pairs_per_s=pairs_per_s, epoch=round(done * cfg.grad_accum / data.batches_per_epoch, 3))
+                            pairs_per_s=pairs_per_s, epoch=round(done * cfg.grad_accum / data.batches_per_epoch, 3),
+                            length_corr=sum(correlations) / len(correlations) if correlations else None)
                 progress.update(task, completed=done, status=_status(step_loss, accuracy, lr, pairs_per_s))
                 if not interactive and (done % (cfg.log_every * 10) == 0 or done == max_steps):
                     log(f"{stage} step {done}/{max_steps}  {_status(step_loss, accuracy, lr, pairs_per_s)}")

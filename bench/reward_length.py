@@ -1,0 +1,167 @@
+"""Does the reward model pay for length? Plain training against the `loss.length` methods, on HH helpful.
+
+Trains a reward model on lines 1-1200 of `../shared/data/hh_helpful_base_train_dev.jsonl.gz` with the
+MiniLM recipe of `bench/reward_hh.py` (its settings, its backbone), plus one configuration of
+`loss.length`, then scores it once on each of
+
+- `hh_helpful_base_train_dev` lines 1201-1500 (unseen pairs of the training kind),
+- `hh_helpful_online_test` and `hh_helpful_rejection_sampled_test` (other models' replies, other labellers),
+
+and prints one JSON line: per split the accuracy, the accuracy where people chose the shorter and the longer
+reply, the "longer wins" baseline, how often the model prefers the longer reply, Spearman's rank correlation of
+reward with length (characters), and the accuracy on pairs with a reply cut at max_length; plus the two test
+splits pooled (accuracies weighted by pairs). Usage, one configuration and seed per command:
+
+    PYTHONPATH=src python bench/reward_length.py plain --seed 0
+    PYTHONPATH=src python bench/reward_length.py odin --seed 0 [override ...]
+
+`--keep-response start|end|both` instead scores an already trained model (`--model DIR`) with another rule
+for replies too long to fit, at `--max-length`: which part of a cut reply carries the preference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reward_hh import ROOT, SETTINGS, minilm_path  # noqa: E402  (the recipe and backbone of bench/reward_hh.py)
+
+SHARED = ROOT.parent / "shared" / "data"
+TRAIN = SHARED / "hh_helpful_base_train_dev.jsonl.gz"
+SPLITS = {
+    "base_dev": (TRAIN, "1201-1500"),
+    "online": (SHARED / "hh_helpful_online_test.jsonl.gz", None),
+    "rejection_sampled": (SHARED / "hh_helpful_rejection_sampled_test.jsonl.gz", None),
+}
+TESTS = ("online", "rejection_sampled")
+# The MiniLM recipe at 256 tokens: 0.5% / 8.7% / 1.5% of the base / online / rejection-sampled replies are cut
+# (BENCHMARKS.md, "Length"), at about two thirds of the cost of 512. Statistics from 200 responses: they are
+# only PPO's normalisation, which this benchmark does not use.
+RECIPE = [*SETTINGS["minilm"], "model.max_length=256", "train.stats_responses=200"]
+METHODS = {
+    "plain": [],
+    "odin": ["loss.length.odin=1", "loss.length.orthogonal=1"],
+    "covariate": ["loss.length.covariate=true"],
+    "balance": ["loss.length.balance=4"],
+}
+
+
+def split_figures(figures: dict) -> dict:
+    """The figures of one split that the length question needs."""
+    length, cut = figures["length"], figures.get("truncation") or {}
+    return {"n": figures["n"], "accuracy": figures["accuracy"], "accuracy_ci": figures["accuracy_ci"],
+            "chosen_shorter": length["chosen_shorter"]["accuracy"], "n_shorter": length["chosen_shorter"]["n"],
+            "chosen_longer": length["chosen_longer"]["accuracy"], "n_longer": length["chosen_longer"]["n"],
+            "longer_wins": length["longer_wins_accuracy"], "prefers_longer": length["model_prefers_longer"],
+            "spearman": length["reward_length_spearman"],
+            "cut": (cut.get("cut") or {}).get("accuracy"), "n_cut": (cut.get("cut") or {}).get("n")}
+
+
+def pooled(per_split: dict, names=TESTS) -> dict:
+    """Accuracies over the named splits together (each a mean over its pairs, so weighted by pairs)."""
+    def weighted(key: str, count: str) -> float:
+        total = sum(per_split[s][count] for s in names)
+        return sum(per_split[s][key] * per_split[s][count] for s in names if per_split[s][key] is not None) / total
+
+    return {"n": sum(per_split[s]["n"] for s in names), "accuracy": weighted("accuracy", "n"),
+            "chosen_shorter": weighted("chosen_shorter", "n_shorter"),
+            "chosen_longer": weighted("chosen_longer", "n_longer"),
+            "spearman_mean": sum(per_split[s]["spearman"] for s in names) / len(names)}
+
+
+def split_lines(lines: str | None, limit: int | None) -> str | None:
+    """The lines of a split to score: all of `lines` (None: the whole file), or its first `limit`."""
+    if limit is None:
+        return lines
+    first = int(lines.split("-")[0]) if lines else 1
+    last = first + limit - 1
+    return f"{first}-{min(last, int(lines.split('-')[1])) if lines else last}"
+
+
+def evaluate(model: Path, keep_response: str | None = None, max_length: int | None = None,
+             limit: int | None = None) -> dict:
+    """Score `model` once on every split (`alignloop.reward.evaluate.preference_report`)."""
+    from alignloop.reward.data import encode_groups, group_by_prompt, read_preference_file
+    from alignloop.reward.evaluate import preference_report
+    from alignloop.reward.model import load_reward_model
+
+    reward = load_reward_model(model, device="cpu")
+    if keep_response is not None:
+        reward.keep_response = keep_response
+    if max_length is not None:
+        reward.max_length = max_length
+    out = {}
+    for name, (path, lines) in SPLITS.items():
+        started = time.monotonic()
+        groups = group_by_prompt(read_preference_file(path, split_lines(lines, limit)))
+        out[name] = split_figures(preference_report(reward, encode_groups(groups, reward.encode), batch_size=32))
+        out[name]["score_s"] = round(time.monotonic() - started, 1)
+        print(f"{name}: {json.dumps(out[name])}", file=sys.stderr, flush=True)
+    out["tests_pooled"] = pooled(out)
+    return out
+
+
+def train(method: str, seed: int, run_root: Path, extra: list[str]) -> tuple[Path, dict]:
+    from alignloop.config.base import load_config
+    from alignloop.reward.config import RewardConfig
+    from alignloop.reward.stage import run_reward
+    from alignloop.runs import RunDir
+
+    run = RunDir(run_root).ensure()
+    overrides = [f"data.path={TRAIN}", "data.lines=1-1200", "data.val_fraction=0.1", *RECIPE,
+                 f"model.path={minilm_path()}", f"train.seed={seed}", *METHODS[method], *extra]
+    cfg = load_config(RewardConfig, None, overrides)
+    started = time.monotonic()
+    result = run_reward(run, cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    stage = run.root / "rounds" / "001" / "reward"
+    for scratch in ("checkpoints", "best"):  # hundreds of MB a run, not needed once final/ is written
+        shutil.rmtree(stage / scratch, ignore_errors=True)
+    info = {"train_s": round(time.monotonic() - started, 1), "overrides": overrides[3:]}
+    if result is not None:
+        info.update(val_accuracy=result.val_accuracy, steps=result.steps, best_step=result.best_step)
+    return stage / "final", info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("method", choices=sorted(METHODS), help="Which loss.length configuration to train.")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed (head initialisation, batch order).")
+    parser.add_argument("--runs", type=Path, help="Where the run directory goes (default: a temporary folder).")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (training and scoring).")
+    parser.add_argument("--model", type=Path, help="Score this trained model instead of training one.")
+    parser.add_argument("--keep-response", choices=("start", "end", "both"),
+                        help="With --model: the part of a too-long reply to read.")
+    parser.add_argument("--max-length", type=int, help="With --model: read at this max_length.")
+    parser.add_argument("--limit", type=int, help="Score only the first N pairs of each split (pilots).")
+    parser.add_argument("overrides", nargs="*", help="Extra reward-config overrides.")
+    args = parser.parse_intermixed_args()
+    if not all(path.exists() for path, _ in SPLITS.values()):
+        print(json.dumps({"skipped": f"the HH helpful files are not all in {SHARED}"}))
+        return
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = args.runs or Path(tempfile.mkdtemp(prefix="reward-length-"))
+    out = {"method": args.method, "seed": args.seed}
+    if args.model:
+        model = args.model
+        out.update(model=str(model), keep_response=args.keep_response, max_length=args.max_length)
+    else:
+        threads = [f"train.threads={args.threads}"] if args.threads else []
+        model, info = train(args.method, args.seed, root / f"{args.method}-{args.seed}", [*threads, *args.overrides])
+        out.update(info)
+    if args.limit:
+        out["limit"] = args.limit
+    out.update(evaluate(model, args.keep_response, args.max_length, args.limit))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
