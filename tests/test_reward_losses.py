@@ -11,7 +11,10 @@ import torch
 from alignloop.reward.losses import (
     bradley_terry_loss,
     expected_calibration_error,
+    head_orthogonality_loss,
     normalize_ratings,
+    odin_length_loss,
+    pearson_correlation,
     preference_accuracy,
     ranking_loss,
     ranking_pairs,
@@ -135,3 +138,56 @@ def test_expected_calibration_error_is_zero_when_calibrated():
     assert expected_calibration_error(t(0.5, 0.5, 0.5, 0.5), t(1.0, 0.0, 1.0, 0.0)).item() == pytest.approx(0.0)
     # p = 1.0 falls in the last bin, not past it
     assert expected_calibration_error(t(1.0), t(1.0)).item() == pytest.approx(0.0)
+
+
+# ---- keeping length out of the reward (loss.length) -----------------------------------------------------
+
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def test_bradley_terry_weights_scale_each_pair_and_average_over_pairs():
+    # (2 sp(1) + 0.5 sp(0)) / 2 = (0.6265234 + 0.3465736) / 2: a mean over the 2 pairs, not over the weights.
+    loss = bradley_terry_loss(t(1.0, 0.0), t(0.0, 0.0), weights=t(2.0, 0.5))
+    assert loss.item() == pytest.approx(0.4865485, rel=8 * EPS32)
+    # Weights of 1 are no weights.
+    assert bradley_terry_loss(t(1.0, 0.0), t(0.0, 0.0), weights=t(1.0, 1.0)).item() == \
+        pytest.approx(bradley_terry_loss(t(1.0, 0.0), t(0.0, 0.0)).item(), rel=4 * EPS32)
+
+
+def test_pearson_correlation_by_hand():
+    # x - mean = (-1, 0, 1), y - mean = (-1, 1, 0): sum of products 1, sums of squares 2 and 2: rho = 1/2.
+    assert pearson_correlation(t(1.0, 2.0, 3.0), t(1.0, 3.0, 2.0)).item() == pytest.approx(0.5, rel=8 * EPS32)
+    assert pearson_correlation(t(1.0, 2.0, 3.0), t(6.0, 4.0, 2.0)).item() == pytest.approx(-1.0, rel=8 * EPS32)
+    assert pearson_correlation(t(1.0, 1.0, 1.0), t(1.0, 2.0, 3.0)).item() == 0.0  # a constant side
+
+
+def test_odin_length_loss_on_a_constructed_batch():
+    lengths = t(0.0, 1.0, 2.0, 3.0)  # - mean = (-1.5, -0.5, 0.5, 1.5), sum of squares 5
+    # Reward head 1: (1, 0, 0, 1), centred (.5, -.5, -.5, .5): products sum to 0, rho = 0.
+    # Reward head 2: (3, 2, 1, 0): rho = -1, |rho| = 1.
+    quality = torch.stack([t(1.0, 0.0, 0.0, 1.0), t(3.0, 2.0, 1.0, 0.0)], dim=1)
+    # Length head (0, 1, 0, 1), centred (-.5, .5, -.5, .5): products .75 - .25 - .25 + .75 = 1, squares 1:
+    # rho = 1 / sqrt(5) = 0.4472136.
+    length_reward = t(0.0, 1.0, 0.0, 1.0)
+    # mean(|0|, |-1|) - 0.4472136 = 0.0527864
+    loss = odin_length_loss(quality, length_reward, lengths)
+    assert loss.item() == pytest.approx(0.0527864, abs=16 * EPS32)
+    # One reward head ([N]): |0| - rho(length head) with a length head that is the length itself: 0 - 1.
+    assert odin_length_loss(quality[:, 0], lengths * 2, lengths).item() == pytest.approx(-1.0, rel=8 * EPS32)
+    # Its gradient pulls the length head toward length and the reward away from it.
+    q = t(3.0, 2.0, 1.0, 0.0).requires_grad_()
+    l = t(0.0, 1.0, 0.0, 1.0).requires_grad_()
+    odin_length_loss(q, l, lengths).backward()
+    assert float((q.grad * (lengths - lengths.mean())).sum()) < 0  # descending it makes q less anti-correlated
+    assert float((l.grad * (lengths - lengths.mean())).sum()) < 0  # ... and l more correlated
+
+
+def test_head_orthogonality_loss_by_hand():
+    # cos((3, 4), (4, 3)) = 24 / 25
+    assert head_orthogonality_loss(t(3.0, 4.0)[None], t(4.0, 3.0)[None]).item() == pytest.approx(0.96, rel=8 * EPS32)
+    # Orthogonal heads cost nothing; the sign of the cosine does not matter.
+    assert head_orthogonality_loss(t(3.0, 4.0)[None], t(-4.0, 3.0)[None]).item() == pytest.approx(0.0, abs=8 * EPS32)
+    assert head_orthogonality_loss(t(3.0, 4.0)[None], t(-4.0, -3.0)[None]).item() == pytest.approx(0.96, rel=8 * EPS32)
+    # Two reward heads against one length head: mean(|cos((3,4),(0,2))| = 0.8, |cos((1,0),(0,2))| = 0) = 0.4
+    quality = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    assert head_orthogonality_loss(quality, t(0.0, 2.0)[None]).item() == pytest.approx(0.4, rel=8 * EPS32)
