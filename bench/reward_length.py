@@ -85,7 +85,7 @@ def split_lines(lines: str | None, limit: int | None) -> str | None:
 
 
 def evaluate(model: Path, keep_response: str | None = None, max_length: int | None = None,
-             limit: int | None = None) -> dict:
+             limit: int | None = None, splits: list[str] | None = None) -> dict:
     """Score `model` once on every split (`alignloop.reward.evaluate.preference_report`)."""
     from alignloop.reward.data import encode_groups, group_by_prompt, read_preference_file
     from alignloop.reward.evaluate import preference_report
@@ -97,13 +97,15 @@ def evaluate(model: Path, keep_response: str | None = None, max_length: int | No
     if max_length is not None:
         reward.max_length = max_length
     out = {}
-    for name, (path, lines) in SPLITS.items():
+    for name in splits or SPLITS:
+        path, lines = SPLITS[name]
         started = time.monotonic()
         groups = group_by_prompt(read_preference_file(path, split_lines(lines, limit)))
         out[name] = split_figures(preference_report(reward, encode_groups(groups, reward.encode), batch_size=32))
         out[name]["score_s"] = round(time.monotonic() - started, 1)
         print(f"{name}: {json.dumps(out[name])}", file=sys.stderr, flush=True)
-    out["tests_pooled"] = pooled(out)
+    if all(name in out for name in TESTS):
+        out["tests_pooled"] = pooled(out)
     return out
 
 
@@ -139,6 +141,7 @@ def main() -> None:
                         help="With --model: the part of a too-long reply to read.")
     parser.add_argument("--max-length", type=int, help="With --model: read at this max_length.")
     parser.add_argument("--limit", type=int, help="Score only the first N pairs of each split (pilots).")
+    parser.add_argument("--splits", nargs="+", choices=sorted(SPLITS), help="Score only these splits.")
     parser.add_argument("overrides", nargs="*", help="Extra reward-config overrides.")
     args = parser.parse_intermixed_args()
     if not all(path.exists() for path, _ in SPLITS.values()):
@@ -159,7 +162,7 @@ def main() -> None:
         out.update(info)
     if args.limit:
         out["limit"] = args.limit
-    out.update(evaluate(model, args.keep_response, args.max_length, args.limit))
+    out.update(evaluate(model, args.keep_response, args.max_length, args.limit, args.splits))
     print(json.dumps(out))
 
 

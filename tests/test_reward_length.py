@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from reward_helpers import tiny_decoder, tiny_encoder, write_jsonl
+from reward_helpers import write_jsonl
+from test_reward_model import decoder_dir, encoder_dir  # noqa: F401  (the tiny backbones, as module fixtures)
 
 from alignloop.config.base import load_config
 from alignloop.reward.config import RewardConfig
@@ -146,7 +147,7 @@ def test_odin_trains_the_sum_and_adds_its_terms_once():
     bt = (sp(1.5) + sp(-2.0)) / 2
     # L centred (1, -1, -1, 1), squares 4. q centred (.125, -.375, -.375, .625): products 1.5, squares 0.6875:
     # rho(q, L) = 1.5 / sqrt(4 * 0.6875) = 0.9045340. l centred (.5, -.5, -.5, .5): rho(l, L) = 2 / sqrt(4) = 1.
-    odin = abs(1.5 / math.sqrt(4 * 0.6875)) - 1.0
+    odin = (1.5 / math.sqrt(4 * 0.6875)) ** 2 - 1.0
     loss, figures = batch_objective(rewards, batch, length_heads=1, odin=2.0, orthogonality=torch.tensor(0.25),
                                     orthogonal=4.0)
     assert loss.item() == pytest.approx(bt + 2.0 * odin + 4.0 * 0.25, rel=16 * EPS32)
@@ -172,16 +173,6 @@ def test_keep_part_and_prompt_cut_by_hand():
     assert cut_prompt_left([0, 5, 6, 7, 8], 3, start_token=0) == [0, 7, 8]
     assert cut_prompt_left([5, 6, 7, 8], 3, start_token=0) == [6, 7, 8]
     assert cut_prompt_left([0, 5, 6], 5, start_token=0) == [0, 5, 6]
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    return tiny_encoder(tmp_path_factory.mktemp("encoder"))
-
-
-@pytest.fixture(scope="module")
-def decoder_dir(tmp_path_factory):
-    return tiny_decoder(tmp_path_factory.mktemp("decoder"))
 
 
 def test_encoder_cuts_the_prompts_start_and_keeps_the_reply(encoder_dir):

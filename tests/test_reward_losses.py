@@ -169,11 +169,14 @@ def test_odin_length_loss_on_a_constructed_batch():
     # Length head (0, 1, 0, 1), centred (-.5, .5, -.5, .5): products .75 - .25 - .25 + .75 = 1, squares 1:
     # rho = 1 / sqrt(5) = 0.4472136.
     length_reward = t(0.0, 1.0, 0.0, 1.0)
-    # mean(|0|, |-1|) - 0.4472136 = 0.0527864
+    # mean(0^2, (-1)^2) - 0.4472136 = 0.0527864
     loss = odin_length_loss(quality, length_reward, lengths)
     assert loss.item() == pytest.approx(0.0527864, abs=16 * EPS32)
-    # One reward head ([N]): |0| - rho(length head) with a length head that is the length itself: 0 - 1.
+    # One reward head ([N]): 0^2 - rho(length head) with a length head that is the length itself: 0 - 1.
     assert odin_length_loss(quality[:, 0], lengths * 2, lengths).item() == pytest.approx(-1.0, rel=8 * EPS32)
+    # A reward correlated 1/2 with length (x, y of test_pearson_correlation_by_hand) costs 1/4, not 1/2.
+    half = odin_length_loss(t(1.0, 3.0, 2.0), t(1.0, 2.0, 3.0), t(1.0, 2.0, 3.0))
+    assert half.item() == pytest.approx(0.25 - 1.0, rel=16 * EPS32)
     # Its gradient pulls the length head toward length and the reward away from it.
     q = t(3.0, 2.0, 1.0, 0.0).requires_grad_()
     l = t(0.0, 1.0, 0.0, 1.0).requires_grad_()

@@ -62,8 +62,9 @@ class LengthDebiasConfig(Section):
     odin: float = Field(0.0, ge=0, description="Weight of ODIN's correlation terms (Chen et al. 2024); above 0 a "
                                                 "second, length head is trained beside the reward: training "
                                                 "scores with their sum, the length head is pushed to correlate "
-                                                "with log length within each batch and the reward to not, and "
-                                                "the length head is dropped when the model is saved.")
+                                                "with log length within each batch and the reward to not "
+                                                "(its squared correlation), and the length head is dropped when "
+                                                "the model is saved.")
     orthogonal: float = Field(1.0, ge=0, description="With odin: weight of |cos| between the reward's and the "
                                                      "length head's weights (ODIN's orthogonality term).")
     covariate: bool = Field(False, description="Add beta * tanh((len chosen - len rejected) / sd) to each pair's "

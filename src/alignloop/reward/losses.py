@@ -146,16 +146,22 @@ def pearson_correlation(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def odin_length_loss(quality_rewards: Tensor, length_rewards: Tensor, lengths: Tensor) -> Tensor:
-    """ODIN's correlation terms (Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF"):
-    mean over quality heads of |rho(r_Q, L)|, minus rho(r_L, L), with rho Pearson's correlation over the batch.
+    """ODIN's correlation terms (Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF"), with
+    the reward's term squared: mean over reward heads of rho(r_Q, L)^2, minus rho(r_L, L), with rho Pearson's
+    correlation over the batch.
 
-    The reward a model is trained with is r_Q + r_L; this term pushes the quality reward r_Q to carry no
-    (linear) trace of the length L and the length reward r_L to carry it all, so that dropping r_L at scoring
-    time drops the length preference. quality_rewards: [N] or [N, H]; length_rewards, lengths: [N] (every
-    response of the batch once). Returns a scalar in [-1, 2].
+    The reward a model is trained with is r_Q + r_L; this term pushes the reward r_Q to carry no (linear) trace
+    of the length L and the length reward r_L to carry it all, so that dropping r_L at scoring time drops the
+    length preference. ODIN penalises |rho(r_Q, L)|; on batches of a few dozen replies the sample correlation
+    of two unrelated quantities is +-0.2 by chance, and |rho|'s gradient then pushes as hard in a random
+    direction as it would against a real correlation: on HH with MiniLM it drowned the preference signal
+    (BENCHMARKS.md, "Length"). The square's gradient fades as the correlation does.
+    quality_rewards: [N] or [N, H]; length_rewards, lengths: [N] (every response of the batch once).
+    Returns a scalar in [-1, 2].
     """
     quality = quality_rewards.unsqueeze(-1) if quality_rewards.dim() == 1 else quality_rewards
-    decorrelate = torch.stack([pearson_correlation(quality[:, h], lengths).abs() for h in range(quality.shape[1])])
+    decorrelate = torch.stack([pearson_correlation(quality[:, h], lengths).square()
+                               for h in range(quality.shape[1])])
     return decorrelate.mean() - pearson_correlation(length_rewards, lengths)
 
 
