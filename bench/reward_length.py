@@ -17,6 +17,8 @@ splits pooled (accuracies weighted by pairs). Usage, one configuration and seed 
 
 `--keep-response start|end|both` instead scores an already trained model (`--model DIR`) with another rule
 for replies too long to fit, at `--max-length`: which part of a cut reply carries the preference.
+`--cut-table` trains nothing: it prints the share of replies (and of whole inputs) that the MiniLM backbone
+would read cut at several max_length values, per file.
 """
 
 from __future__ import annotations
@@ -73,6 +75,33 @@ def pooled(per_split: dict, names=TESTS) -> dict:
             "chosen_shorter": weighted("chosen_shorter", "n_shorter"),
             "chosen_longer": weighted("chosen_longer", "n_longer"),
             "spearman_mean": sum(per_split[s]["spearman"] for s in names) / len(names)}
+
+
+CUT_LENGTHS = (128, 160, 256, 384, 512)
+
+
+def cut_table() -> dict:
+    """Per file: the share of distinct (prompt, reply) inputs whose reply, and whose prompt + reply, the MiniLM
+    reward model would read cut at each max_length (`alignloop.reward.evaluate.reply_was_cut`)."""
+    from alignloop.reward.data import group_by_prompt, read_preference_file
+    from alignloop.reward.evaluate import reply_was_cut
+    from alignloop.reward.model import build_reward_model
+
+    reward = build_reward_model(minilm_path(), max_length=512)
+    out = {}
+    for path, lines in ((TRAIN, "1-1200"), SPLITS["online"], SPLITS["rejection_sampled"]):
+        texts = [(g.prompt, r) for g in group_by_prompt(read_preference_file(path, lines)) for r in g.responses]
+        row: dict = {"replies": len(texts)}
+        whole = {}
+        for prompt, reply in texts:
+            whole[(prompt, reply)] = len(reward.tokenizer(prompt, reply)["input_ids"])
+        for length in CUT_LENGTHS:
+            reward.max_length = length
+            cut = sum(reply_was_cut(reward, p, r, reward.encode(p, r)["input_ids"]) for p, r in texts)
+            row[f"reply_cut_{length}"] = round(cut / len(texts), 4)
+            row[f"input_cut_{length}"] = round(sum(n > length for n in whole.values()) / len(texts), 4)
+        out[f"{path.name}:{lines or 'all'}"] = row
+    return out
 
 
 def split_lines(lines: str | None, limit: int | None) -> str | None:
@@ -132,7 +161,9 @@ def train(method: str, seed: int, run_root: Path, extra: list[str]) -> tuple[Pat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("method", choices=sorted(METHODS), help="Which loss.length configuration to train.")
+    parser.add_argument("method", nargs="?", choices=sorted(METHODS), help="Which loss.length configuration to train.")
+    parser.add_argument("--cut-table", action="store_true", help="Print the share of replies cut at several "
+                                                                 "max_length values, and exit.")
     parser.add_argument("--seed", type=int, default=0, help="train.seed (head initialisation, batch order).")
     parser.add_argument("--runs", type=Path, help="Where the run directory goes (default: a temporary folder).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (training and scoring).")
@@ -147,6 +178,11 @@ def main() -> None:
     if not all(path.exists() for path, _ in SPLITS.values()):
         print(json.dumps({"skipped": f"the HH helpful files are not all in {SHARED}"}))
         return
+    if args.cut_table:
+        print(json.dumps(cut_table()))
+        return
+    if args.method is None:
+        parser.error("name a method (or --cut-table)")
     import torch
 
     if args.threads:
