@@ -146,8 +146,9 @@ def test_odin_trains_the_sum_and_adds_its_terms_once():
     # Bradley-Terry on q + l: (sp(1.5 - 0) + sp(0 - 2)) / 2.
     bt = (sp(1.5) + sp(-2.0)) / 2
     # L centred (1, -1, -1, 1), squares 4. q centred (.125, -.375, -.375, .625): products 1.5, squares 0.6875:
-    # rho(q, L) = 1.5 / sqrt(4 * 0.6875) = 0.9045340. l centred (.5, -.5, -.5, .5): rho(l, L) = 2 / sqrt(4) = 1.
-    odin = (1.5 / math.sqrt(4 * 0.6875)) ** 2 - 1.0
+    # rho(q, L) = 1.5 / sqrt(4 * 0.6875) = 0.9045340, sd(q) = sqrt(0.6875 / 4). l centred (.5, -.5, -.5, .5):
+    # rho(l, L) = 2 / sqrt(4) = 1, sd(l) = 0.5.
+    odin = math.sqrt(0.6875 / 4) * (1.5 / math.sqrt(4 * 0.6875)) ** 2 - 0.5 * 1.0
     loss, figures = batch_objective(rewards, batch, length_heads=1, odin=2.0, orthogonality=torch.tensor(0.25),
                                     orthogonal=4.0)
     assert loss.item() == pytest.approx(bt + 2.0 * odin + 4.0 * 0.25, rel=16 * EPS32)

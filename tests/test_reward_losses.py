@@ -163,26 +163,32 @@ def test_pearson_correlation_by_hand():
 
 def test_odin_length_loss_on_a_constructed_batch():
     lengths = t(0.0, 1.0, 2.0, 3.0)  # - mean = (-1.5, -0.5, 0.5, 1.5), sum of squares 5
-    # Reward head 1: (1, 0, 0, 1), centred (.5, -.5, -.5, .5): products sum to 0, rho = 0.
-    # Reward head 2: (3, 2, 1, 0): rho = -1, |rho| = 1.
+    # Reward head 1: (1, 0, 0, 1), centred (.5, -.5, -.5, .5): products sum to 0, rho = 0; sd 0.5.
+    # Reward head 2: (3, 2, 1, 0): rho = -1; sd sqrt(5 / 4) = 1.1180340.
     quality = torch.stack([t(1.0, 0.0, 0.0, 1.0), t(3.0, 2.0, 1.0, 0.0)], dim=1)
     # Length head (0, 1, 0, 1), centred (-.5, .5, -.5, .5): products .75 - .25 - .25 + .75 = 1, squares 1:
-    # rho = 1 / sqrt(5) = 0.4472136.
+    # rho = 1 / sqrt(5) = 0.4472136; sd 0.5.
     length_reward = t(0.0, 1.0, 0.0, 1.0)
-    # mean(0^2, (-1)^2) - 0.4472136 = 0.0527864
+    # mean(0.5 * 0^2, 1.1180340 * (-1)^2) - 0.5 * 0.4472136 = 0.5590170 - 0.2236068 = 0.3354102
     loss = odin_length_loss(quality, length_reward, lengths)
-    assert loss.item() == pytest.approx(0.0527864, abs=16 * EPS32)
-    # One reward head ([N]): 0^2 - rho(length head) with a length head that is the length itself: 0 - 1.
-    assert odin_length_loss(quality[:, 0], lengths * 2, lengths).item() == pytest.approx(-1.0, rel=8 * EPS32)
-    # A reward correlated 1/2 with length (x, y of test_pearson_correlation_by_hand) costs 1/4, not 1/2.
+    assert loss.item() == pytest.approx(0.3354102, rel=16 * EPS32)
+    # One reward head ([N]): the length head is the length doubled (sd 2 sqrt(1.25), rho 1): 0 - 2.2360680.
+    assert odin_length_loss(quality[:, 0], lengths * 2, lengths).item() == pytest.approx(-2.2360680, rel=8 * EPS32)
+    # A reward correlated 1/2 with length (x, y of test_pearson_correlation_by_hand, sd sqrt(2/3)) costs
+    # sqrt(2/3) / 4 = 0.2041241; the length head (1, 2, 3) is the length: - sqrt(2/3) = -0.8164966.
     half = odin_length_loss(t(1.0, 3.0, 2.0), t(1.0, 2.0, 3.0), t(1.0, 2.0, 3.0))
-    assert half.item() == pytest.approx(0.25 - 1.0, rel=16 * EPS32)
-    # Its gradient pulls the length head toward length and the reward away from it.
-    q = t(3.0, 2.0, 1.0, 0.0).requires_grad_()
-    l = t(0.0, 1.0, 0.0, 1.0).requires_grad_()
-    odin_length_loss(q, l, lengths).backward()
-    assert float((q.grad * (lengths - lengths.mean())).sum()) < 0  # descending it makes q less anti-correlated
-    assert float((l.grad * (lengths - lengths.mean())).sum()) < 0  # ... and l more correlated
+    assert half.item() == pytest.approx(0.2041241 - 0.8164966, rel=16 * EPS32)
+    # The sd's carry no gradient: scaling a reward does not change how hard a given correlation pushes it
+    # (a bare correlation's gradient would shrink as 1 / scale).
+    grads = []
+    for scale in (1.0, 100.0):
+        q = (t(3.0, 2.0, 0.0, 1.0) * scale).requires_grad_()  # rho = -0.8 (at +-1 a correlation is flat)
+        l = t(0.0, 1.0, 0.0, 1.0).requires_grad_()
+        odin_length_loss(q, l, lengths).backward()
+        assert float((q.grad * (lengths - lengths.mean())).sum()) < 0  # descending it makes q less anti-correlated
+        assert float((l.grad * (lengths - lengths.mean())).sum()) < 0  # ... and l more correlated
+        grads.append(q.grad)
+    assert torch.allclose(grads[0], grads[1], rtol=64 * EPS32, atol=0)
 
 
 def test_head_orthogonality_loss_by_hand():

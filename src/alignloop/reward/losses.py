@@ -146,23 +146,28 @@ def pearson_correlation(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def odin_length_loss(quality_rewards: Tensor, length_rewards: Tensor, lengths: Tensor) -> Tensor:
-    """ODIN's correlation terms (Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF"), with
-    the reward's term squared: mean over reward heads of rho(r_Q, L)^2, minus rho(r_L, L), with rho Pearson's
-    correlation over the batch.
+    """ODIN's correlation terms (Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF"), in
+    reward units: mean over reward heads of sd(r_Q) rho(r_Q, L)^2, minus sd(r_L) rho(r_L, L), with rho
+    Pearson's correlation and sd the standard deviation over the batch, the sd's held constant (no gradient).
 
     The reward a model is trained with is r_Q + r_L; this term pushes the reward r_Q to carry no (linear) trace
     of the length L and the length reward r_L to carry it all, so that dropping r_L at scoring time drops the
-    length preference. ODIN penalises |rho(r_Q, L)|; on batches of a few dozen replies the sample correlation
-    of two unrelated quantities is +-0.2 by chance, and |rho|'s gradient then pushes as hard in a random
-    direction as it would against a real correlation: on HH with MiniLM it drowned the preference signal
-    (BENCHMARKS.md, "Length"). The square's gradient fades as the correlation does.
+    length preference. ODIN penalises |rho(r_Q, L)| - rho(r_L, L) as such, but a correlation does not change
+    when its variable is scaled, so its gradient grows as 1 / sd: on freshly initialised heads (sd ~ 0.01) it
+    is hundreds of times the Bradley-Terry gradient and, clipped together with it, drowns the preference
+    signal (on HH with MiniLM: gradient norm 16-19 against 0.3, validation accuracy 0.45-0.53; BENCHMARKS.md,
+    "Length"). Weighed by the sd it pushes in reward units, like the Bradley-Terry loss. The reward's term is
+    squared so that its push fades with the correlation: on a few dozen replies the sample correlation of two
+    unrelated quantities is +-0.2 by chance, and |rho| would push as hard on that noise as on a real trace.
     quality_rewards: [N] or [N, H]; length_rewards, lengths: [N] (every response of the batch once).
-    Returns a scalar in [-1, 2].
+    Returns a scalar.
     """
     quality = quality_rewards.unsqueeze(-1) if quality_rewards.dim() == 1 else quality_rewards
-    decorrelate = torch.stack([pearson_correlation(quality[:, h], lengths).square()
+    decorrelate = torch.stack([quality[:, h].detach().std(unbiased=False)
+                               * pearson_correlation(quality[:, h], lengths).square()
                                for h in range(quality.shape[1])])
-    return decorrelate.mean() - pearson_correlation(length_rewards, lengths)
+    return decorrelate.mean() - length_rewards.detach().std(unbiased=False) * pearson_correlation(length_rewards,
+                                                                                                   lengths)
 
 
 def head_orthogonality_loss(quality_weights: Tensor, length_weights: Tensor) -> Tensor:
