@@ -192,11 +192,15 @@ def test_odin_length_loss_on_a_constructed_batch():
 
 
 def test_head_orthogonality_loss_by_hand():
-    # cos((3, 4), (4, 3)) = 24 / 25
-    assert head_orthogonality_loss(t(3.0, 4.0)[None], t(4.0, 3.0)[None]).item() == pytest.approx(0.96, rel=8 * EPS32)
-    # Orthogonal heads cost nothing; the sign of the cosine does not matter.
-    assert head_orthogonality_loss(t(3.0, 4.0)[None], t(-4.0, 3.0)[None]).item() == pytest.approx(0.0, abs=8 * EPS32)
-    assert head_orthogonality_loss(t(3.0, 4.0)[None], t(-4.0, -3.0)[None]).item() == pytest.approx(0.96, rel=8 * EPS32)
-    # Two reward heads against one length head: mean(|cos((3,4),(0,2))| = 0.8, |cos((1,0),(0,2))| = 0) = 0.4
+    # |(3, 4) . (4, 3)| = 24
+    assert head_orthogonality_loss(t(3.0, 4.0)[None], t(4.0, 3.0)[None]).item() == 24.0
+    # Orthogonal heads cost nothing; the sign does not matter.
+    assert head_orthogonality_loss(t(3.0, 4.0)[None], t(-4.0, 3.0)[None]).item() == 0.0
+    assert head_orthogonality_loss(t(3.0, 4.0)[None], t(-4.0, -3.0)[None]).item() == 24.0
+    # Two reward heads against one length head: mean(|(3,4).(0,2)| = 8, |(1,0).(0,2)| = 0) = 4
     quality = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
-    assert head_orthogonality_loss(quality, t(0.0, 2.0)[None]).item() == pytest.approx(0.4, rel=8 * EPS32)
+    assert head_orthogonality_loss(quality, t(0.0, 2.0)[None]).item() == 4.0
+    # Its gradient on a reward head is the length head's weights (times the sign): small heads, small push.
+    w = t(3.0, 4.0)[None].requires_grad_()
+    head_orthogonality_loss(w, t(0.0, 0.5)[None]).backward()
+    assert w.grad.tolist() == [[0.0, 0.5]]

@@ -65,8 +65,9 @@ class LengthDebiasConfig(Section):
                                                 "with log length within each batch and the reward to not "
                                                 "(its squared correlation), and the length head is dropped when "
                                                 "the model is saved.")
-    orthogonal: float = Field(1.0, ge=0, description="With odin: weight of |cos| between the reward's and the "
-                                                     "length head's weights (ODIN's orthogonality term).")
+    orthogonal: float = Field(1.0, ge=0, description="With odin: weight of |w_Q . w_L|, the dot product of the "
+                                                     "reward's and the length head's weights (ODIN's "
+                                                     "orthogonality term).")
     covariate: bool = Field(False, description="Add beta * tanh((len chosen - len rejected) / sd) to each pair's "
                                                "Bradley-Terry logit, beta fitted to the training pairs before "
                                                "training and held fixed: a length expert that explains what "
