@@ -51,6 +51,7 @@ METHODS = {
     "odin": ["loss.length.odin=1", "loss.length.orthogonal=1"],
     "covariate": ["loss.length.covariate=true"],
     "balance": ["loss.length.balance=4"],
+    "covariate_balance": ["loss.length.covariate=true", "loss.length.balance=4"],
 }
 
 
