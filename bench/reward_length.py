@@ -18,7 +18,8 @@ splits pooled (accuracies weighted by pairs). Usage, one configuration and seed 
 `--keep-response start|end|both` instead scores an already trained model (`--model DIR`) with another rule
 for replies too long to fit, at `--max-length`: which part of a cut reply carries the preference.
 `--cut-table` trains nothing: it prints the share of replies (and of whole inputs) that the MiniLM backbone
-would read cut at several max_length values, per file.
+would read cut at several max_length values, per file. `--summarise FILE...` reads the JSON lines of earlier
+runs and prints a markdown table, one row per method: the mean over its seeds (min-max).
 """
 
 from __future__ import annotations
@@ -105,6 +106,33 @@ def cut_table() -> dict:
     return out
 
 
+SUMMARY = (("tests_pooled", "accuracy"), ("tests_pooled", "chosen_shorter"), ("tests_pooled", "chosen_longer"),
+           ("online", "spearman"), ("rejection_sampled", "spearman"), ("online", "accuracy"),
+           ("rejection_sampled", "accuracy"), ("base_dev", "accuracy"), ("base_dev", "chosen_shorter"))
+
+
+def summarise(files: list[Path]) -> str:
+    """A markdown table of runs' JSON lines: per method, the mean over seeds (min-max) of `SUMMARY`'s figures."""
+    runs: dict[str, list[dict]] = {}
+    for file in files:
+        for line in file.read_text(encoding="utf-8").splitlines():
+            if line.strip().startswith("{"):
+                record = json.loads(line)
+                runs.setdefault(record["method"], []).append(record)
+    head = "| method | seeds | " + " | ".join(f"{split} {figure}" for split, figure in SUMMARY) + " |"
+    rows = [head, "|" + "---|" * (len(SUMMARY) + 2)]
+    for method, records in runs.items():
+        cells = []
+        for split, figure in SUMMARY:
+            values = [r[split][figure] for r in records]
+            scale, unit = (100, "%") if figure != "spearman" else (1, "")
+            mean = sum(values) / len(values) * scale
+            cells.append(f"{mean:.1f}{unit} ({min(values) * scale:.1f}-{max(values) * scale:.1f})" if unit else
+                         f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})")
+        rows.append(f"| {method} | {','.join(str(r['seed']) for r in records)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def split_lines(lines: str | None, limit: int | None) -> str | None:
     """The lines of a split to score: all of `lines` (None: the whole file), or its first `limit`."""
     if limit is None:
@@ -165,6 +193,8 @@ def main() -> None:
     parser.add_argument("method", nargs="?", choices=sorted(METHODS), help="Which loss.length configuration to train.")
     parser.add_argument("--cut-table", action="store_true", help="Print the share of replies cut at several "
                                                                  "max_length values, and exit.")
+    parser.add_argument("--summarise", nargs="+", type=Path, metavar="FILE",
+                        help="Print a table of earlier runs' JSON lines, and exit.")
     parser.add_argument("--seed", type=int, default=0, help="train.seed (head initialisation, batch order).")
     parser.add_argument("--runs", type=Path, help="Where the run directory goes (default: a temporary folder).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (training and scoring).")
@@ -181,6 +211,9 @@ def main() -> None:
         return
     if args.cut_table:
         print(json.dumps(cut_table()))
+        return
+    if args.summarise:
+        print(summarise(args.summarise))
         return
     if args.method is None:
         parser.error("name a method (or --cut-table)")
