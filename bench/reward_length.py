@@ -52,6 +52,8 @@ METHODS = {
     "odin": ["loss.length.odin=1", "loss.length.orthogonal=1"],
     "covariate": ["loss.length.covariate=true"],
     "balance": ["loss.length.balance=4"],
+    "covariate_x1.5": ["loss.length.covariate=true", "loss.length.covariate_scale=1.5"],
+    "covariate_x2": ["loss.length.covariate=true", "loss.length.covariate_scale=2"],
     "covariate_balance": ["loss.length.covariate=true", "loss.length.balance=4"],
 }
 

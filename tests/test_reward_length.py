@@ -96,6 +96,10 @@ def test_length_inputs_follow_the_batch_order(tmp_path):
     assert batch["pair_offset"].tolist() == pytest.approx([beta * x[2], beta * x[0], beta * x[1]], rel=4 * EPS32)
     # One bin, 2 chosen-longer and 1 chosen-shorter of 3: 3/4 each for the longer ones, 3/2 for the shorter.
     assert batch["pair_weight"].tolist() == [1.5, 0.75, 0.75]
+    # covariate_scale multiplies the fitted beta.
+    scaled = LengthInputs(groups, covariate=True, scale=2.0).batch([groups[0]])
+    assert scaled["pair_offset"].tolist() == pytest.approx([2 * beta * x[0], 2 * beta * x[1]], rel=4 * EPS32)
+    assert "pair_weight" not in scaled
     assert collated["pair_index"].shape[0] == batch["pair_weight"].numel()
 
 

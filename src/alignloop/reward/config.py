@@ -72,6 +72,10 @@ class LengthDebiasConfig(Section):
                                                "Bradley-Terry logit, beta fitted to the training pairs before "
                                                "training and held fixed: a length expert that explains what "
                                                "length explains, so the reward learns the rest; scoring drops it.")
+    covariate_scale: float = Field(1.0, gt=0, description="With covariate: the fitted beta times this. A "
+                                                          "length-only fit understates what length explains "
+                                                          "once the rest is known (omitted variables shrink a "
+                                                          "logistic coefficient); above 1 makes up for it.")
     balance: int = Field(0, ge=0, description="Reweight the training pairs so that within each of this many bins "
                                               "of |length difference| the pairs where people chose the longer "
                                               "reply and those where they chose the shorter weigh the same "

@@ -81,10 +81,11 @@ class LengthInputs:
 
     `batch(groups)` gives `response_length` ([responses], log length, in the order the batch encodes them),
     and, when asked for, `pair_offset` (beta x of each pair, to be subtracted from its margin) and
-    `pair_weight` ([pairs]), in the order `collate_groups` lists the pairs.
+    `pair_weight` ([pairs]), in the order `collate_groups` lists the pairs. `scale` multiplies the fitted beta
+    (`loss.length.covariate_scale`).
     """
 
-    def __init__(self, groups: Sequence, covariate: bool = False, balance: int = 0):
+    def __init__(self, groups: Sequence, covariate: bool = False, balance: int = 0, scale: float = 1.0):
         order = [(g.uid, i) for g in groups for i in range(len(g.group.pairs))]
         differences = [len(g.group.responses[a]) - len(g.group.responses[b]) for g in groups
                        for a, b, _ in g.group.pairs]
@@ -93,7 +94,7 @@ class LengthInputs:
         self._weights: Optional[dict[tuple[int, int], float]] = None
         if covariate:
             x, self.beta = covariate_fit(differences)
-            self._offsets = {key: self.beta * float(v) for key, v in zip(order, x)}
+            self._offsets = {key: scale * self.beta * float(v) for key, v in zip(order, x)}
         if balance:
             self._weights = {key: float(w) for key, w in zip(order, balance_weights(differences, balance))}
 

@@ -125,7 +125,7 @@ def debias_record(loss_cfg: RewardLossConfig, beta: Optional[float]) -> Optional
         record["odin"] = {"correlation": length.odin, "orthogonal": length.orthogonal,
                           "scored_with": "the reward heads alone (the length head was dropped)"}
     if length.covariate:
-        record["covariate"] = {"beta": beta, "feature": "tanh((len chosen - len rejected) / sd), characters",
+        record["covariate"] = {"beta": beta, "scale": length.covariate_scale, "feature": "tanh((len chosen - len rejected) / sd), characters",
                                "scored_with": "the reward alone"}
     if length.balance:
         record["balance"] = {"bins": length.balance}
@@ -149,7 +149,8 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
     reward.train(cfg.dropout)
     length_cfg = loss_cfg.length
     reward.set_length_heads(1 if length_cfg.odin > 0 else 0)  # before the optimizer sees the head
-    lengths = LengthInputs(data.groups, covariate=length_cfg.covariate, balance=length_cfg.balance)
+    lengths = LengthInputs(data.groups, covariate=length_cfg.covariate, balance=length_cfg.balance,
+                           scale=length_cfg.covariate_scale)
     record = debias_record(loss_cfg, lengths.beta)
     if record is not None:
         setattr(reward.model.config, DEBIAS_KEY, record)
