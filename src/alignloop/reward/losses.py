@@ -154,9 +154,9 @@ def odin_length_loss(quality_rewards: Tensor, length_rewards: Tensor, lengths: T
     of the length L and the length reward r_L to carry it all, so that dropping r_L at scoring time drops the
     length preference. ODIN penalises |rho(r_Q, L)| - rho(r_L, L) as such, but a correlation does not change
     when its variable is scaled, so its gradient grows as 1 / sd: on freshly initialised heads (sd ~ 0.01) it
-    is hundreds of times the Bradley-Terry gradient and, clipped together with it, drowns the preference
-    signal (on HH with MiniLM: gradient norm 16-19 against 0.3, validation accuracy 0.45-0.53; BENCHMARKS.md,
-    "Length"). Weighed by the sd it pushes in reward units, like the Bradley-Terry loss. The reward's term is
+    is many times the Bradley-Terry gradient and, clipped together with it, drowns the preference signal (on HH
+    with MiniLM: gradient norm 16-19 in the first steps against 0.3 without ODIN, validation accuracy 0.43-0.53
+    throughout; BENCHMARKS.md, "Length"). Weighed by the sd it pushes in reward units, like the Bradley-Terry loss. The reward's term is
     squared so that its push fades with the correlation: on a few dozen replies the sample correlation of two
     unrelated quantities is +-0.2 by chance, and |rho| would push as hard on that noise as on a real trace.
     quality_rewards: [N] or [N, H]; length_rewards, lengths: [N] (every response of the batch once).
