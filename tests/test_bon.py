@@ -50,6 +50,6 @@ def test_run_bon_reports_win_rates_and_the_kl_bound(rl_run):
     assert saved == result and result["n"] == 8 and result["kl"] == pytest.approx(best_of_n_kl(2))
     assert 0 <= result["rm_win_rate"] <= 1
     # These prompts are not the built-in story task's: the gold judge is left out, saying why.
-    assert result["gold_win_rate"] is None and "not the built-in story task's" in result["gold_omitted"]
+    assert result["gold_win_rate"] is None and "the gold judge scores the built-in story task only" in result["gold_omitted"]
     rows = (rl_run / "rounds" / "001" / "bon" / "eval_samples.jsonl").read_text().splitlines()
     assert len(rows) == 8 and {"prompt", "sft_response", "policy_response"} <= set(json.loads(rows[0]))
