@@ -41,9 +41,9 @@ import torch
 from alignloop.data.jsonl import decode_utf8, parse_json, read_bytes
 from alignloop.data.split import split_indices
 from alignloop.errors import DataError
-from alignloop.provenance import digest_json
 from alignloop.feedback import formats
 from alignloop.feedback.models import CHOICES, ITEM_KINDS
+from alignloop.provenance import digest_json
 from alignloop.reward.model import pad_batch
 
 RATING_LOW, RATING_HIGH = 1.0, 5.0
