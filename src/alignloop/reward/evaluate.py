@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import array
 import math
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
