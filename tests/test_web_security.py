@@ -69,18 +69,19 @@ def test_annotators_get_403_on_every_admin_route_and_export(app):
     for method, path in sorted(admin_paths):
         response = annotator.request(method, _concrete(path))
         assert response.status_code == 403, (method, path, response.status_code)
-    assert annotator.get("/api/queue/next").status_code == 200
+    assert annotator.post("/api/queue/next").status_code == 200
 
 
 def test_annotators_see_only_their_own_assignments(app, store):
     store.add_items(pair_records(2))
     store.add_user("bob", store.user_by_name("ann").password_hash)
     ann, bob = api_client(app, "ann"), api_client(app, "bob")
-    mine = ann.get("/api/queue/next").json()["assignment"]
+    mine = ann.post("/api/queue/next").json()["assignment"]
     assert bob.get(f"/api/assignments/{mine['id']}").status_code == 404
     assert bob.post(f"/api/assignments/{mine['id']}/judgment", json={"choice": "a", "strength": 1}).status_code == 404
     assert bob.post(f"/api/assignments/{mine['id']}/skip").status_code == 404
     assert ann.post(f"/api/assignments/{mine['id']}/judgment", json={"choice": "a", "strength": 1}).status_code == 201
+    bob.post("/api/queue/next")
     text = bob.get("/queue").text
     assert "choice" in text and str(mine["id"]) not in re.findall(r'action="/queue/(\d+)"', text)
 
@@ -88,7 +89,7 @@ def test_annotators_see_only_their_own_assignments(app, store):
 def test_state_changes_need_the_csrf_token(app, store):
     store.add_items(pair_records(1))
     ann = api_client(app, "ann")
-    assignment = ann.get("/api/queue/next").json()["assignment"]
+    assignment = ann.post("/api/queue/next").json()["assignment"]
     url = f"/api/assignments/{assignment['id']}/judgment"
     token = ann.headers.pop("X-CSRF-Token")
     assert ann.post(url, json={"choice": "a", "strength": 1}).status_code == 403
@@ -117,11 +118,12 @@ def test_model_output_is_escaped_and_sql_looking_input_stored_verbatim(app, stor
     sql = "Robert'); DROP TABLE judgments; -- \" OR 1=1"
     store.add_items([{"prompt": sql, "responses": [payload, sql]}])
     ann = api_client(app, "ann")
+    ann.post("/api/queue/next")
     page = ann.get("/queue").text
     assert "<script>document" not in page and "<img src=x" not in page
     assert "&lt;script&gt;document.title=&#34;pwned&#34;&lt;/script&gt;" in page
     assert "default-src 'self'" in ann.get("/queue").headers["content-security-policy"]
-    assignment = ann.get("/api/queue/next").json()["assignment"]
+    assignment = ann.post("/api/queue/next").json()["assignment"]
     response = ann.post(f"/api/assignments/{assignment['id']}/judgment",
                         json={"choice": "b", "strength": 3, "critique": sql, "rewrite": payload})
     assert response.status_code == 201
@@ -134,7 +136,7 @@ def test_oversized_bodies_get_413(store):
     app = make_app(store, max_body_bytes=10_000, max_upload_bytes=50_000)
     store.add_items(pair_records(1))
     ann = api_client(app, "ann")
-    assignment = ann.get("/api/queue/next").json()["assignment"]
+    assignment = ann.post("/api/queue/next").json()["assignment"]
     big = ann.post(f"/api/assignments/{assignment['id']}/judgment",
                    json={"choice": "a", "strength": 1, "critique": "x" * 20_000})
     assert big.status_code == 413

@@ -23,6 +23,8 @@ def make_store(target: str | Path):
 
 
 def make_app(store, **settings: Any):
+    """The app for `store`; the test client's host name `testserver` is one of its own."""
+    settings.setdefault("allowed_hosts", ("testserver",))
     return create_app(store, WebSettings(**settings))
 
 
