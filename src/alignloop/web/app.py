@@ -155,7 +155,4 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, _exc: OperationalError) -> Response:
-        # The database restarting or (SQLite) another process holding the write lock too long:
-        # nothing was stored, and the client may simply retry.
-        return deps.error_response(request, 503, "the database is unavailable; try again shortly",
-                                   {"Retry-After": "2"})
+        return deps.database_down(request)

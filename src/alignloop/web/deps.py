@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import anyio.to_thread
 from fastapi import Depends, Path, Request
+from sqlalchemy.exc import OperationalError
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
@@ -102,7 +103,10 @@ class AuthGate:
         token = HTTPConnection(scope).cookies.get(SESSION_COOKIE)
         auth = None
         if token and len(token) < 200:
-            found = await anyio.to_thread.run_sync(self.store.session_user, token)
+            try:
+                found = await anyio.to_thread.run_sync(self.store.session_user, token)
+            except OperationalError:
+                return await database_down(Request(scope))(scope, receive, send)
             if found is not None:
                 auth = Auth(user=found[0], csrf_token=found[1], session_token=token)
         scope.setdefault("state", {})["auth"] = auth
@@ -117,6 +121,12 @@ class AuthGate:
         if auth is not None and not auth.user.is_admin and any(p.match(path) for p in self.admin_paths):
             return await error_response(Request(scope), 403, "admins only")(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+def database_down(request: Request) -> Response:
+    """503 while the database cannot be reached (restarting, or SQLite's write lock held too long by
+    another process): nothing was stored, and the client may simply retry."""
+    return error_response(request, 503, "the database is unavailable; try again shortly", {"Retry-After": "2"})
 
 
 def error_response(request: Request, status: int, detail: str, headers: Optional[dict[str, str]] = None) -> Response:
