@@ -16,6 +16,7 @@ from typing import Optional, Union
 from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 from starlette.responses import Response
@@ -148,6 +149,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AlignloopError)
     async def bad_input(request: Request, exc: AlignloopError) -> Response:
         return deps.error_response(request, 422, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own answer echoes the input: passwords, and text that may not even be encodable.
+        problems = []
+        for error in exc.errors()[:3]:
+            where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+            message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        return deps.error_response(request, 422, "; ".join(problems) or "invalid request")
 
     @app.exception_handler(Busy)
     async def busy(request: Request, exc: Busy) -> Response:

@@ -68,14 +68,14 @@ def _users_page(request: Request, store: Store, status: int = 200, error: str = 
 
 
 @router.get("/admin/users")
-def users_page(request: Request, created: int = 0, password_set: int = 0,
+def users_page(request: Request, created: str = "", password_set: str = "",
                store: Store = Depends(get_store)) -> Response:
     # Ids, not names, in the URL: a link someone sends an admin cannot put its own text on this page.
     notice = ""
-    for user_id, what in ((created, "Created"), (password_set, "New password set for")):
-        if 0 < user_id <= MAX_ID:
+    for value, what in ((created, "Created"), (password_set, "New password set for")):
+        if value.isascii() and value.isdigit() and 0 < int(value[:12]) <= MAX_ID:
             try:
-                notice = f"{what} {store.get_user(user_id).name}."
+                notice = f"{what} {store.get_user(int(value)).name}."
             except NotFound:
                 pass
     return _users_page(request, store, notice=notice)
