@@ -62,9 +62,8 @@ def _invite(request: Request, store: Store, auth: Auth, role: str) -> str:
 
 def _users_page(request: Request, store: Store, status: int = 200, error: str = "", invite_url: str = "",
                 notice: str = "") -> Response:
-    people = [u for u in store.annotator_table() if u["origin"] != "import"]
-    return page(request, "admin_users.html", status_code=status, users=people, error=error, invite_url=invite_url,
-                notice=notice)
+    return page(request, "admin_users.html", status_code=status, users=store.annotator_table(), error=error,
+                invite_url=invite_url, notice=notice)
 
 
 @router.get("/admin/users")
