@@ -24,6 +24,8 @@ RunArg = Annotated[Optional[Path], typer.Option("--run", help="Run directory; it
 DbOption = Annotated[Optional[str], typer.Option(
     "--db", help="Feedback store instead of RUN/feedback.db: a SQLite path or postgresql+psycopg://USER@HOST/DB.")]
 RoundOption = Annotated[Optional[int], typer.Option("--round", help="Only this round number.")]
+PasswordStdin = Annotated[bool, typer.Option(
+    "--password-stdin", help="Read the password from the first line of standard input (where there is no terminal).")]
 
 
 def store_target(run: Optional[Path], db: Optional[str]) -> str:
@@ -110,8 +112,7 @@ def users_add(
     run: RunArg = None,
     db: DbOption = None,
     admin: Annotated[bool, typer.Option("--admin", help="Make an admin (else an annotator).")] = False,
-    password_stdin: Annotated[bool, typer.Option(
-        "--password-stdin", help="Read the password from the first line of standard input.")] = False,
+    password_stdin: PasswordStdin = False,
 ) -> None:
     """Create an account; the password is asked for (there is no default password)."""
     with reporting_errors():
@@ -146,8 +147,7 @@ def users_passwd(
     name: Annotated[str, typer.Argument(help="Account name.")],
     run: RunArg = None,
     db: DbOption = None,
-    password_stdin: Annotated[bool, typer.Option(
-        "--password-stdin", help="Read the password from the first line of standard input.")] = False,
+    password_stdin: PasswordStdin = False,
 ) -> None:
     """Set an account's password (asked for); every session of that account is signed out."""
     with reporting_errors():
@@ -164,10 +164,14 @@ def users_passwd(
 def users_enable(name: Annotated[str, typer.Argument(help="Account name.")], run: RunArg = None,
                  db: DbOption = None) -> None:
     """Enable a disabled account again (it signs in with its old password)."""
+    _set_active(name, run, db, True)
+
+
+def _set_active(name: str, run: Optional[Path], db: Optional[str], active: bool) -> None:
     with reporting_errors():
         with _open(run, db) as store:
-            store.set_active(_user_named(store, name).id, True)
-        echo(f"enabled {name}")
+            store.set_active(_user_named(store, name).id, active)
+        echo(f"{'enabled' if active else 'disabled'} {name}")
 
 
 @users_app.command("list")
@@ -184,10 +188,7 @@ def users_list(run: RunArg = None, db: DbOption = None) -> None:
 def users_disable(name: Annotated[str, typer.Argument(help="Account name.")], run: RunArg = None,
                   db: DbOption = None) -> None:
     """Disable an account: it is signed out and its open items go back to the queue."""
-    with reporting_errors():
-        with _open(run, db) as store:
-            store.set_active(_user_named(store, name).id, False)
-        echo(f"disabled {name}")
+    _set_active(name, run, db, False)
 
 
 @feedback_app.command("import")
