@@ -37,10 +37,12 @@ def _create_user(request: Request, store: Store, name: str, password: str, role:
     return store.add_user(name, request.app.state.guards.hashes.hash(password, name), role=role)
 
 
-def set_password(request: Request, store: Store, user_id: int, password: str) -> int:
-    """An admin sets someone's password (a reset): every session of theirs ends. Returns how many."""
+def set_password(request: Request, store: Store, auth: Auth, user_id: int, password: str) -> int:
+    """An admin sets someone's password (a reset): every session of theirs ends (but the admin's own
+    current one, when it is their own password). Returns how many ended."""
     user = store.get_user(user_id)
-    return store.change_password(user.id, request.app.state.guards.hashes.hash(password, user.name))
+    keep = auth.session_token if user.id == auth.user.id else None
+    return store.change_password(user.id, request.app.state.guards.hashes.hash(password, user.name), keep)
 
 
 def _set_active(store: Store, auth: Auth, user_id: int, active: bool) -> None:
@@ -91,10 +93,10 @@ def create_user_form(request: Request, name: str = Form(""), password: str = For
 
 
 @router.post("/admin/users/{user_id}/password")
-def password_form(request: Request, user_id: PathId, password: str = Form(""),
+def password_form(request: Request, user_id: PathId, password: str = Form(""), auth: Auth = Depends(require_admin),
                   store: Store = Depends(get_store)) -> Response:
     try:
-        set_password(request, store, user_id, password)
+        set_password(request, store, auth, user_id, password)
     except AlignloopError as exc:
         return _users_page(request, store, status=422, error=str(exc))
     return RedirectResponse(f"/admin/users?password_set={user_id}", status_code=303)
@@ -133,10 +135,10 @@ def api_create_user(request: Request, body: NewUser, store: Store = Depends(get_
 
 
 @router.post("/api/users/{user_id}/password")
-def api_set_password(request: Request, user_id: PathId, body: NewPassword,
+def api_set_password(request: Request, user_id: PathId, body: NewPassword, auth: Auth = Depends(require_admin),
                      store: Store = Depends(get_store)) -> dict[str, Any]:
     """Set a user's password (e.g. they forgot it); all their sessions end."""
-    ended = set_password(request, store, user_id, body.password)
+    ended = set_password(request, store, auth, user_id, body.password)
     return {"user": user_json(store.get_user(user_id)), "sessions_ended": ended}
 
 
