@@ -61,7 +61,7 @@ def ensure_accounts(store: Store, names: list[str]) -> dict[str, str]:
 
 
 def judgment_for(persona: Any, item: dict[str, Any], rng: random.Random, config: SimulateConfig) -> dict[str, Any]:
-    """The API body a persona submits for one item (as `/api/queue/next` shows it)."""
+    """The API body a persona submits for one item (as `POST /api/queue/next` shows it)."""
     prompt, responses = item["prompt"], item["responses"]
     texts = [r["text"] for r in responses]
     body: dict[str, Any] = {}
@@ -95,7 +95,7 @@ def annotate_as(base_url: str, name: str, password: str, persona: Any, config: S
             raise AlignloopError(f"simulated annotator {name} could not sign in: {login.status_code} {login.text}")
         client.headers["X-CSRF-Token"] = login.json()["csrf_token"]
         while not stop.is_set() and (config.max_judgments is None or done < config.max_judgments):
-            response = client.get("/api/queue/next")
+            response = client.post("/api/queue/next")
             response.raise_for_status()
             assignment = response.json()["assignment"]
             if assignment is None:
