@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from alignloop.cli.common import ConfigOption, OverridesArgument, RunOption, echo, reporting_errors, resolve
+from alignloop.cli.stage_help import stage_epilog
 from alignloop.runs import RunDir
 
 
@@ -21,15 +22,23 @@ def loop(
     """Round after round: sample from the policy, collect feedback, retrain the reward model, PPO, evaluate.
 
     Needs a run with an SFT (or pretrained) model. Rerun the same command after
-    an interruption: finished steps are skipped, no judgment is lost.
+    an interruption: finished steps are skipped, no judgment is lost. Ends with
+    a table of the rounds and the report's path.
     """
     with reporting_errors():
+        import time
+
         from alignloop.loop.config import LoopConfig
         from alignloop.loop.rounds import run_loop
+        from alignloop.loop.summary import print_summary
 
+        started = time.monotonic()
         extra = [f"rounds={rounds}"] if rounds is not None else []
         cfg = resolve(LoopConfig, config, list(overrides or []) + extra)
-        run_loop(RunDir(run).ensure(), cfg, human=human, log=echo)
+        run_dir = RunDir(run).ensure()
+        results = run_loop(run_dir, cfg, human=human, log=echo)
+        print_summary(results, f"alignloop loop ({(time.monotonic() - started) / 60:.1f} min)",
+                      run_dir.report if cfg.report else None)
 
 
 def demo(
@@ -56,6 +65,6 @@ def report(run: RunOption) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("loop")(loop)
+    app.command("loop", epilog=stage_epilog("loop"))(loop)
     app.command("demo")(demo)
     app.command("report")(report)

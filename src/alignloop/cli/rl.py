@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from alignloop.cli.common import ConfigOption, OverridesArgument, RunOption, echo, out, reporting_errors, resolve
+from alignloop.cli.stage_help import stage_epilog
 from alignloop.runs import RunDir
 
 
@@ -68,8 +69,5 @@ def evaluate(
 
 def register(app: typer.Typer) -> None:
     """Add the stage-4 commands to the main app."""
-    app.command("ppo")(ppo)
-    app.command("grpo")(grpo)
-    app.command("dpo")(dpo)
-    app.command("bon")(bon)
-    app.command("eval")(evaluate)
+    for name, command in (("ppo", ppo), ("grpo", grpo), ("dpo", dpo), ("bon", bon), ("eval", evaluate)):
+        app.command(name, epilog=stage_epilog(name))(command)

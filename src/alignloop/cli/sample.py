@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from alignloop.cli.common import ConfigOption, OverridesArgument, RunOption, echo, reporting_errors, resolve
+from alignloop.cli.stage_help import stage_epilog
 from alignloop.runs import RunDir
 
 
@@ -18,7 +19,7 @@ def sample(
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Model to sample from (default: the run's newest).")] = None,
     db: Annotated[Optional[str], typer.Option("--db", help="Feedback store: SQLite path or postgresql+psycopg:// URL (default: RUN/feedback.db).")] = None,
 ) -> None:
-    """Sample K responses per prompt and load them as annotation items (e.g. prompts=FILE k=4)."""
+    """Sample K responses per prompt and load them as annotation items in the feedback store."""
     with reporting_errors():
         from alignloop.cli.lm import latest_policy
         from alignloop.sample.config import SampleConfig
@@ -30,4 +31,4 @@ def sample(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sample")(sample)
+    app.command("sample", epilog=stage_epilog("sample"))(sample)
