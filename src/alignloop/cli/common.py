@@ -16,6 +16,7 @@ from typing import Annotated, Optional, TypeVar
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from alignloop.config.base import load_config
 from alignloop.errors import AlignloopError, disk_full_error, is_disk_full
@@ -36,8 +37,40 @@ ForceOption = Annotated[
                                        "is never overwritten.")]
 OverridesArgument = Annotated[
     Optional[list[str]],
-    typer.Argument(help="Dotted overrides applied last, e.g. train.max_steps=200 model.preset=small.", show_default=False),
+    typer.Argument(metavar="KEY=VALUE", show_default=False,
+                   help="Settings applied last, as dotted key=value (the most used are listed below; every one: "
+                        "`alignloop config show STAGE`)."),
 ]
+
+
+class _PlainFlags:
+    """Help with no type beside a flag: `--human` takes no value, so typer's `<bool>` there only misleads."""
+
+    def get_params(self, ctx):  # noqa: ANN001, ANN201
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_PlainFlags, TyperCommand):
+    """Every alignloop command."""
+
+
+class Group(_PlainFlags, TyperGroup):
+    """Every alignloop group of commands."""
+
+
+class App(typer.Typer):
+    """A typer app whose commands and groups show flags as flags (see `_PlainFlags`)."""
+
+    def __init__(self, **kwargs):  # noqa: ANN003
+        kwargs.setdefault("cls", Group)
+        super().__init__(**kwargs)
+
+    def command(self, name=None, *, cls=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
+        return super().command(name, cls=cls or Command, **kwargs)
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -12,13 +12,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from alignloop.cli.common import ConfigOption, OverridesArgument, echo, out, reporting_errors, resolve
+from alignloop.cli.common import App, ConfigOption, OverridesArgument, echo, out, reporting_errors, resolve
+from alignloop.cli.stage_help import stage_epilog
 from alignloop.errors import AlignloopError
 from alignloop.runs import RunDir
 
-users_app = typer.Typer(help="Accounts of the annotation app (the first admin is made here).", no_args_is_help=True)
-feedback_app = typer.Typer(help="Move feedback in and out of the store (TRL, Anthropic HH, rich JSONL).",
-                           no_args_is_help=True)
+users_app = App(help="Accounts of the annotation app (the first admin is made here).", no_args_is_help=True)
+feedback_app = App(help="Move feedback in and out of the store (TRL, Anthropic HH, rich JSONL).",
+                   no_args_is_help=True)
 
 RunArg = Annotated[Optional[Path], typer.Option("--run", help="Run directory; its feedback.db is the store.")]
 DbOption = Annotated[Optional[str], typer.Option(
@@ -242,6 +243,6 @@ def feedback_export(
 def register(app: typer.Typer) -> None:
     """Add the stage-2 commands to the main app."""
     app.command("serve")(serve)
-    app.command("annotate")(annotate)
+    app.command("annotate", epilog=stage_epilog("annotate"))(annotate)
     app.add_typer(users_app, name="users")
     app.add_typer(feedback_app, name="feedback")

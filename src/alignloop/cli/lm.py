@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from alignloop.cli.common import (
+    App,
     ConfigOption,
     ForceOption,
     OverridesArgument,
@@ -18,10 +19,11 @@ from alignloop.cli.common import (
     resolve,
     writing_run,
 )
+from alignloop.cli.stage_help import stage_epilog
 from alignloop.runs import RunDir
 
-data_app = typer.Typer(help="Built-in data sets.", no_args_is_help=True)
-config_app = typer.Typer(help="Stage configurations.", no_args_is_help=True)
+data_app = App(help="Built-in data sets.", no_args_is_help=True)
+config_app = App(help="Stage configurations.", no_args_is_help=True)
 
 
 @data_app.command("stories")
@@ -38,8 +40,10 @@ def data_stories(
             echo(f"{kind}: {path}")
 
 
-@config_app.command("show")
-def config_show(stage: Annotated[str, typer.Argument(help="Stage name, e.g. pretrain, sft.")]) -> None:
+@config_app.command("show", epilog="Examples: alignloop config show ppo;  alignloop config show reward eval")
+def config_show(stage: Annotated[list[str], typer.Argument(
+        metavar="STAGE", help="Stage: pretrain, sft, sample, annotate, reward, reward eval (or reward-eval), ppo, "
+                              "grpo, dpo, bon, eval, loop.")]) -> None:
     """Print a stage's default configuration as YAML (every key can be overridden as key=value)."""
     with reporting_errors():
         from alignloop.config.base import to_commented_yaml
@@ -120,6 +124,6 @@ def register(app: typer.Typer) -> None:
     """Add the stage-1 commands to the main app."""
     app.add_typer(data_app, name="data")
     app.add_typer(config_app, name="config")
-    app.command("pretrain")(pretrain)
-    app.command("sft")(sft)
+    app.command("pretrain", epilog=stage_epilog("pretrain"))(pretrain)
+    app.command("sft", epilog=stage_epilog("sft"))(sft)
     app.command("generate")(generate)

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
-
 from alignloop.cli.common import (
+    App,
     ConfigOption,
     ForceOption,
+    Group,
     OverridesArgument,
     RunOption,
     echo,
@@ -20,9 +20,10 @@ from alignloop.cli.common import (
     resolve,
     writing_run,
 )
+from alignloop.cli.stage_help import stage_epilog
 
 
-class TrainByDefault(TyperGroup):
+class TrainByDefault(Group):
     """`alignloop reward --run DIR ...` means `alignloop reward train --run DIR ...`."""
 
     def parse_args(self, ctx, args):  # noqa: ANN001, ANN201
@@ -31,8 +32,8 @@ class TrainByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-reward_app = typer.Typer(cls=TrainByDefault, no_args_is_help=True,
-                         help="Train the reward model on the feedback (default) or evaluate it (`reward eval`).")
+reward_app = App(cls=TrainByDefault, no_args_is_help=True, epilog=stage_epilog("reward"),
+                 help="Train the reward model on the feedback (default) or evaluate it (`reward eval`).")
 
 JsonOption = Annotated[Optional[Path], typer.Option(
     "--json", help="Write the figures to this JSON file instead of the round's record (rounds/NNN/reward/eval.json), "
@@ -41,7 +42,7 @@ DbOption = Annotated[Optional[str], typer.Option(
     "--db", help="Feedback store instead of RUN/feedback.db: a SQLite path or postgresql+psycopg:// URL.")]
 
 
-@reward_app.command("train")
+@reward_app.command("train", epilog=stage_epilog("reward"))
 def train(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
           db: DbOption = None, force: ForceOption = False) -> None:
     """Train a reward model on the run's feedback store or data.path=FILE (TRL/HH/rich JSONL); rerun to resume."""
@@ -52,7 +53,7 @@ def train(run: RunOption, config: ConfigOption = None, overrides: OverridesArgum
         run_reward(run_dir, resolve(RewardConfig, config, overrides), log=echo, db=db, force=force)
 
 
-@reward_app.command("eval")
+@reward_app.command("eval", epilog=stage_epilog("reward-eval"))
 def evaluate(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
              json_out: JsonOption = None,
              db: DbOption = None, force: ForceOption = False) -> None:

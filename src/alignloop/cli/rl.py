@@ -19,6 +19,7 @@ from alignloop.cli.common import (
     resolve,
     writing_run,
 )
+from alignloop.cli.stage_help import stage_epilog
 
 
 def ppo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
@@ -85,8 +86,5 @@ def evaluate(
 
 def register(app: typer.Typer) -> None:
     """Add the stage-4 commands to the main app."""
-    app.command("ppo")(ppo)
-    app.command("grpo")(grpo)
-    app.command("dpo")(dpo)
-    app.command("bon")(bon)
-    app.command("eval")(evaluate)
+    for name, command in (("ppo", ppo), ("grpo", grpo), ("dpo", dpo), ("bon", bon), ("eval", evaluate)):
+        app.command(name, epilog=stage_epilog(name))(command)

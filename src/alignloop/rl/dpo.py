@@ -54,6 +54,7 @@ from alignloop.train.checkpoints import (latest_checkpoint, load_training_state,
 from alignloop.train.crash import crash_point
 from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
+from alignloop.train.progress import StepTimer
 from alignloop.train.schedule import learning_rate
 
 STAGE = "dpo"
@@ -272,6 +273,7 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
     record_started(run, stage_key(round_number), inputs)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start if start else None)
     started = time.monotonic()
+    timer = StepTimer(steps, start)
     stats: dict[str, float] = {}
     for step in range(start, steps):
         lr = learning_rate(step, steps, cfg.dpo.lr, cfg.dpo.warmup_steps, 0.1)
@@ -303,7 +305,8 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
             metrics.log(done, **stats)
             log(f"{STAGE} step {done}/{steps}  loss {stats['loss']:.4f}  accuracy {stats['reward_accuracy']:.2f}  "
                 f"margin {stats['reward_margin']:+.3f}" + (f"  held-out accuracy {stats['val_reward_accuracy']:.2f}"
-                                                          if "val_reward_accuracy" in stats else ""))
+                                                          if "val_reward_accuracy" in stats else "")
+                + f"  {timer.eta(done)}")
         if done % cfg.run.save_every == 0 or last:
             save_training_checkpoint(stage_dir, done, policy, tokenizer, optimizer, keep_last=cfg.run.keep_last)
             crash_point(f"{STAGE}:saved:{done}")
