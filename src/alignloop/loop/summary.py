@@ -8,11 +8,16 @@ from typing import Any, Optional
 from rich.console import Console
 from rich.table import Table
 
-COLUMNS = ("round", "gold win rate", "reward-model win rate", "KL (nats)", "held-out perplexity")
+COLUMNS = ("round", "gold win rate [95% CI]", "reward-model win rate [95% CI]", "KL (nats) +- s.e.",
+           "held-out perplexity")
 
 
-def _share(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
+def _rate(result: dict[str, Any], judge: str) -> str:
+    """A win rate with its 95% interval when the evaluation has one."""
+    rate, interval = result.get(f"{judge}_win_rate"), result.get(f"{judge}_win_rate_ci")
+    if rate is None:
+        return "n/a"
+    return f"{rate:.1%}" + (f" [{interval[0]:.1%}, {interval[1]:.1%}]" if interval else "")
 
 
 def summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
@@ -20,8 +25,9 @@ def summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for number, result in enumerate(results, start=1):
         kl, before, after = result.get("kl"), result.get("ppl_before"), result.get("ppl_after")
-        rows.append([str(number), _share(result.get("gold_win_rate")), _share(result.get("rm_win_rate")),
-                     "n/a" if kl is None else f"{kl:.2f}",
+        kl_se = result.get("kl_se")
+        rows.append([str(number), _rate(result, "gold"), _rate(result, "rm"),
+                     "n/a" if kl is None else f"{kl:.2f}" + (f" +- {kl_se:.2f}" if kl_se is not None else ""),
                      "n/a" if before is None or after is None else f"{before:.2f} -> {after:.2f}"])
     return rows
 
