@@ -7,11 +7,12 @@ line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -128,6 +129,20 @@ def writing_run(run: Path) -> Iterator[RunDir]:
         if not existed and run_dir.root.is_dir() and not any(run_dir.root.iterdir()):
             run_dir.root.rmdir()
         raise
+
+
+def run_stage(stage: str, function: str, run: Path, config: Optional[Path], overrides: Optional[list[str]],
+              force: bool, **kwargs: Any) -> Any:
+    """The body of a stage command: `function` ("module:name", imported only now so that --help stays fast)
+    runs on the run directory, held for this command, with the stage's config from `--config` and the
+    overrides; errors become one line. Returns what the function returns."""
+    with reporting_errors(), writing_run(run) as run_dir:
+        from alignloop.config.registry import config_class
+
+        module, name = function.split(":")
+        stage_function = getattr(importlib.import_module(module), name)
+        return stage_function(run_dir, resolve(config_class(stage), config, overrides), log=echo, force=force,
+                              **kwargs)
 
 
 def resolve(cls: type[T], config: Path | None, overrides: list[str] | None, defaults: dict | None = None) -> T:

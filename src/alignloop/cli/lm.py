@@ -16,8 +16,7 @@ from alignloop.cli.common import (
     echo,
     out,
     reporting_errors,
-    resolve,
-    writing_run,
+    run_stage,
 )
 from alignloop.cli.stage_help import stage_epilog
 from alignloop.runs import RunDir
@@ -55,21 +54,13 @@ def config_show(stage: Annotated[list[str], typer.Argument(
 def pretrain(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
              force: ForceOption = False) -> None:
     """Pretrain a causal LM on a corpus (default: the built-in stories); rerun to resume."""
-    with reporting_errors(), writing_run(run) as run_dir:
-        from alignloop.pretrain.config import PretrainConfig
-        from alignloop.pretrain.stage import run_pretrain
-
-        run_pretrain(run_dir, resolve(PretrainConfig, config, overrides), log=echo, force=force)
+    run_stage("pretrain", "alignloop.pretrain.stage:run_pretrain", run, config, overrides, force)
 
 
 def sft(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
         force: ForceOption = False) -> None:
     """Supervised fine-tuning on prompt/response pairs, loss on responses only; rerun to resume."""
-    with reporting_errors(), writing_run(run) as run_dir:
-        from alignloop.sft.config import SFTConfig
-        from alignloop.sft.stage import run_sft
-
-        run_sft(run_dir, resolve(SFTConfig, config, overrides), log=echo, force=force)
+    run_stage("sft", "alignloop.sft.stage:run_sft", run, config, overrides, force)
 
 
 def latest_policy(run: RunDir) -> Path:

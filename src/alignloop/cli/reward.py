@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
 from alignloop.cli.common import (
     App,
     ConfigOption,
@@ -18,6 +19,7 @@ from alignloop.cli.common import (
     out,
     reporting_errors,
     resolve,
+    run_stage,
     writing_run,
 )
 from alignloop.cli.stage_help import stage_epilog
@@ -46,11 +48,7 @@ DbOption = Annotated[Optional[str], typer.Option(
 def train(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
           db: DbOption = None, force: ForceOption = False) -> None:
     """Train a reward model on the run's feedback store or data.path=FILE (TRL/HH/rich JSONL); rerun to resume."""
-    with reporting_errors(), writing_run(run) as run_dir:
-        from alignloop.reward.config import RewardConfig
-        from alignloop.reward.stage import run_reward
-
-        run_reward(run_dir, resolve(RewardConfig, config, overrides), log=echo, db=db, force=force)
+    run_stage("reward", "alignloop.reward.stage:run_reward", run, config, overrides, force, db=db)
 
 
 @reward_app.command("eval", epilog=stage_epilog("reward-eval"))
