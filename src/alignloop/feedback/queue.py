@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from alignloop.errors import DataError
 from alignloop.feedback.answers import MAX_TIME_MS, Answer
+from alignloop.feedback.limits import MAX_OVERLAP
 from alignloop.feedback.names import check_name, name_key
 from alignloop.feedback.models import AspectRating, Assignment, Item, ItemResponse, Judgment, User, utcnow
 
@@ -26,10 +27,6 @@ CANDIDATES = 8
 
 # Annotators per item when neither the item nor the admin says otherwise.
 DEFAULT_OVERLAP = 1
-# The most annotators one item can ask for, on every path that sets an overlap (settings,
-# upload, import, API, CLI). Agreement statistics gain nothing past a few dozen, and a
-# bound keeps a claim's slot search small.
-MAX_OVERLAP = 50
 
 
 def item_query() -> Select:

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from alignloop.config.base import Section
 from alignloop.evaluation.config import EvalConfig
+from alignloop.feedback.limits import MAX_OVERLAP
 from alignloop.feedback.simulate import SimulateConfig
 from alignloop.reward.config import GoldEvalConfig, RewardConfig, RewardEvalConfig
 from alignloop.rl.config import PPOConfig, PromptFile
@@ -68,7 +69,7 @@ class LoopConfig(Section):
     prompts: LoopPromptsConfig = Field(default_factory=LoopPromptsConfig)
     sample: RoundSampleConfig = Field(default_factory=RoundSampleConfig)
     feedback: SimulateConfig = Field(default_factory=SimulateConfig)
-    overlap: int = Field(1, ge=1, description="Annotators per item.")
+    overlap: int = Field(1, ge=1, le=MAX_OVERLAP, description="Annotators per item.")
     human: HumanFeedbackConfig = Field(default_factory=HumanFeedbackConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     reward_eval: RewardEvalConfig = Field(

@@ -13,6 +13,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from alignloop.config.base import Section, rename_keys
+from alignloop.feedback.limits import MAX_OVERLAP
 from alignloop.rl.config import PromptFile, SamplingConfig, prompt_file_shorthand
 
 RENAMED = {"prompt_field": "prompts.field", "n_prompts": "prompts.limit",
@@ -41,7 +42,8 @@ class SampleConfig(Section):
         "pair", description="pair: comparisons of the K responses; ranking: one K-way item; rating: one item each.")
     pairs_per_prompt: Optional[int] = Field(
         None, ge=1, description="With item_kind=pair: this many random pairs per prompt (unset: all K(K-1)/2).")
-    overlap: Optional[int] = Field(None, ge=1, description="Annotators per item (unset: the store's setting).")
+    overlap: Optional[int] = Field(None, ge=1, le=MAX_OVERLAP,
+                                   description="Annotators per item (unset: the store's setting).")
     sampling: SampleSamplingConfig = Field(default_factory=SampleSamplingConfig)
     round: Optional[int] = Field(None, ge=1, description="Round number (rounds/NNN). Unset: the next new round.")
     seed: int = Field(0, description="Sampling seed.")
