@@ -43,9 +43,9 @@ from alignloop.evaluation.gold_scope import gold_omission
 from alignloop.evaluation.perplexity import held_out_documents, perplexity, text_blocks
 from alignloop.judges.gold import gold_score
 from alignloop.models.causal_lm import check_checkpoint_dir, load_causal_lm
+from alignloop.provenance import DONE, DigestCache, StageInputs, plan_stage, record_finished, record_started
 from alignloop.rl.inputs import default_start, load_prompts, prompts_path, reward_dir
 from alignloop.rl.rollout import encode_prompts, make_sampler, rollout_logprobs, sample
-from alignloop.provenance import DONE, DigestCache, StageInputs, plan_stage, record_finished, record_started
 from alignloop.runs import RunDir, read_record, round_stage_key
 from alignloop.tokenizer import load_tokenizer
 from alignloop.train.device import pick_device, precision_scope

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, selectinload
 from alignloop.errors import DataError
 from alignloop.feedback.answers import MAX_TIME_MS, Answer
 from alignloop.feedback.limits import MAX_OVERLAP
-from alignloop.feedback.names import check_name, name_key
 from alignloop.feedback.models import AspectRating, Assignment, Item, ItemResponse, Judgment, User, utcnow
+from alignloop.feedback.names import check_name, name_key
 
 # How many of the oldest open items a claim looks at; picking among them at
 # random keeps concurrent annotators from all fighting over the same row.

@@ -25,8 +25,6 @@ from sqlalchemy.orm import Session
 from alignloop.errors import AlignloopError, DataError
 from alignloop.feedback import db, preferences, queue, reading, stats
 from alignloop.feedback.answers import Answer, normal_choice, validate_answer
-from alignloop.feedback.names import MAX_NAME, check_name, name_key
-from alignloop.feedback.text import lone_surrogate_at, reject_lone_surrogates
 from alignloop.feedback.models import (
     ITEM_KINDS,
     ROLES,
@@ -44,6 +42,8 @@ from alignloop.feedback.models import (
     WebSession,
     utcnow,
 )
+from alignloop.feedback.names import MAX_NAME, check_name, name_key
+from alignloop.feedback.text import lone_surrogate_at, reject_lone_surrogates
 
 DEFAULT_OVERLAP = queue.DEFAULT_OVERLAP
 MAX_OVERLAP = queue.MAX_OVERLAP

@@ -25,8 +25,8 @@ import torch
 from alignloop import atomic
 from alignloop.data.formatting import decode_response
 from alignloop.models.causal_lm import load_causal_lm
-from alignloop.rl.config import BoNConfig
 from alignloop.provenance import DONE, DigestCache, plan_stage, record_finished, record_started
+from alignloop.rl.config import BoNConfig
 from alignloop.rl.inputs import load_prompts, prompts_path, resolve_models, resolve_round, stage_inputs
 from alignloop.rl.rollout import RewardScorer, encode_prompts, make_sampler, sample
 from alignloop.runs import RunDir, read_record, round_stage_key

@@ -34,8 +34,9 @@ import torch
 from alignloop.data.formatting import encode_prompt, encode_response
 from alignloop.errors import DataError, TrainingError
 from alignloop.generation.logprobs import sequence_logprobs
-from alignloop.rl.config import DPOConfig, PreferenceDataConfig
 from alignloop.models.lora import describe
+from alignloop.provenance import DONE, DigestCache, StageInputs, digest_json, record_finished, record_started
+from alignloop.rl.config import DPOConfig, PreferenceDataConfig
 from alignloop.rl.inputs import (
     load_policy_and_reference,
     plan_round_stage,
@@ -45,12 +46,16 @@ from alignloop.rl.inputs import (
 )
 from alignloop.rl.losses import dpo_loss, implicit_reward_accuracy
 from alignloop.rl.state import freeze
-from alignloop.provenance import DONE, DigestCache, StageInputs, digest_json, record_finished, record_started
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.tokenizer import load_tokenizer
 from alignloop.train import distributed
-from alignloop.train.checkpoints import (latest_checkpoint, load_training_state, restore_rng_state, save_final,
-                                         save_training_checkpoint)
+from alignloop.train.checkpoints import (
+    latest_checkpoint,
+    load_training_state,
+    restore_rng_state,
+    save_final,
+    save_training_checkpoint,
+)
 from alignloop.train.crash import crash_point
 from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog

@@ -25,10 +25,9 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from alignloop.errors import DataError
-from alignloop.web.templating import page
-
 from alignloop.feedback.store import Store, UserInfo
 from alignloop.web.security import same_token
+from alignloop.web.templating import page
 
 SESSION_COOKIE = "alignloop_session"
 LOGIN_CSRF_COOKIE = "alignloop_login_csrf"
