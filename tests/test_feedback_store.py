@@ -97,12 +97,12 @@ def test_judgments_are_validated_owned_and_unique(store):
         store.get_assignment(view.id, bob)
     a_id = view.item.responses[0].id
     store.submit(view.id, alice, Answer(choice="tie", strength=3, ratings={a_id: {"coherence": 4}},
-                                        critique="x'); DROP TABLE judgments; --", time_spent_ms=1234))
+                                        critique="x'); DROP TABLE judgments; --"))
     with pytest.raises(Conflict):
         store.submit(view.id, alice, Answer(choice="b", strength=1))
     [row] = store.judgment_rows()
     assert row["choice"] == "tie" and row["strength"] is None  # strength means nothing for a tie
-    assert row["ratings"] == {a_id: {"coherence": 4}} and row["time_spent_ms"] == 1234
+    assert row["ratings"] == {a_id: {"coherence": 4}} and row["time_spent_ms"] >= 0  # measured by the store
     assert row["critique"] == "x'); DROP TABLE judgments; --"
 
 

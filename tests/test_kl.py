@@ -133,7 +133,7 @@ def test_k2_and_k3_as_loss_terms_have_their_kl_gradients():
 def test_configs_refuse_k2_and_k3_in_a_reward_penalty():
     for cls, extra in ((PPOConfig, []), (GRPOConfig, ["grpo.kl_in_loss=false"]), (GRPOConfig, [])):
         for kind in ("k2", "k3"):
-            with pytest.raises(ConfigError, match=rf"reward.kl_estimator.*must be k1.*not the KL's gradient"):
+            with pytest.raises(ConfigError, match=r"reward.kl_estimator.*must be k1.*not the KL's gradient"):
                 load_config(cls, None, [f"reward.kl_estimator={kind}", *extra])
     # The defaults are k1 in the reward (GRPO's RLOO set-up included) and k3 in GRPO's loss term.
     assert PPOConfig().reward.kl_estimator == "k1" and GRPOConfig().reward.kl_estimator == "k1"

@@ -3,7 +3,6 @@
 import re
 import threading
 
-import pytest
 
 from alignloop.config.base import load_config
 from alignloop.feedback import open_store

@@ -251,7 +251,7 @@ def test_sample_numbers_rounds_after_hand_made_ones_and_records_a_cut_off_load(r
     assert json.loads((rl_run / "manifest.json").read_text())["stages"]["sample:002"]["status"] == "done"
     # Other settings for a round whose items are in the store: refused, the items stay.
     other = run_cli("sample", "--run", str(rl_run), prompts, *SAMPLE, "round=2", "temperature=0.5", "--force")
-    assert other.returncode == 2 and "temperature: 1.0 -> 0.5" in other.stderr and "never replaced" in other.stderr
+    assert other.returncode == 2 and "sampling.temperature: 1.0 -> 0.5" in other.stderr and "never replaced" in other.stderr
     third = run_cli("sample", "--run", str(rl_run), prompts, *SAMPLE)
     assert third.returncode == 0 and "round 3: 3 pair items" in third.stderr, third.stderr
 

@@ -134,3 +134,13 @@ def test_curves_leave_bookkeeping_out_and_label_their_axes():
 def test_report_of_a_missing_run_is_one_line(tmp_path):
     result = run_cli("report", "--run", str(tmp_path / "nope"))
     assert result.returncode == 2 and result.stderr.strip().startswith("error:")
+
+
+def test_stages_redone_under_them_are_flagged_stale(finished_run):
+    RunDir(finished_run).mark_stage("eval:002", "done")
+    RunDir(finished_run).mark_stale(["eval:002", "pretrain"], reason="ppo:002 was redone with --force")
+    text = write_report(RunDir(finished_run)).read_text()
+    round_two = text[text.index("id='round-002'"):]
+    assert "<b>Stale:</b> eval:002 (ppo:002 was redone with --force)" in round_two
+    assert "Stale:</b> pretrain" in text[text.index("id='pretrain'"):text.index("id='sft'")]
+    assert "Stale" not in text[text.index("id='round-001'"):text.index("id='round-002'")]

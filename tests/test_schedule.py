@@ -23,3 +23,11 @@ def test_cosine_midpoint_and_end():
 
 def test_no_warmup_starts_at_peak():
     assert learning_rate(0, 10, 2e-3, 0, 0.0) == pytest.approx(2e-3)
+
+
+def test_warmup_is_capped_at_a_fifth_of_a_short_run():
+    from alignloop.train.schedule import capped_warmup
+
+    assert capped_warmup(100, 30) == 6  # a long run's setting on a 30-step run
+    assert capped_warmup(100, 2000) == 100  # untouched where the run is long enough
+    assert capped_warmup(20, 4) == 0  # four steps: no warmup at all, the peak from step 0

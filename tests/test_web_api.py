@@ -32,7 +32,7 @@ def test_admin_sets_up_and_annotators_work_their_queues(app):
         client = api_client(app, name)
         assert client.get("/api/guidelines").json() == {"guidelines": "Be kind."}
         count = 0
-        while (assignment := client.get("/api/queue/next").json()["assignment"]) is not None:
+        while (assignment := client.post("/api/queue/next").json()["assignment"]) is not None:
             item = assignment["item"]
             ids = [r["id"] for r in item["responses"]]
             assert "model" not in item["responses"][0]  # annotators judge blind
@@ -65,16 +65,16 @@ def test_skip_disable_and_invites(app):
     admin = api_client(app, "admin")
     admin.post("/api/items", json={"records": pair_records(2)})
     ann = api_client(app, "ann")
-    first = ann.get("/api/queue/next").json()["assignment"]
+    first = ann.post("/api/queue/next").json()["assignment"]
     assert ann.post(f"/api/assignments/{first['id']}/skip").json() == {"skipped": True}
-    second = ann.get("/api/queue/next").json()["assignment"]
+    second = ann.post("/api/queue/next").json()["assignment"]
     assert second["item"]["id"] != first["item"]["id"]
     assert ann.get("/api/progress").json() == {"done": 0, "skipped": 1, "remaining": 1}
 
     users = {u["name"]: u["id"] for u in admin.get("/api/users").json()["users"]}
     assert admin.post(f"/api/users/{users['admin']}/disable").status_code == 409
     assert admin.post(f"/api/users/{users['ann']}/disable").json()["user"]["active"] is False
-    assert ann.get("/api/queue/next").status_code == 401  # signed out
+    assert ann.post("/api/queue/next").status_code == 401  # signed out
     assert api_client(app).post("/api/login", json={"name": "ann", "password": PASSWORD}).status_code == 401
 
     url = admin.post("/api/invites", json={}).json()["url"]

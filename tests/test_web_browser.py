@@ -8,6 +8,9 @@ response holding a script must show as text and never run.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from web_helpers import PASSWORD, make_app, make_store
 
@@ -32,6 +35,11 @@ def submitted(page, action) -> None:  # noqa: ANN001
         action()
 
 
+def take_next(page) -> None:  # noqa: ANN001
+    """Press the queue page's button that takes the next item (a GET never takes one)."""
+    submitted(page, lambda: page.click("#next-item"))
+
+
 def test_admin_creates_annotator_who_judges_pairs_ranking_and_rating(browser, tmp_path):
     store = make_store(tmp_path / "feedback.db")
     store.add_items([{"prompt": "Tell a story about a cat.", "responses": ["The cat slept. The end.", XSS]},
@@ -50,6 +58,8 @@ def test_admin_creates_annotator_who_judges_pairs_ranking_and_rating(browser, tm
         page = annotator_context.new_page()
         sign_in(page, base, "carol")
         assert page.url.endswith("/queue")
+        assert store.current_assignment(store.user_by_name("carol").id) is None  # signing in took nothing
+        take_next(page)
         expected: dict[int, dict] = {}
 
         # First pair, with the mouse. Whichever item comes first, check the script stays text.
@@ -82,6 +92,7 @@ def test_admin_creates_annotator_who_judges_pairs_ranking_and_rating(browser, tm
         [ranking_id] = store.add_samples(None, [{"prompt": "Rank these.", "responses": ["one", "two", "three"]}],
                                          "ranking")
         page.goto(f"{base}/queue")
+        take_next(page)
         assert page.get_attribute("#item", "data-kind") == "ranking"
         ids = [int(x) for x in page.eval_on_selector_all("#ranking-list li", "els => els.map(e => e.dataset.responseId)")]
         page.drag_and_drop(f"#rank-{ids[2]}", f"#rank-{ids[0]}")
@@ -98,6 +109,7 @@ def test_admin_creates_annotator_who_judges_pairs_ranking_and_rating(browser, tm
         # A rating of one response on every aspect.
         [rating_id] = store.add_items([{"prompt": "Rate this.", "responses": ["A short, kind story."]}])
         page.goto(f"{base}/queue")
+        take_next(page)
         assert page.get_attribute("#item", "data-kind") == "rating"
         response_id = store.get_item(rating_id).responses[0].id
         scores = {"helpfulness": 4, "harmlessness": 5, "coherence": 3, "accuracy": 2}
@@ -114,5 +126,66 @@ def test_admin_creates_annotator_who_judges_pairs_ranking_and_rating(browser, tm
     for item_id, want in expected.items():
         for key, value in want.items():
             assert rows[item_id][key] == value, (item_id, key)
-        assert rows[item_id]["time_spent_ms"] is not None
+        assert rows[item_id]["time_spent_ms"] >= 0  # measured by the server, never sent by the page
+    store.close()
+
+
+LONG_WORD = "Supercalifragilisticexpialidocious" * 4  # no place to break: must still not widen the page
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_annotator_page_fits_the_screen_and_the_key_help_opens_where_the_user_is(browser, tmp_path, width):
+    """No horizontal scrolling at desktop and phone widths (screenshots kept in ALIGNLOOP_SCREENSHOTS or
+    the test's folder), and the `?` help is an overlay in view wherever the page is scrolled to."""
+    shots = Path(os.environ.get("ALIGNLOOP_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    store = make_store(tmp_path / "feedback.db")
+    story = " ".join(["Once upon a time a small robot walked to the sea and looked at the waves."] * 25)
+    store.add_items([{"prompt": f"Tell a long story. {LONG_WORD}", "responses": [story, story + " " + LONG_WORD]},
+                     {"prompt": "Rate this.", "responses": [story]}])
+    context = browser.new_context(viewport={"width": width, "height": 700})
+    page = context.new_page()
+    overflow = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    with background(make_app(store)) as base:
+        sign_in(page, base, "admin")  # the widest header: every admin link
+        page.goto(f"{base}/queue")
+        take_next(page)
+        seen = []
+        for _ in range(2):
+            kind = page.get_attribute("#item", "data-kind")
+            seen.append(kind)
+            page.screenshot(path=str(shots / f"queue-{kind}-{width}.png"), full_page=True)
+            assert page.evaluate(overflow) <= 0, (kind, width)
+            header = page.locator("header.top").bounding_box()
+            assert header["x"] >= 0 and header["x"] + header["width"] <= width
+
+            # The help, opened at the bottom of a long page, is in view and keeps keys from acting behind it.
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            page.keyboard.press("?")
+            assert page.is_visible("#help")
+            box = page.locator(".help-box").bounding_box()
+            assert box["y"] >= 0 and box["y"] + box["height"] <= 700 and box["x"] >= 0 and box["x"] + box["width"] <= width
+            page.screenshot(path=str(shots / f"queue-{kind}-{width}-help.png"))
+            if kind == "pair":
+                page.keyboard.press("a")
+                assert not page.is_checked("#choice-a")
+            page.keyboard.press("Escape")
+            assert not page.is_visible("#help")
+            # On a phone there is no "?" key: the button opens it, Close shuts it.
+            page.click("#show-help")
+            assert page.is_visible("#help")
+            page.click("#close-help")
+            assert not page.is_visible("#help")
+
+            if len(seen) == 1:
+                page.evaluate("document.activeElement.blur()")  # Enter on the focused help button would reopen it
+                if kind == "pair":
+                    page.keyboard.press("b")
+                    page.keyboard.press("1")
+                else:
+                    for aspect in ("helpfulness", "harmlessness", "coherence", "accuracy"):
+                        page.click(f"#item label:has([id$='-{aspect}-4'])")
+                submitted(page, lambda: page.keyboard.press("Enter"))
+        assert sorted(seen) == ["pair", "rating"]
+        context.close()
     store.close()

@@ -50,7 +50,8 @@ class StageInputsChanged(AlignloopError):
 
 # ---- fingerprints -------------------------------------------------------------------------
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 (hex) of a file's bytes, read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -87,7 +88,7 @@ class DigestCache:
         cached = self.entries.get(key)
         if isinstance(cached, list) and len(cached) == 2 and cached[0] == signature:
             return cached[1]
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         self.entries[key] = [signature, digest]
         self.dirty = True
         return digest

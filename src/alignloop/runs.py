@@ -69,7 +69,8 @@ class RunDir:
         return self.root / "rounds" / f"{number:03d}"
 
     def ensure(self) -> "RunDir":
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Owner-only when we create it: it holds the feedback store (password hashes, session tokens).
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self
 
     # ---- run.yaml ---------------------------------------------------------

@@ -7,15 +7,17 @@ line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from alignloop.config.base import load_config
 from alignloop.errors import AlignloopError, disk_full_error, is_disk_full
@@ -36,8 +38,40 @@ ForceOption = Annotated[
                                        "is never overwritten.")]
 OverridesArgument = Annotated[
     Optional[list[str]],
-    typer.Argument(help="Dotted overrides applied last, e.g. train.max_steps=200 model.preset=small.", show_default=False),
+    typer.Argument(metavar="KEY=VALUE", show_default=False,
+                   help="Settings applied last, as dotted key=value (the most used are listed below; every one: "
+                        "`alignloop config show STAGE`)."),
 ]
+
+
+class _PlainFlags:
+    """Help with no type beside a flag: `--human` takes no value, so typer's `<bool>` there only misleads."""
+
+    def get_params(self, ctx):  # noqa: ANN001, ANN201
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_PlainFlags, TyperCommand):
+    """Every alignloop command."""
+
+
+class Group(_PlainFlags, TyperGroup):
+    """Every alignloop group of commands."""
+
+
+class App(typer.Typer):
+    """A typer app whose commands and groups show flags as flags (see `_PlainFlags`)."""
+
+    def __init__(self, **kwargs):  # noqa: ANN003
+        kwargs.setdefault("cls", Group)
+        super().__init__(**kwargs)
+
+    def command(self, name=None, *, cls=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
+        return super().command(name, cls=cls or Command, **kwargs)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -95,6 +129,20 @@ def writing_run(run: Path) -> Iterator[RunDir]:
         if not existed and run_dir.root.is_dir() and not any(run_dir.root.iterdir()):
             run_dir.root.rmdir()
         raise
+
+
+def run_stage(stage: str, function: str, run: Path, config: Optional[Path], overrides: Optional[list[str]],
+              force: bool, **kwargs: Any) -> Any:
+    """The body of a stage command: `function` ("module:name", imported only now so that --help stays fast)
+    runs on the run directory, held for this command, with the stage's config from `--config` and the
+    overrides; errors become one line. Returns what the function returns."""
+    with reporting_errors(), writing_run(run) as run_dir:
+        from alignloop.config.registry import config_class
+
+        module, name = function.split(":")
+        stage_function = getattr(importlib.import_module(module), name)
+        return stage_function(run_dir, resolve(config_class(stage), config, overrides), log=echo, force=force,
+                              **kwargs)
 
 
 def resolve(cls: type[T], config: Path | None, overrides: list[str] | None, defaults: dict | None = None) -> T:

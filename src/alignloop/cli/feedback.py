@@ -12,18 +12,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from alignloop.cli.common import ConfigOption, OverridesArgument, echo, out, reporting_errors, resolve
+from alignloop.cli.common import App, ConfigOption, OverridesArgument, echo, out, reporting_errors, resolve
+from alignloop.cli.stage_help import stage_epilog
 from alignloop.errors import AlignloopError
 from alignloop.runs import RunDir
 
-users_app = typer.Typer(help="Accounts of the annotation app (the first admin is made here).", no_args_is_help=True)
-feedback_app = typer.Typer(help="Move feedback in and out of the store (TRL, Anthropic HH, rich JSONL).",
-                           no_args_is_help=True)
+users_app = App(help="Accounts of the annotation app (the first admin is made here).", no_args_is_help=True)
+feedback_app = App(help="Move feedback in and out of the store (TRL, Anthropic HH, rich JSONL).",
+                   no_args_is_help=True)
 
 RunArg = Annotated[Optional[Path], typer.Option("--run", help="Run directory; its feedback.db is the store.")]
 DbOption = Annotated[Optional[str], typer.Option(
     "--db", help="Feedback store instead of RUN/feedback.db: a SQLite path or postgresql+psycopg://USER@HOST/DB.")]
 RoundOption = Annotated[Optional[int], typer.Option("--round", help="Only this round number.")]
+PasswordStdin = Annotated[bool, typer.Option(
+    "--password-stdin", help="Read the password from the first line of standard input (where there is no terminal).")]
 
 
 def store_target(run: Optional[Path], db: Optional[str]) -> str:
@@ -45,21 +48,35 @@ def serve(
     run: RunArg = None,
     db: DbOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port, printed).")] = 8000,
     secure_cookies: Annotated[bool, typer.Option(
         "--secure-cookies", help="Mark cookies Secure (when served over HTTPS, e.g. behind a proxy).")] = False,
+    public_url: Annotated[Optional[str], typer.Option(
+        "--public-url", help="The URL people use, e.g. https://annotate.example.org: invite links use it and "
+                             "its host is accepted in the Host header.")] = None,
+    forwarded_allow_ips: Annotated[Optional[str], typer.Option(
+        "--forwarded-allow-ips", help="Comma-separated addresses of reverse proxies whose X-Forwarded-For and "
+                                      "X-Forwarded-Proto are believed (e.g. 127.0.0.1).")] = None,
 ) -> None:
-    """Serve the annotation web app (annotators at /queue, admins at /admin, JSON API at /api)."""
+    """Serve the annotation web app (annotators at /queue, admins at /admin, JSON API at /api).
+
+    Deploying it on a network: docs/security.md."""
     with reporting_errors():
         from alignloop.web.app import WebSettings, create_app
+        from alignloop.web.server import bind, bound_port, url_of
         from alignloop.web.server import serve as run_server
 
+        settings = WebSettings(secure_cookies=secure_cookies, public_url=public_url,
+                               forwarded_allow_ips=forwarded_allow_ips)
         store = _open(run, db)
+        # Bound before anything is printed: a port in use is one line and exit 2, and port 0 is reported as bound.
+        sock = bind(host, port)
         admins = [u for u in store.list_users() if u.is_admin and u.active]
         if not admins:
             echo("no admin yet: create one with `alignloop users add NAME --admin`")
-        echo(f"annotation app on http://{host}:{port}/ (store: {store.url.split('://', 1)[0]})")
-        run_server(create_app(store, WebSettings(secure_cookies=secure_cookies)), host=host, port=port)
+        where = f" (public URL {settings.public_url})" if settings.public_url else ""
+        echo(f"annotation app on {url_of(host, bound_port(sock))}/{where} (store: {store.url.split('://', 1)[0]})")
+        run_server(create_app(store, settings), sock)
 
 
 def annotate(
@@ -96,21 +113,66 @@ def users_add(
     run: RunArg = None,
     db: DbOption = None,
     admin: Annotated[bool, typer.Option("--admin", help="Make an admin (else an annotator).")] = False,
-    password_stdin: Annotated[bool, typer.Option(
-        "--password-stdin", help="Read the password from the first line of standard input.")] = False,
+    password_stdin: PasswordStdin = False,
 ) -> None:
     """Create an account; the password is asked for (there is no default password)."""
     with reporting_errors():
-        from alignloop.web.security import check_password, hash_password
+        from alignloop.web.security import hash_password
 
-        if password_stdin:
-            password = sys.stdin.readline().rstrip("\r\n")
-        else:
-            password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-        check_password(password)
+        password = _read_password(password_stdin)
         with _open(run, db) as store:
-            store.add_user(name, hash_password(password), role="admin" if admin else "annotator")
+            name = store.check_new_name(name)
+            password_hash = hash_password(password, name)
+            store.add_user(name, password_hash, role="admin" if admin else "annotator")
         echo(f"created {'admin' if admin else 'annotator'} {name}")
+
+
+def _read_password(from_stdin: bool) -> str:
+    """The new password: the first line of stdin, or asked twice on the terminal (never echoed)."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise AlignloopError("no terminal to ask for the password on: pipe it in with --password-stdin")
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def _user_named(store, name: str):  # noqa: ANN001, ANN202
+    user = store.user_by_name(name)
+    if user is None:
+        raise AlignloopError(f"no user named {name!r}")
+    return user
+
+
+@users_app.command("passwd")
+def users_passwd(
+    name: Annotated[str, typer.Argument(help="Account name.")],
+    run: RunArg = None,
+    db: DbOption = None,
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """Set an account's password (asked for); every session of that account is signed out."""
+    with reporting_errors():
+        from alignloop.web.security import hash_password
+
+        password = _read_password(password_stdin)
+        with _open(run, db) as store:
+            user = _user_named(store, name)
+            ended = store.change_password(user.id, hash_password(password, user.name))
+        echo(f"new password set for {user.name}; {ended} session(s) signed out")
+
+
+@users_app.command("enable")
+def users_enable(name: Annotated[str, typer.Argument(help="Account name.")], run: RunArg = None,
+                 db: DbOption = None) -> None:
+    """Enable a disabled account again (it signs in with its old password)."""
+    _set_active(name, run, db, True)
+
+
+def _set_active(name: str, run: Optional[Path], db: Optional[str], active: bool) -> None:
+    with reporting_errors():
+        with _open(run, db) as store:
+            store.set_active(_user_named(store, name).id, active)
+        echo(f"{'enabled' if active else 'disabled'} {name}")
 
 
 @users_app.command("list")
@@ -127,13 +189,7 @@ def users_list(run: RunArg = None, db: DbOption = None) -> None:
 def users_disable(name: Annotated[str, typer.Argument(help="Account name.")], run: RunArg = None,
                   db: DbOption = None) -> None:
     """Disable an account: it is signed out and its open items go back to the queue."""
-    with reporting_errors():
-        with _open(run, db) as store:
-            user = store.user_by_name(name)
-            if user is None:
-                raise AlignloopError(f"no user named {name!r}")
-            store.set_active(user.id, False)
-        echo(f"disabled {name}")
+    _set_active(name, run, db, False)
 
 
 @feedback_app.command("import")
@@ -187,6 +243,6 @@ def feedback_export(
 def register(app: typer.Typer) -> None:
     """Add the stage-2 commands to the main app."""
     app.command("serve")(serve)
-    app.command("annotate")(annotate)
+    app.command("annotate", epilog=stage_epilog("annotate"))(annotate)
     app.add_typer(users_app, name="users")
     app.add_typer(feedback_app, name="feedback")

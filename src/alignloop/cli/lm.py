@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from alignloop.cli.common import (
+    App,
     ConfigOption,
     ForceOption,
     OverridesArgument,
@@ -15,13 +16,13 @@ from alignloop.cli.common import (
     echo,
     out,
     reporting_errors,
-    resolve,
-    writing_run,
+    run_stage,
 )
+from alignloop.cli.stage_help import stage_epilog
 from alignloop.runs import RunDir
 
-data_app = typer.Typer(help="Built-in data sets.", no_args_is_help=True)
-config_app = typer.Typer(help="Stage configurations.", no_args_is_help=True)
+data_app = App(help="Built-in data sets.", no_args_is_help=True)
+config_app = App(help="Stage configurations.", no_args_is_help=True)
 
 
 @data_app.command("stories")
@@ -38,8 +39,10 @@ def data_stories(
             echo(f"{kind}: {path}")
 
 
-@config_app.command("show")
-def config_show(stage: Annotated[str, typer.Argument(help="Stage name, e.g. pretrain, sft.")]) -> None:
+@config_app.command("show", epilog="Examples: alignloop config show ppo;  alignloop config show reward eval")
+def config_show(stage: Annotated[list[str], typer.Argument(
+        metavar="STAGE", help="Stage: pretrain, sft, sample, annotate, reward, reward eval (or reward-eval), ppo, "
+                              "grpo, dpo, bon, eval, loop.")]) -> None:
     """Print a stage's default configuration as YAML (every key can be overridden as key=value)."""
     with reporting_errors():
         from alignloop.config.base import to_commented_yaml
@@ -51,21 +54,13 @@ def config_show(stage: Annotated[str, typer.Argument(help="Stage name, e.g. pret
 def pretrain(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
              force: ForceOption = False) -> None:
     """Pretrain a causal LM on a corpus (default: the built-in stories); rerun to resume."""
-    with reporting_errors(), writing_run(run) as run_dir:
-        from alignloop.pretrain.config import PretrainConfig
-        from alignloop.pretrain.stage import run_pretrain
-
-        run_pretrain(run_dir, resolve(PretrainConfig, config, overrides), log=echo, force=force)
+    run_stage("pretrain", "alignloop.pretrain.stage:run_pretrain", run, config, overrides, force)
 
 
 def sft(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
         force: ForceOption = False) -> None:
     """Supervised fine-tuning on prompt/response pairs, loss on responses only; rerun to resume."""
-    with reporting_errors(), writing_run(run) as run_dir:
-        from alignloop.sft.config import SFTConfig
-        from alignloop.sft.stage import run_sft
-
-        run_sft(run_dir, resolve(SFTConfig, config, overrides), log=echo, force=force)
+    run_stage("sft", "alignloop.sft.stage:run_sft", run, config, overrides, force)
 
 
 def latest_policy(run: RunDir) -> Path:
@@ -120,6 +115,6 @@ def register(app: typer.Typer) -> None:
     """Add the stage-1 commands to the main app."""
     app.add_typer(data_app, name="data")
     app.add_typer(config_app, name="config")
-    app.command("pretrain")(pretrain)
-    app.command("sft")(sft)
+    app.command("pretrain", epilog=stage_epilog("pretrain"))(pretrain)
+    app.command("sft", epilog=stage_epilog("sft"))(sft)
     app.command("generate")(generate)

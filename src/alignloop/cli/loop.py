@@ -17,6 +17,7 @@ from alignloop.cli.common import (
     resolve,
     writing_run,
 )
+from alignloop.cli.stage_help import stage_epilog
 
 
 def loop(
@@ -30,15 +31,22 @@ def loop(
     """Round after round: sample from the policy, collect feedback, retrain the reward model, PPO, evaluate.
 
     Needs a run with an SFT (or pretrained) model. Rerun the same command after
-    an interruption: finished steps are skipped, no judgment is lost.
+    an interruption: finished steps are skipped, no judgment is lost. Ends with
+    a table of the rounds and the report's path.
     """
     with reporting_errors(), writing_run(run) as run_dir:
+        import time
+
         from alignloop.loop.config import LoopConfig
         from alignloop.loop.rounds import run_loop
+        from alignloop.loop.summary import print_summary
 
+        started = time.monotonic()
         extra = [f"rounds={rounds}"] if rounds is not None else []
         cfg = resolve(LoopConfig, config, list(overrides or []) + extra)
-        run_loop(run_dir, cfg, human=human, log=echo, force=force)
+        results = run_loop(run_dir, cfg, human=human, log=echo, force=force)
+        print_summary(results, f"alignloop loop ({(time.monotonic() - started) / 60:.1f} min)",
+                      run_dir.report if cfg.report else None)
 
 
 def demo(
@@ -65,6 +73,6 @@ def report(run: RunOption) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("loop")(loop)
+    app.command("loop", epilog=stage_epilog("loop"))(loop)
     app.command("demo")(demo)
     app.command("report")(report)

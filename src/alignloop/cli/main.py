@@ -11,6 +11,8 @@ import os
 
 import typer
 
+from alignloop.cli.common import App
+
 # Runs never reach the network: models, tokenizers and data come from local paths.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -22,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-app = typer.Typer(
+app = App(
     name="alignloop",
     help="The whole RLHF loop: pretrain, collect feedback, train a reward model, PPO, iterate.",
     no_args_is_help=True,

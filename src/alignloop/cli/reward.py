@@ -7,22 +7,25 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
 
 from alignloop.cli.common import (
+    App,
     ConfigOption,
     ForceOption,
+    Group,
     OverridesArgument,
     RunOption,
     echo,
     out,
     reporting_errors,
     resolve,
+    run_stage,
     writing_run,
 )
+from alignloop.cli.stage_help import stage_epilog
 
 
-class TrainByDefault(TyperGroup):
+class TrainByDefault(Group):
     """`alignloop reward --run DIR ...` means `alignloop reward train --run DIR ...`."""
 
     def parse_args(self, ctx, args):  # noqa: ANN001, ANN201
@@ -31,8 +34,8 @@ class TrainByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-reward_app = typer.Typer(cls=TrainByDefault, no_args_is_help=True,
-                         help="Train the reward model on the feedback (default) or evaluate it (`reward eval`).")
+reward_app = App(cls=TrainByDefault, no_args_is_help=True, epilog=stage_epilog("reward"),
+                 help="Train the reward model on the feedback (default) or evaluate it (`reward eval`).")
 
 JsonOption = Annotated[Optional[Path], typer.Option(
     "--json", help="Write the figures to this JSON file instead of the round's record (rounds/NNN/reward/eval.json), "
@@ -41,18 +44,14 @@ DbOption = Annotated[Optional[str], typer.Option(
     "--db", help="Feedback store instead of RUN/feedback.db: a SQLite path or postgresql+psycopg:// URL.")]
 
 
-@reward_app.command("train")
+@reward_app.command("train", epilog=stage_epilog("reward"))
 def train(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
           db: DbOption = None, force: ForceOption = False) -> None:
     """Train a reward model on the run's feedback store or data.path=FILE (TRL/HH/rich JSONL); rerun to resume."""
-    with reporting_errors(), writing_run(run) as run_dir:
-        from alignloop.reward.config import RewardConfig
-        from alignloop.reward.stage import run_reward
-
-        run_reward(run_dir, resolve(RewardConfig, config, overrides), log=echo, db=db, force=force)
+    run_stage("reward", "alignloop.reward.stage:run_reward", run, config, overrides, force, db=db)
 
 
-@reward_app.command("eval")
+@reward_app.command("eval", epilog=stage_epilog("reward-eval"))
 def evaluate(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
              json_out: JsonOption = None,
              db: DbOption = None, force: ForceOption = False) -> None:

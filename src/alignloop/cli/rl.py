@@ -17,49 +17,34 @@ from alignloop.cli.common import (
     out,
     reporting_errors,
     resolve,
+    run_stage,
     writing_run,
 )
+from alignloop.cli.stage_help import stage_epilog
 
 
 def ppo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
         force: ForceOption = False) -> None:
     """PPO against the round's reward model with a KL penalty to the reference; rerun to resume."""
-    with reporting_errors(), writing_run(run) as run_dir:
-        from alignloop.rl.config import PPOConfig
-        from alignloop.rl.ppo import run_ppo
-
-        run_ppo(run_dir, resolve(PPOConfig, config, overrides), log=echo, force=force)
+    run_stage("ppo", "alignloop.rl.ppo:run_ppo", run, config, overrides, force)
 
 
 def grpo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
          force: ForceOption = False) -> None:
     """GRPO (or RLOO with grpo.estimator=rloo): critic-free, group-relative baselines; rerun to resume."""
-    with reporting_errors(), writing_run(run) as run_dir:
-        from alignloop.rl.config import GRPOConfig
-        from alignloop.rl.grpo import run_grpo
-
-        run_grpo(run_dir, resolve(GRPOConfig, config, overrides), log=echo, force=force)
+    run_stage("grpo", "alignloop.rl.grpo:run_grpo", run, config, overrides, force)
 
 
 def dpo(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
         force: ForceOption = False) -> None:
     """DPO, offline, on the preference pairs of the feedback store (or a JSONL file); rerun to resume."""
-    with reporting_errors(), writing_run(run) as run_dir:
-        from alignloop.rl.config import DPOConfig
-        from alignloop.rl.dpo import run_dpo
-
-        run_dpo(run_dir, resolve(DPOConfig, config, overrides), log=echo, force=force)
+    run_stage("dpo", "alignloop.rl.dpo:run_dpo", run, config, overrides, force)
 
 
 def bon(run: RunOption, config: ConfigOption = None, overrides: OverridesArgument = None,
         force: ForceOption = False) -> None:
     """Best-of-n with the reward model on the evaluation prompts, judged against the starting policy."""
-    with reporting_errors(), writing_run(run) as run_dir:
-        from alignloop.rl.bon import run_bon
-        from alignloop.rl.config import BoNConfig
-
-        result = run_bon(run_dir, resolve(BoNConfig, config, overrides), log=echo, force=force)
-        out(json.dumps(result))
+    out(json.dumps(run_stage("bon", "alignloop.rl.bon:run_bon", run, config, overrides, force)))
 
 
 def evaluate(
@@ -85,8 +70,5 @@ def evaluate(
 
 def register(app: typer.Typer) -> None:
     """Add the stage-4 commands to the main app."""
-    app.command("ppo")(ppo)
-    app.command("grpo")(grpo)
-    app.command("dpo")(dpo)
-    app.command("bon")(bon)
-    app.command("eval")(evaluate)
+    for name, command in (("ppo", ppo), ("grpo", grpo), ("dpo", dpo), ("bon", bon), ("eval", evaluate)):
+        app.command(name, epilog=stage_epilog(name))(command)

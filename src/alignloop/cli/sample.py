@@ -17,6 +17,7 @@ from alignloop.cli.common import (
     resolve,
     writing_run,
 )
+from alignloop.cli.stage_help import stage_epilog
 
 
 def sample(
@@ -27,7 +28,7 @@ def sample(
     db: Annotated[Optional[str], typer.Option("--db", help="Feedback store: SQLite path or postgresql+psycopg:// URL (default: RUN/feedback.db).")] = None,
     force: ForceOption = False,
 ) -> None:
-    """Sample K responses per prompt and load them as annotation items (e.g. prompts=FILE k=4)."""
+    """Sample K responses per prompt and load them as annotation items in the feedback store."""
     with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.cli.lm import latest_policy
         from alignloop.sample.config import SampleConfig
@@ -38,4 +39,4 @@ def sample(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sample")(sample)
+    app.command("sample", epilog=stage_epilog("sample"))(sample)

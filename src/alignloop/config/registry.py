@@ -5,8 +5,10 @@ Entries are import paths so that listing a stage does not import every stage.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 
+from alignloop.config.base import did_you_mean
 from alignloop.errors import ConfigError
 
 STAGE_CONFIGS: dict[str, str] = {
@@ -25,9 +27,17 @@ STAGE_CONFIGS: dict[str, str] = {
 }
 
 
-def config_class(stage: str):
-    """The config model of `stage`; a one-line error listing the known stages otherwise."""
-    if stage not in STAGE_CONFIGS:
-        raise ConfigError(f"unknown stage {stage!r}; known: {', '.join(sorted(STAGE_CONFIGS))}")
-    module, name = STAGE_CONFIGS[stage].split(":")
+def stage_name(words: str | list[str]) -> str:
+    """The registry name of a stage as typed: `reward eval`, `reward-eval` and `reward_eval` are one stage."""
+    text = " ".join([words] if isinstance(words, str) else words)
+    return "-".join(text.replace("_", " ").replace("-", " ").split()).lower()
+
+
+def config_class(stage: str | list[str]):
+    """The config model of `stage` (as `stage_name` reads it); a one-line error listing the known stages otherwise."""
+    name = stage_name(stage)
+    if name not in STAGE_CONFIGS:
+        hint = did_you_mean(difflib.get_close_matches(name, list(STAGE_CONFIGS), n=1, cutoff=0.6))
+        raise ConfigError(f"unknown stage {name!r}{hint} (known: {', '.join(sorted(STAGE_CONFIGS))})")
+    module, name = STAGE_CONFIGS[name].split(":")
     return getattr(importlib.import_module(module), name)

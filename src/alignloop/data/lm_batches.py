@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from alignloop.data.jsonl import iter_jsonl
 from alignloop.data.formatting import encode_prompt, encode_response
+from alignloop.data.jsonl import iter_jsonl
 from alignloop.errors import DataError
 
 IGNORE_INDEX = -100

@@ -43,9 +43,9 @@ from alignloop.evaluation.gold_scope import gold_omission
 from alignloop.evaluation.perplexity import held_out_documents, perplexity, text_blocks
 from alignloop.judges.gold import gold_score
 from alignloop.models.causal_lm import check_checkpoint_dir, load_causal_lm
+from alignloop.provenance import DONE, DigestCache, StageInputs, plan_stage, record_finished, record_started
 from alignloop.rl.inputs import default_start, load_prompts, prompts_path, reward_dir
 from alignloop.rl.rollout import encode_prompts, make_sampler, rollout_logprobs, sample
-from alignloop.provenance import DONE, DigestCache, StageInputs, plan_stage, record_finished, record_started
 from alignloop.runs import RunDir, read_record, round_stage_key
 from alignloop.tokenizer import load_tokenizer
 from alignloop.train.device import pick_device, precision_scope
@@ -292,7 +292,8 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
     return result
 
 
-def _rate_text(result: dict[str, Any], judge: str) -> str:
+def rate_text(result: dict[str, Any], judge: str) -> str:
+    """A win rate with its 95% interval and length-controlled value, or n/a."""
     rate, interval = result.get(f"{judge}_win_rate"), result.get(f"{judge}_win_rate_ci")
     if rate is None:
         return "n/a"
@@ -305,7 +306,7 @@ def summary_line(result: dict[str, Any]) -> str:
     """The figures of an evaluation in one line: win rates with 95% intervals, KL +- its standard error, perplexity."""
     kl_se = result.get("kl_se")
     kl = f"KL {result['kl']:.2f}" + (f" +- {kl_se:.2f}" if kl_se is not None else "") + " nats"
-    return (f"gold win rate {_rate_text(result, 'gold')}, reward-model win rate {_rate_text(result, 'rm')}, {kl}, "
+    return (f"gold win rate {rate_text(result, 'gold')}, reward-model win rate {rate_text(result, 'rm')}, {kl}, "
             f"perplexity {result['ppl_before']:.2f} -> {result['ppl_after']:.2f} ({result['ppl_change']:+.1%})")
 
 

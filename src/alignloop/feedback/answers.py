@@ -13,7 +13,7 @@ from alignloop.errors import DataError
 from alignloop.feedback.models import ASPECTS, CHOICES
 
 MAX_TEXT = 20_000
-MAX_TIME_MS = 24 * 3600 * 1000
+MAX_TIME_MS = 24 * 3600 * 1000  # the longest time spent on one judgment that is recorded
 
 
 @dataclass
@@ -27,7 +27,6 @@ class Answer:
     ratings: dict[int, dict[str, int]] = field(default_factory=dict)
     critique: Optional[str] = None
     rewrite: Optional[str] = None
-    time_spent_ms: Optional[int] = None
 
 
 def _is_int(value: Any) -> bool:
@@ -44,25 +43,28 @@ def _clean_text(name: str, value: Optional[str]) -> Optional[str]:
     return value if value.strip() else None
 
 
+def normal_choice(choice: Any) -> str:
+    """A pair's choice in stored form: `A`/`B` (as the page labels them) are `a`/`b`; else a `DataError`."""
+    lowered = choice.lower() if isinstance(choice, str) else choice
+    if lowered not in CHOICES:
+        shown = repr(choice) if len(repr(choice)) <= 40 else repr(choice)[:40] + "..."
+        raise DataError(f"choice must be one of {', '.join(CHOICES)} (A and B also do), not {shown}")
+    return lowered
+
+
 def validate_answer(kind: str, response_ids: list[int], answer: Answer) -> Answer:
     """Return the answer normalised for storage, or raise `DataError` saying what is wrong.
 
     pair: `choice` in a, b, tie, both_bad; `strength` 1-3 when A or B wins (ignored otherwise).
     ranking: `ranking` lists every response id of the item exactly once, best first.
     rating: all four aspects rated for the item's response.
-    Any kind: optional aspect ratings of the item's responses, critique, rewrite, time spent.
+    Any kind: optional aspect ratings of the item's responses, critique, rewrite.
     """
     out = Answer(critique=_clean_text("critique", answer.critique), rewrite=_clean_text("rewrite", answer.rewrite))
-    if answer.time_spent_ms is not None:
-        if not _is_int(answer.time_spent_ms) or answer.time_spent_ms < 0:
-            raise DataError("time_spent_ms must be a non-negative integer")
-        out.time_spent_ms = min(answer.time_spent_ms, MAX_TIME_MS)
 
     if kind == "pair":
-        if answer.choice not in CHOICES:
-            raise DataError(f"choice must be one of {', '.join(CHOICES)}, not {answer.choice!r}")
-        out.choice = answer.choice
-        if answer.choice in ("a", "b"):
+        out.choice = normal_choice(answer.choice)
+        if out.choice in ("a", "b"):
             if not _is_int(answer.strength) or not 1 <= answer.strength <= 3:
                 raise DataError(f"strength must be 1, 2 or 3 when A or B is chosen, not {answer.strength!r}")
             out.strength = answer.strength

@@ -8,6 +8,7 @@ transaction never fails half-way when it upgrades from reading to writing.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
@@ -42,10 +43,31 @@ def database_url(target: str | Path) -> str:
     return text
 
 
+def private_file(path: Path) -> None:
+    """Create `path` (if missing) and keep it and SQLite's -wal/-shm beside it readable by the owner only.
+
+    The store holds password hashes and CSRF tokens. SQLite gives the -wal and
+    -shm files the database file's mode, so making the database 0600 before
+    SQLite first opens it covers them; files an older version left 0644 are
+    tightened here too.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if file.stat().st_mode & 0o077 and file.stat().st_uid == os.geteuid():
+                file.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 def _sqlite_engine(url: str, immediate: bool) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_file(Path(path))
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
                            pool_size=20, max_overflow=40)
 

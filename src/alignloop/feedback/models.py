@@ -161,11 +161,22 @@ class GoldItem(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+def _name_key_default(context: Any) -> Optional[str]:
+    from alignloop.feedback.names import name_key
+
+    name = context.get_current_parameters().get("name")
+    return None if name is None else name_key(name)
+
+
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint("role IN ('admin', 'annotator')", name="role"),)
+    __table_args__ = (CheckConstraint("role IN ('admin', 'annotator')", name="role"),
+                      Index("ix_users_name_key", "name_key", unique=True))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    # The name as compared for uniqueness (NFKC, case-folded, look-alike letters mapped; see
+    # feedback/names.py), filled in from `name` on insert. Added by migration 0003.
+    name_key: Mapped[Optional[str]] = mapped_column(String(255), default=_name_key_default)
     # None: the account cannot log in (the author of imported labels).
     password_hash: Mapped[Optional[str]] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default="annotator")

@@ -15,8 +15,11 @@ from typing import Optional
 from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from alignloop.feedback.answers import Answer
+from alignloop.errors import DataError
+from alignloop.feedback.answers import MAX_TIME_MS, Answer
+from alignloop.feedback.limits import MAX_OVERLAP
 from alignloop.feedback.models import AspectRating, Assignment, Item, ItemResponse, Judgment, User, utcnow
+from alignloop.feedback.names import check_name, name_key
 
 # How many of the oldest open items a claim looks at; picking among them at
 # random keeps concurrent annotators from all fighting over the same row.
@@ -49,6 +52,20 @@ def available_count(s: Session, user_id: int, default_overlap: int) -> int:
     return s.scalar(select(func.count()).select_from(_available(user_id, default_overlap).subquery())) or 0
 
 
+def current(s: Session, user_id: int) -> Optional[Assignment]:
+    """The user's open assignment, if any (read-only)."""
+    return s.scalar(select(Assignment).where(Assignment.user_id == user_id, Assignment.status == "open")
+                    .order_by(Assignment.id).limit(1))
+
+
+def first_free_slot(used: set[int], wanted: int) -> Optional[int]:
+    """The lowest slot number below `wanted` not in `used`, or None: at most len(used) + 1 looks."""
+    slot = 0
+    while slot in used:
+        slot += 1
+    return slot if slot < min(wanted, MAX_OVERLAP) else None
+
+
 def claim(s: Session, user_id: int, default_overlap: int, postgres: bool = False,
           rng: Optional[random.Random] = None) -> Optional[Assignment]:
     """The user's open assignment if they have one, else a new one on an item with a free slot.
@@ -56,10 +73,9 @@ def claim(s: Session, user_id: int, default_overlap: int, postgres: bool = False
     Raises IntegrityError (the caller retries in a new transaction) only if
     every candidate's free slot was taken concurrently.
     """
-    current = s.scalar(select(Assignment).where(Assignment.user_id == user_id, Assignment.status == "open")
-                       .order_by(Assignment.id).limit(1))
-    if current is not None:
-        return current
+    mine = current(s, user_id)
+    if mine is not None:
+        return mine
     query = _available(user_id, default_overlap).order_by(Item.id).limit(CANDIDATES)
     if postgres:
         # Rows another claim is working on are passed over instead of waited for...
@@ -74,10 +90,10 @@ def claim(s: Session, user_id: int, default_overlap: int, postgres: bool = False
     for item_id, wanted in candidates:
         used = set(s.scalars(select(Assignment.slot).where(Assignment.item_id == item_id,
                                                             Assignment.slot.is_not(None))))
-        free = [slot for slot in range(wanted) if slot not in used]
-        if not free:
+        slot = first_free_slot(used, wanted)
+        if slot is None:
             continue
-        assignment = Assignment(item_id=item_id, user_id=user_id, slot=free[0], status="open", assigned_at=utcnow())
+        assignment = Assignment(item_id=item_id, user_id=user_id, slot=slot, status="open", assigned_at=utcnow())
         with s.begin_nested():
             s.add(assignment)
         return assignment
@@ -93,11 +109,15 @@ def release_open(s: Session, user_id: int) -> int:
 
 
 def record_judgment(s: Session, assignment: Assignment, answer: Answer) -> Judgment:
-    """Write an already validated answer and close the assignment."""
+    """Write an already validated answer and close the assignment.
+
+    The time spent is measured here, from the assignment to the judgment: a
+    client's own figure is never taken (it could claim any time it liked).
+    """
     now = utcnow()
-    time_spent = answer.time_spent_ms
-    if time_spent is None and assignment.assigned_at is not None:
-        time_spent = int((now - assignment.assigned_at).total_seconds() * 1000)
+    time_spent = None
+    if assignment.assigned_at is not None:
+        time_spent = min(max(0, int((now - assignment.assigned_at).total_seconds() * 1000)), MAX_TIME_MS)
     judgment = Judgment(assignment_id=assignment.id, item_id=assignment.item_id, user_id=assignment.user_id,
                         choice=answer.choice, strength=answer.strength, ranking=answer.ranking,
                         critique=answer.critique, rewrite=answer.rewrite, time_spent_ms=time_spent, created_at=now)
@@ -111,11 +131,18 @@ def record_judgment(s: Session, assignment: Assignment, answer: Answer) -> Judgm
 
 
 def import_author(s: Session, name: str) -> int:
-    """The id of a sign-in-less user that imported labels are attributed to (created if needed)."""
-    found = s.scalar(select(User.id).where(User.name == name))
+    """The id of a sign-in-less user that imported labels are attributed to (created if needed).
+
+    Only an import account can be one: labels are never attributed to a person or a simulated annotator.
+    """
+    name = check_name(name[:100] if isinstance(name, str) else name, origin="import")
+    found = s.execute(select(User.id, User.origin).where(User.name_key == name_key(name))).first()
     if found is not None:
-        return found
-    user = User(name=name[:100], password_hash=None, role="annotator", origin="import", active=False)
+        if found.origin != "import":
+            raise DataError(f"annotator {name!r} of the imported labels is the name of a {found.origin} account; "
+                            f"imported labels need a name of their own")
+        return found.id
+    user = User(name=name, password_hash=None, role="annotator", origin="import", active=False)
     s.add(user)
     s.flush()
     return user.id

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from alignloop.config.base import Section
 from alignloop.errors import AlignloopError
+from alignloop.feedback.limits import MAX_OVERLAP
 from alignloop.feedback.store import Store
 from alignloop.train.crash import crash_point
 
@@ -31,7 +32,7 @@ class SimulateConfig(Section):
     noise: float = Field(1.0, ge=0.0, description="Bradley-Terry temperature: 0 is noiseless, larger is noisier.")
     careless: float = Field(0.0, ge=0.0, le=1.0, description="Share of personas that answer at random.")
     seed: int = Field(0, description="Seed of the personas' weights and of their noise.")
-    overlap: Optional[int] = Field(None, ge=1, le=50,
+    overlap: Optional[int] = Field(None, ge=1, le=MAX_OVERLAP,
                                    description="If set, annotators per item for the whole store before starting.")
     max_judgments: Optional[int] = Field(None, ge=1, description="Stop each persona after this many judgments.")
     critique_share: float = Field(0.25, ge=0.0, le=1.0, description="Share of judgments that come with a critique.")
@@ -61,7 +62,7 @@ def ensure_accounts(store: Store, names: list[str]) -> dict[str, str]:
 
 
 def judgment_for(persona: Any, item: dict[str, Any], rng: random.Random, config: SimulateConfig) -> dict[str, Any]:
-    """The API body a persona submits for one item (as `/api/queue/next` shows it)."""
+    """The API body a persona submits for one item (as `POST /api/queue/next` shows it)."""
     prompt, responses = item["prompt"], item["responses"]
     texts = [r["text"] for r in responses]
     body: dict[str, Any] = {}
@@ -95,7 +96,7 @@ def annotate_as(base_url: str, name: str, password: str, persona: Any, config: S
             raise AlignloopError(f"simulated annotator {name} could not sign in: {login.status_code} {login.text}")
         client.headers["X-CSRF-Token"] = login.json()["csrf_token"]
         while not stop.is_set() and (config.max_judgments is None or done < config.max_judgments):
-            response = client.get("/api/queue/next")
+            response = client.post("/api/queue/next")
             response.raise_for_status()
             assignment = response.json()["assignment"]
             if assignment is None:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from alignloop.errors import AlignloopError, DataError
 from alignloop.feedback import db, preferences, queue, reading, stats
-from alignloop.feedback.answers import Answer, validate_answer
+from alignloop.feedback.answers import Answer, normal_choice, validate_answer
 from alignloop.feedback.models import (
     ITEM_KINDS,
     ROLES,
@@ -42,8 +42,11 @@ from alignloop.feedback.models import (
     WebSession,
     utcnow,
 )
+from alignloop.feedback.names import MAX_NAME, check_name, name_key
+from alignloop.feedback.text import lone_surrogate_at, reject_lone_surrogates
 
 DEFAULT_OVERLAP = queue.DEFAULT_OVERLAP
+MAX_OVERLAP = queue.MAX_OVERLAP
 DEFAULT_GUIDELINES = (
     "Read the prompt, then every response in full.\n"
     "Prefer the response that is more helpful, harmless, coherent and accurate, in that order of importance.\n"
@@ -118,6 +121,18 @@ def _item_view(item: Item) -> ItemView:
     return ItemView(item.id, item.kind, item.round_id, item.prompt.text, responses)
 
 
+def check_overlap(value: Any, where: str = "overlap") -> int:
+    """`value` if it is a whole number from 1 to MAX_OVERLAP (annotators per item), else a `DataError`."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_OVERLAP:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise DataError(f"{where} must be a whole number from 1 to {MAX_OVERLAP}, not {shown}")
+    return value
+
+
+def _name_taken(name: str) -> Conflict:
+    return Conflict(f"a user named {name!r} already exists (names are compared ignoring case and look-alike letters)")
+
+
 def token_digest(token: str) -> str:
     """How secrets (session and invite tokens) are stored: never the token itself."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -179,6 +194,7 @@ class Store:
             return default if row is None else row.value
 
     def set_setting(self, key: str, value: Any) -> None:
+        reject_lone_surrogates(value, f"setting {key}")
         with self.write() as s:
             row = s.get(Setting, key)
             if row is None:
@@ -192,9 +208,7 @@ class Store:
         return int(self.get_setting("overlap", DEFAULT_OVERLAP))
 
     def set_overlap(self, overlap: int) -> None:
-        if not isinstance(overlap, int) or isinstance(overlap, bool) or not 1 <= overlap <= 50:
-            raise DataError(f"overlap must be an integer from 1 to 50, not {overlap!r}")
-        self.set_setting("overlap", overlap)
+        self.set_setting("overlap", check_overlap(overlap))
 
     @property
     def guidelines(self) -> str:
@@ -206,10 +220,12 @@ class Store:
     # ---- users ----------------------------------------------------------------
     def add_user(self, name: str, password_hash: Optional[str], role: str = "annotator",
                  origin: str = "person") -> int:
-        """Create an account; `password_hash` comes from `alignloop.web.security.hash_password`."""
-        name = (name or "").strip()
-        if not name or len(name) > 100 or any(c.isspace() for c in name):
-            raise DataError(f"user name {name!r} must be 1-100 characters without spaces")
+        """Create an account; `password_hash` comes from `alignloop.web.security.hash_password`.
+
+        The name must be valid and free for its origin (see `feedback/names.py`): the
+        prefixes `import:` and `sim-` belong to imported labels and simulated annotators.
+        """
+        name = check_name(name, origin)
         if role not in ROLES:
             raise DataError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         try:
@@ -219,7 +235,15 @@ class Store:
                 s.flush()
                 return user.id
         except IntegrityError:
-            raise Conflict(f"a user named {name!r} already exists") from None
+            raise _name_taken(name) from None
+
+    def check_new_name(self, name: str, origin: str = "person") -> str:
+        """The stripped name if an account of `origin` could be created with it now, else the error."""
+        name = check_name(name, origin)
+        with self.read() as s:
+            if s.scalar(select(User.id).where(User.name_key == name_key(name))) is not None:
+                raise _name_taken(name)
+        return name
 
     def get_user(self, user_id: int) -> UserInfo:
         with self.read() as s:
@@ -229,8 +253,14 @@ class Store:
             return _user_info(user)
 
     def user_by_name(self, name: str) -> Optional[UserInfo]:
+        """The account called `name`, or whose name compares equal to it (case, look-alikes)."""
+        # Nothing that could never be a name reaches the database (a lone surrogate cannot even be encoded).
+        if not isinstance(name, str) or not name or len(name) > 4 * MAX_NAME or lone_surrogate_at(name):
+            return None
         with self.read() as s:
             user = s.scalar(select(User).where(User.name == name))
+            if user is None:
+                user = s.scalar(select(User).where(User.name_key == name_key(name)))
             return None if user is None else _user_info(user)
 
     def list_users(self) -> list[UserInfo]:
@@ -238,8 +268,24 @@ class Store:
             return [_user_info(u) for u in s.scalars(select(User).order_by(User.id))]
 
     def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        """Store a new hash of the same password (argon2 parameters upgraded); sessions stay."""
         with self.write() as s:
             s.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))
+
+    def change_password(self, user_id: int, password_hash: str, keep_session: Optional[str] = None) -> int:
+        """Set a new password and sign the account out everywhere except the session `keep_session`
+        (the one that made the change, if any). Returns the number of sessions ended."""
+        with self.write() as s:
+            user = s.get(User, user_id)
+            if user is None:
+                raise NotFound(f"no user with id {user_id}")
+            if user.origin == "import":
+                raise Conflict(f"{user.name} holds imported labels and cannot sign in")
+            user.password_hash = password_hash
+            ended = delete(WebSession).where(WebSession.user_id == user_id)
+            if keep_session is not None:
+                ended = ended.where(WebSession.token_hash != token_digest(keep_session))
+            return s.execute(ended).rowcount or 0
 
     def set_active(self, user_id: int, active: bool) -> None:
         """Enable or disable an account. Disabling signs it out and gives its open items back."""
@@ -247,6 +293,8 @@ class Store:
             user = s.get(User, user_id)
             if user is None:
                 raise NotFound(f"no user with id {user_id}")
+            if active and user.origin == "import":
+                raise Conflict(f"{user.name} holds imported labels and cannot sign in")
             user.active = active
             if not active:
                 s.execute(delete(WebSession).where(WebSession.user_id == user_id))
@@ -293,9 +341,7 @@ class Store:
 
     def accept_invite(self, token: str, name: str, password_hash: str) -> int:
         """Create the invited account; the invite works once."""
-        name = (name or "").strip()
-        if not name or len(name) > 100 or any(c.isspace() for c in name):
-            raise DataError(f"user name {name!r} must be 1-100 characters without spaces")
+        name = check_name(name)
         try:
             with self.write() as s:
                 invite = s.get(Invite, token_digest(token), with_for_update=True)
@@ -308,7 +354,7 @@ class Store:
                 invite.used_by = user.id
                 return user.id
         except IntegrityError:
-            raise Conflict(f"a user named {name!r} already exists") from None
+            raise _name_taken(name) from None
 
     # ---- rounds, prompts, items -----------------------------------------------------
     def create_round(self, name: Optional[str] = None, *, model_name: Optional[str] = None,
@@ -355,6 +401,9 @@ class Store:
         """
         if item_kind not in ITEM_KINDS:
             raise DataError(f"item kind must be one of {', '.join(ITEM_KINDS)}, not {item_kind!r}")
+        if overlap is not None:
+            check_overlap(overlap)
+        reject_lone_surrogates([model_name, sampling, source], "sample settings")
         rng = random.Random(seed)
         items: list[Item] = []
         with self.write() as s:
@@ -396,6 +445,9 @@ class Store:
         with self.write() as s:
             for index, record in enumerate(records):
                 prompt, responses = _sample_record(record, index, allow_empty=True)
+                overlap = record.get("overlap")
+                if overlap is not None:
+                    check_overlap(overlap, f"record {index + 1}: overlap")
                 prompt_row = Prompt(round_id=round_id, text=prompt, source=source, meta=record.get("meta"),
                                     import_key=record.get("import_key"))
                 s.add(prompt_row)
@@ -407,9 +459,6 @@ class Store:
                 if kind == "pair" and len(responses) != 2 or kind == "ranking" and len(responses) < 2 \
                         or kind == "rating" and len(responses) != 1:
                     raise DataError(f"record {index + 1}: {len(responses)} responses do not make a {kind} item")
-                overlap = record.get("overlap")
-                if overlap is not None and (not isinstance(overlap, int) or overlap < 1):
-                    raise DataError(f"record {index + 1}: overlap must be a positive integer")
                 rows = [Response(prompt=prompt_row, text=r["text"], model_name=r.get("model", record.get("model")),
                                  sampling=r.get("sampling"), meta=r.get("meta")) for r in responses]
                 s.add_all(rows)
@@ -422,6 +471,7 @@ class Store:
 
     def set_gold(self, item_id: int, gold: dict[str, Any]) -> None:
         """Mark an item as gold: `{"choice": ...}` or `{"ranking": [positions best first]}`."""
+        reject_lone_surrogates(gold, "gold")
         with self.write() as s:
             item = s.get(Item, item_id)
             if item is None:
@@ -472,6 +522,15 @@ class Store:
                 if queue.available_count(s, user_id, overlap) == 0:
                     return None
         raise Conflict("too many annotators are claiming items at once; try again")
+
+    def current_assignment(self, user_id: int) -> Optional[AssignmentView]:
+        """The user's open assignment, or None; claims nothing (for pages shown on GET)."""
+        with self.read() as s:
+            assignment = queue.current(s, user_id)
+            if assignment is None:
+                return None
+            item = s.scalar(queue.item_query().where(Item.id == assignment.item_id))
+            return AssignmentView(assignment.id, assignment.status, _item_view(item))
 
     def get_assignment(self, assignment_id: int, user_id: int) -> AssignmentView:
         """One of the user's own assignments; anyone else's is reported as not found."""
@@ -542,7 +601,8 @@ class Store:
         with self.write() as s:
             authors: dict[str, int] = {}
             now = utcnow()
-            for record in records:
+            for index, record in enumerate(records):
+                reject_lone_surrogates(record, f"record {index + 1}")
                 author = record.get("annotator") or f"import:{source}"
                 if author not in authors:
                     authors[author] = queue.import_author(s, author)
@@ -601,6 +661,7 @@ def _sample_record(record: Any, index: int, allow_empty: bool = False) -> tuple[
     where = f"record {index + 1}"
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object with 'prompt' and 'responses'")
+    reject_lone_surrogates(record, where)
     prompt = record.get("prompt")
     if not isinstance(prompt, str):
         raise DataError(f"{where}: 'prompt' must be a string")
@@ -635,8 +696,10 @@ def _set_gold(s: Session, item: Item, gold: Any, where: str) -> None:
     response_ids = [slot.response_id for slot in item.slots]
     choice, ranking = gold.get("choice"), None
     if item.kind == "pair":
-        if choice not in ("a", "b", "tie", "both_bad"):
-            raise DataError(f"{where}: gold choice must be a, b, tie or both_bad")
+        try:
+            choice = normal_choice(choice)
+        except DataError as exc:
+            raise DataError(f"{where}: gold {exc}") from None
     elif item.kind == "ranking":
         positions = gold.get("ranking")
         if not isinstance(positions, list) or sorted(positions) != list(range(len(response_ids))):

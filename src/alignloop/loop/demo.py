@@ -12,13 +12,11 @@ import sys
 import time
 from typing import Callable
 
-from rich.console import Console
-from rich.table import Table
-
 from alignloop.config.base import load_config
 from alignloop.loop.config import LoopConfig
 from alignloop.loop.report import write_report
 from alignloop.loop.rounds import run_loop
+from alignloop.loop.summary import print_summary
 from alignloop.pretrain.config import PretrainConfig
 from alignloop.pretrain.stage import run_pretrain
 from alignloop.runs import RunDir
@@ -31,8 +29,8 @@ DEMO_PRETRAIN = ["model.preset=small", "data.stories=20000", "data.seq_len=128",
                  "train.save_every=100", "train.eval_batches=10", "tokenizer.vocab_size=4096"]
 DEMO_SFT = ["train.max_steps=120", "train.eval_every=120", "train.save_every=60", "train.lr=5e-4",
             "train.eval_batches=5"]
-DEMO_LOOP = ["rounds=2", "sample.n_prompts=250", "sample.k=4", "sample.pairs_per_prompt=2",
-             "sample.max_new_tokens=96", "feedback.personas=4", "reward.train.epochs=2",
+DEMO_LOOP = ["rounds=2", "sample.prompts.limit=250", "sample.k=4", "sample.pairs_per_prompt=2",
+             "sample.sampling.max_new_tokens=96", "feedback.personas=4", "reward.train.epochs=2",
              "reward.train.stats_responses=500", "ppo.ppo.iterations=25", "ppo.ppo.rollout_prompts=32",
              "ppo.ppo.epochs=2", "ppo.ppo.minibatches=2", "ppo.reward.kl_coef=0.2", "ppo.reward.kl_target=3",
              "ppo.reward.kl_horizon=320", "ppo.sampling.max_new_tokens=96", "ppo.run.sample_table_every=0",
@@ -42,7 +40,7 @@ FAST = {
     "pretrain": ["model.preset=tiny", "data.stories=1500", "train.max_steps=30", "train.eval_every=30",
                  "train.save_every=30", "train.samples=0"],
     "sft": ["train.max_steps=6", "train.eval_every=6", "train.save_every=6", "train.samples=0"],
-    "loop": ["sample.n_prompts=8", "sample.k=2", "sample.max_new_tokens=16", "feedback.personas=2",
+    "loop": ["sample.prompts.limit=8", "sample.k=2", "sample.sampling.max_new_tokens=16", "feedback.personas=2",
              "reward.train.epochs=1", "reward.train.stats_responses=16", "ppo.ppo.iterations=2",
              "ppo.ppo.rollout_prompts=4", "ppo.ppo.minibatches=1", "ppo.ppo.epochs=1",
              "ppo.sampling.max_new_tokens=16", "ppo.run.sample_table_every=0", "eval.prompts.limit=8",
@@ -63,18 +61,5 @@ def run_demo(run: RunDir, log: Callable[[str], None] = lambda m: print(m, file=s
     log("[loop] rounds of simulated feedback, reward model and PPO")
     results = run_loop(run, load_config(LoopConfig, None, DEMO_LOOP + extra.get("loop", [])), log=log)
     report = write_report(run)
-    _print_summary(run, results, (time.monotonic() - started) / 60, report)
+    print_summary(results, f"alignloop demo ({(time.monotonic() - started) / 60:.1f} min)", report)
     return results
-
-
-def _print_summary(run: RunDir, results: list[dict], minutes: float, report) -> None:
-    table = Table(title=f"alignloop demo ({minutes:.1f} min): policy of each round against the SFT model")
-    for column in ("round", "gold win rate", "reward-model win rate", "KL (nats)", "held-out perplexity"):
-        table.add_column(column, justify="right")
-    for number, result in enumerate(results, start=1):
-        rm = result.get("rm_win_rate")
-        table.add_row(str(number), f"{result['gold_win_rate']:.1%}", "n/a" if rm is None else f"{rm:.1%}",
-                      f"{result['kl']:.2f}", f"{result['ppl_before']:.2f} -> {result['ppl_after']:.2f}")
-    console = Console(stderr=True)
-    console.print(table)
-    console.print(f"report: {report}")

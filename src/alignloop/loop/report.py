@@ -20,7 +20,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from alignloop import atomic
 from alignloop.loop import report_plots as plots
@@ -153,7 +153,8 @@ def _stage_section(run: RunDir, stage: str, title: str) -> str:
     folder = run.root / stage
     files = _metrics_files(folder) if folder.is_dir() else []
     body = "".join(_curves_html(run, path, "step") for path in files)
-    return _section(stage, title, body or f"<p>No {html.escape(stage)} metrics in this run.</p>")
+    return _section(stage, title, _stale_note(run, lambda key: key == stage)
+                    + (body or f"<p>No {html.escape(stage)} metrics in this run.</p>"))
 
 
 def _evaluations(folder: Path) -> list[tuple[str, Optional[dict[str, Any]], Optional[str]]]:
@@ -399,8 +400,22 @@ def _evaluation_html(folder: Path) -> str:
     return table + "".join(problems) + _samples_html(folder)
 
 
+def _stale_note(run: RunDir, belongs: Callable[[str], bool]) -> str:
+    """A warning for the stages (of a section) whose inputs were redone after they ran: what the section
+    shows of them no longer follows from what is upstream now."""
+    stale = [(key, entry["stale"]) for key, entry in run.read_manifest()["stages"].items()
+             if belongs(key) and entry.get("stale")]
+    if not stale:
+        return ""
+    items = "; ".join(f"{html.escape(key)} ({html.escape(str(reason))})" for key, reason in stale)
+    return (f"<p class='stale'><b>Stale:</b> {items}. What is shown of them was made from inputs that have "
+            f"since been redone; rerun them (with --force) to bring them up to date.</p>")
+
+
 def _round_section(run: RunDir, number: int, folder: Path, feedback: dict[int, str]) -> str:
+    suffix = f":{number:03d}"
     return _section(f"round-{number:03d}", f"Round {number}",
+                    _stale_note(run, lambda key: key.endswith(suffix) or f"{suffix}/" in key) +
                     "<h3>Feedback and agreement</h3>"
                     f"{feedback.get(number, '<p>No feedback round with this number in the store.</p>')}"
                     f"<h3>Reward model</h3>{_reward_html(run, folder)}"
@@ -414,7 +429,7 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:.3em .6em;vertical-align:top;font-size:.9em}
 table.samples td{max-width:380px}img{max-width:100%}pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.85em}
-p.note{font-size:.85em;color:#555}nav a{margin-right:.8em}
+p.note{font-size:.85em;color:#555}nav a{margin-right:.8em}p.stale{background:#fff3cd;padding:.5em}
 """
 
 

@@ -28,7 +28,6 @@ per group too: its responses share one row behind a 4D attention mask
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -44,6 +43,7 @@ from alignloop.data.split import split_indices
 from alignloop.errors import DataError
 from alignloop.feedback import formats
 from alignloop.feedback.models import CHOICES, ITEM_KINDS
+from alignloop.provenance import digest_json
 from alignloop.reward.model import pad_batch
 
 RATING_LOW, RATING_HIGH = 1.0, 5.0
@@ -325,7 +325,7 @@ def judgments_fingerprint(rows: list[dict]) -> str:
     fields = ("judgment_id", "item_id", "round", "kind", "prompt", "annotator", "choice", "strength", "ranking",
               "ratings", "gold")
     canonical = [[row.get(k) for k in fields] + [[r["text"] for r in row.get("responses", [])]] for row in rows]
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest_json(canonical)
 
 
 def read_store(db: str, rounds: Any = "all", aggregate: str = "majority", ties: str = "drop",

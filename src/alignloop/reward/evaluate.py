@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import array
 import math
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
 
 from alignloop.evaluation import statistics
 from alignloop.reward import losses
-from alignloop.reward.data import EncodedGroup, MODEL_INPUTS, fixed_batches
+from alignloop.reward.data import MODEL_INPUTS, EncodedGroup, fixed_batches
 
 MARGIN_EDGES = (0.0, 0.5, 1.0, 2.0, math.inf)
 

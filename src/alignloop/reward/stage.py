@@ -18,19 +18,6 @@ import torch
 from alignloop import atomic
 from alignloop.errors import CheckpointError, ConfigError, DataError
 from alignloop.models.lora import describe, with_lora
-from alignloop.reward.config import RewardConfig, RewardDataConfig, RewardEvalConfig
-from alignloop.reward.data import (
-    Preferences,
-    PreferenceBatches,
-    encode_groups,
-    group_by_prompt,
-    read_preference_file,
-    read_store,
-    split_groups,
-)
-from alignloop.reward.ensemble import ensemble_members, load_ensemble
-from alignloop.reward.model import RewardModel, build_reward_model, build_scratch_reward_model, load_reward_model
-from alignloop.reward.train import RewardTrainResult, train_reward_model
 from alignloop.provenance import (
     DONE,
     FRESH,
@@ -40,6 +27,19 @@ from alignloop.provenance import (
     record_finished,
     record_started,
 )
+from alignloop.reward.config import RewardConfig, RewardDataConfig, RewardEvalConfig
+from alignloop.reward.data import (
+    PreferenceBatches,
+    Preferences,
+    encode_groups,
+    group_by_prompt,
+    read_preference_file,
+    read_store,
+    split_groups,
+)
+from alignloop.reward.ensemble import ensemble_members, load_ensemble
+from alignloop.reward.model import RewardModel, build_reward_model, build_scratch_reward_model, load_reward_model
+from alignloop.reward.train import RewardTrainResult, train_reward_model
 from alignloop.runs import RunDir, read_record
 from alignloop.train import distributed
 from alignloop.train.checkpoints import latest_checkpoint, load_training_state

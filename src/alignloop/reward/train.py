@@ -36,8 +36,8 @@ from alignloop.train.crash import crash_point
 from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.lm_loop import backward_checked, make_optimizer
 from alignloop.train.metrics import MetricsLog
-from alignloop.train.progress import training_progress
-from alignloop.train.schedule import learning_rate
+from alignloop.train.progress import StepTimer, training_progress
+from alignloop.train.schedule import capped_warmup, learning_rate
 
 
 @dataclass
@@ -192,8 +192,7 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
         log(f"{stage}: resuming from step {start_step}")
     else:
         torch.manual_seed(cfg.seed)
-    # Epochs set the run's length, so warmup is capped at a fifth of it to leave room for the peak.
-    warmup = min(cfg.warmup_steps, max_steps // 5)
+    warmup = capped_warmup(cfg.warmup_steps, max_steps)  # epochs set the run's length, not the warmup
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start_step if resume_state else None)
     best_dir = stage_dir / "best"
     final_dir = final_dir or stage_dir / "final"
@@ -203,6 +202,7 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
     val_accuracy: Optional[float] = None
     stopped_early, step = False, start_step
     interactive = sys.stderr.isatty()
+    timer = StepTimer(max_steps, start_step)
     with training_progress(stage) as progress:
         task = progress.add_task(stage, total=max_steps, completed=start_step, status="")
         for step in range(start_step, max_steps):
@@ -236,6 +236,7 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
+            progress.update(task, completed=done)  # every step, so the bar and its ETA move
 
             accuracies = [f["accuracy"] for f in step_figures if "accuracy" in f]
             accuracy = sum(accuracies) / len(accuracies) if accuracies else None
@@ -248,9 +249,10 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
                 metrics.log(done, loss=step_loss, accuracy=accuracy, lr=lr, grad_norm=grad_norm,
                             pairs_per_s=pairs_per_s, epoch=round(done * cfg.grad_accum / data.batches_per_epoch, 3),
                             length_corr=sum(correlations) / len(correlations) if correlations else None)
-                progress.update(task, completed=done, status=_status(step_loss, accuracy, lr, pairs_per_s))
-                if not interactive and (done % (cfg.log_every * 10) == 0 or done == max_steps):
-                    log(f"{stage} step {done}/{max_steps}  {_status(step_loss, accuracy, lr, pairs_per_s)}")
+                progress.update(task, status=_status(step_loss, accuracy, lr, pairs_per_s))
+                if not interactive and timer.line_due(done, cfg.log_every * 10):
+                    log(f"{stage} step {done}/{max_steps}  {_status(step_loss, accuracy, lr, pairs_per_s)}  "
+                        f"{timer.eta(done)}")
 
             out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
             if cfg.max_minutes is not None:

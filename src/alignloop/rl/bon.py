@@ -25,8 +25,8 @@ import torch
 from alignloop import atomic
 from alignloop.data.formatting import decode_response
 from alignloop.models.causal_lm import load_causal_lm
-from alignloop.rl.config import BoNConfig
 from alignloop.provenance import DONE, DigestCache, plan_stage, record_finished, record_started
+from alignloop.rl.config import BoNConfig
 from alignloop.rl.inputs import load_prompts, prompts_path, resolve_models, resolve_round, stage_inputs
 from alignloop.rl.rollout import RewardScorer, encode_prompts, make_sampler, sample
 from alignloop.runs import RunDir, read_record, round_stage_key
@@ -95,7 +95,8 @@ def run_bon(run: RunDir, cfg: BoNConfig, log: Callable[[str], None] = lambda m: 
 
 def _best_of_n_stage(run: RunDir, cfg: BoNConfig, round_number: int, paths, prompt_file: Path, prompts: list[str],
                      device: torch.device, started: float, log: Callable[[str], None]) -> dict[str, Any]:
-    from alignloop.evaluation.stage import judge_pairs, sample_responses, write_samples
+    from alignloop.evaluation.gold_scope import gold_omission
+    from alignloop.evaluation.stage import judge_pairs, rate_text, sample_responses, write_samples
     from alignloop.reward.model import load_reward_model
 
     if cfg.run.threads:
@@ -113,13 +114,17 @@ def _best_of_n_stage(run: RunDir, cfg: BoNConfig, round_number: int, paths, prom
     reference = policy if paths.reference == paths.policy else load_causal_lm(paths.reference).to(device).eval()
     _, baseline = sample_responses(reference, reference_tokenizer, prompts, cfg.sampling, cfg.prompts.max_tokens,
                                    cfg.run.seed)
+    gold_omitted = gold_omission(run, prompts, prompt_file)
+    if gold_omitted:
+        log(f"bon: gold_win_rate is left out: {gold_omitted}")
     judged, rows = judge_pairs(prompts, [c["response"] for c in chosen], baseline, reward_model,
-                               cfg.sampling.batch_size)
+                               cfg.sampling.batch_size, include_gold=gold_omitted is None)
     folder = run.round_dir(round_number) / STAGE
     result = {
         "n": len(prompts),
         "best_of": cfg.bon.n,
         **judged,
+        "gold_omitted": gold_omitted,
         "kl": best_of_n_kl(cfg.bon.n),
         "kl_note": "analytic upper bound log n - (n-1)/n",
         "policy": str(paths.policy),
@@ -130,6 +135,6 @@ def _best_of_n_stage(run: RunDir, cfg: BoNConfig, round_number: int, paths, prom
     atomic.write_json(folder / "eval.json", result)
     write_samples(folder / "samples.jsonl", chosen)
     write_samples(folder / "eval_samples.jsonl", rows)
-    log(f"bon: gold win rate {result['gold_win_rate']:.1%}, reward-model win rate {result['rm_win_rate']:.1%} "
+    log(f"bon: gold win rate {rate_text(result, 'gold')}, reward-model win rate {rate_text(result, 'rm')} "
         f"against one sample of {paths.reference}; written to {folder}")
     return result

@@ -9,6 +9,7 @@ Each method then has its own section of algorithm settings (`ppo.*`,
 
 from __future__ import annotations
 
+from os import PathLike
 from typing import Annotated, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
@@ -37,13 +38,32 @@ class RLModelsConfig(Section):
                                                   "off when it is the policy's start checkpoint. Ignored by bon.")
 
 
-class PromptsConfig(Section):
-    """The prompts the policy writes responses to."""
+class PromptFile(Section):
+    """A prompt file; `prompts=FILE` is short for `prompts.path=FILE` (the same in every stage)."""
 
     path: Optional[str] = Field(
         None, description="JSONL (see `field`) or a text file with one prompt per line. Unset: the built-in "
                           "story openings of the run (data/stories.prompts.jsonl).")
     field: str = Field("prompt", description="Field holding the prompt in JSONL records.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data):
+        return prompt_file_shorthand(data)
+
+
+def prompt_file_shorthand(value):
+    """Raw `prompts` data as a section: a bare path (`prompts=FILE`) is its `path`, null its defaults."""
+    if value is None:
+        return {}
+    if isinstance(value, (str, PathLike)):
+        return {"path": str(value)}
+    return value
+
+
+class PromptsConfig(PromptFile):
+    """The prompts the policy writes responses to."""
+
     limit: Optional[int] = Field(None, ge=1, description="Use at most this many prompts (the first ones).")
     max_tokens: int = Field(64, ge=1, description="Longer prompts keep their last this-many tokens (BOS first).")
 

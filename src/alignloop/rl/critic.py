@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from alignloop.errors import CheckpointError
-from alignloop.reward.model import RewardStats
 from alignloop.generation.logprobs import position_ids_from_attention_mask, unwrap_model
 from alignloop.models.causal_lm import check_checkpoint_dir
+from alignloop.reward.model import RewardStats
 
 # A constant added to every value (the critic's config.json carries it through save and load).
 OFFSET_KEY = "alignloop_value_offset"

@@ -34,8 +34,9 @@ import torch
 from alignloop.data.formatting import encode_prompt, encode_response
 from alignloop.errors import DataError, TrainingError
 from alignloop.generation.logprobs import sequence_logprobs
-from alignloop.rl.config import DPOConfig, PreferenceDataConfig
 from alignloop.models.lora import describe
+from alignloop.provenance import DONE, DigestCache, StageInputs, digest_json, record_finished, record_started
+from alignloop.rl.config import DPOConfig, PreferenceDataConfig
 from alignloop.rl.inputs import (
     load_policy_and_reference,
     plan_round_stage,
@@ -45,15 +46,20 @@ from alignloop.rl.inputs import (
 )
 from alignloop.rl.losses import dpo_loss, implicit_reward_accuracy
 from alignloop.rl.state import freeze
-from alignloop.provenance import DONE, DigestCache, StageInputs, digest_json, record_finished, record_started
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.tokenizer import load_tokenizer
 from alignloop.train import distributed
-from alignloop.train.checkpoints import (latest_checkpoint, load_training_state, restore_rng_state, save_final,
-                                         save_training_checkpoint)
+from alignloop.train.checkpoints import (
+    latest_checkpoint,
+    load_training_state,
+    restore_rng_state,
+    save_final,
+    save_training_checkpoint,
+)
 from alignloop.train.crash import crash_point
 from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
+from alignloop.train.progress import StepTimer
 from alignloop.train.schedule import learning_rate
 
 STAGE = "dpo"
@@ -272,6 +278,7 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
     record_started(run, stage_key(round_number), inputs)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start if start else None)
     started = time.monotonic()
+    timer = StepTimer(steps, start)
     stats: dict[str, float] = {}
     for step in range(start, steps):
         lr = learning_rate(step, steps, cfg.dpo.lr, cfg.dpo.warmup_steps, 0.1)
@@ -303,7 +310,8 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
             metrics.log(done, **stats)
             log(f"{STAGE} step {done}/{steps}  loss {stats['loss']:.4f}  accuracy {stats['reward_accuracy']:.2f}  "
                 f"margin {stats['reward_margin']:+.3f}" + (f"  held-out accuracy {stats['val_reward_accuracy']:.2f}"
-                                                          if "val_reward_accuracy" in stats else ""))
+                                                          if "val_reward_accuracy" in stats else "")
+                + f"  {timer.eta(done)}")
         if done % cfg.run.save_every == 0 or last:
             save_training_checkpoint(stage_dir, done, policy, tokenizer, optimizer, keep_last=cfg.run.keep_last)
             crash_point(f"{STAGE}:saved:{done}")

@@ -32,17 +32,25 @@ from typing import Callable
 import torch
 
 from alignloop.errors import TrainingError
+from alignloop.models.lora import describe
+from alignloop.provenance import DONE, DigestCache
 from alignloop.rl.advantages import masked_mean
 from alignloop.rl.config import GRPOConfig
-from alignloop.models.lora import describe
 from alignloop.rl.inputs import open_models, plan_round_stage, resolve_stage_inputs, stage_inputs
 from alignloop.rl.kl import kl_penalty
 from alignloop.rl.losses import group_advantages, ppo_policy_loss
 from alignloop.rl.ppo import chunks, clip_gradients, minibatch_tokens, policy_forward, sum_across
-from alignloop.rl.rollout import (Experience, RewardScorer, clip_fraction, make_experience, make_sampler,
-                                  open_reward_scorer, recompute_logprobs_on, recompute_old_logprobs)
+from alignloop.rl.rollout import (
+    Experience,
+    RewardScorer,
+    clip_fraction,
+    make_experience,
+    make_sampler,
+    open_reward_scorer,
+    recompute_logprobs_on,
+    recompute_old_logprobs,
+)
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
-from alignloop.provenance import DONE, DigestCache
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.train import distributed
 from alignloop.train.device import active_precision, autocast

@@ -20,8 +20,8 @@ import torch
 from alignloop.errors import CheckpointError, DataError
 from alignloop.models.causal_lm import check_checkpoint_dir
 from alignloop.models.lora import LoraSettings, ReferenceView, with_lora
-from alignloop.rl.config import PromptsConfig, RLModelsConfig
 from alignloop.provenance import DigestCache, StageInputs, StagePlan, plan_stage
+from alignloop.rl.config import PromptsConfig, RLModelsConfig
 from alignloop.runs import RunDir
 from alignloop.stages import builtin_paths, read_prompts
 
@@ -133,8 +133,8 @@ def open_models(paths: ModelPaths, stage_dir: Path, device_name: str, threads: O
                 lora: Optional[LoraSettings] = None, gradient_checkpointing: bool = False) -> OpenedModels:
     """Load what every stage-4 trainer starts with; the policy resumes from `stage_dir`'s newest checkpoint."""
     from alignloop.tokenizer import load_tokenizer
-    from alignloop.train.checkpoints import latest_checkpoint
     from alignloop.train import distributed
+    from alignloop.train.checkpoints import latest_checkpoint
 
     device = distributed.start(device_name)  # under a launcher: join the others, take this rank's device
     if threads:

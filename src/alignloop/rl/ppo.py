@@ -47,19 +47,32 @@ import torch
 from alignloop.errors import TrainingError
 from alignloop.generation.fused_logprobs import token_logprobs_and_entropy
 from alignloop.generation.logprobs import logprobs_from_logits, response_logits
+from alignloop.models.lora import describe, with_lora
+from alignloop.models.memory import enable_gradient_checkpointing
+from alignloop.provenance import DONE, DigestCache
 from alignloop.rl.advantages import gae, masked_mean, masked_whiten, masked_whiten_across
 from alignloop.rl.config import PPOConfig
 from alignloop.rl.critic import Critic, critic_from_policy, critic_from_reward_model, load_critic
-from alignloop.models.lora import describe, with_lora
-from alignloop.models.memory import enable_gradient_checkpointing
 from alignloop.rl.inputs import open_models, plan_round_stage, resolve_stage_inputs, stage_inputs
 from alignloop.rl.kl import kl_penalty, token_rewards
-from alignloop.rl.losses import (entropy_from_logits, explained_variance, last_token_value_error, ppo_policy_loss,
-                                 ppo_value_loss)
-from alignloop.rl.rollout import (Experience, RewardScorer, clip_fraction, make_experience, make_sampler,
-                                  open_reward_scorer, recompute_logprobs_on, recompute_old_logprobs)
+from alignloop.rl.losses import (
+    entropy_from_logits,
+    explained_variance,
+    last_token_value_error,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from alignloop.rl.rollout import (
+    Experience,
+    RewardScorer,
+    clip_fraction,
+    make_experience,
+    make_sampler,
+    open_reward_scorer,
+    recompute_logprobs_on,
+    recompute_old_logprobs,
+)
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
-from alignloop.provenance import DONE, DigestCache
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.train import distributed
 from alignloop.train.device import active_precision, autocast

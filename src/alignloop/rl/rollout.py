@@ -41,7 +41,6 @@ from alignloop.rl.config import RewardShapingConfig, SamplingConfig
 from alignloop.rl.kl import kl_penalty
 from alignloop.train.device import autocast
 
-
 # ---------------------------------------------------------------------------
 # Prompts
 

@@ -34,6 +34,7 @@ from alignloop.train.checkpoints import load_training_state, restore_rng_state, 
 from alignloop.train.crash import crash_point
 from alignloop.train.device import precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
+from alignloop.train.progress import StepTimer
 
 
 def make_kl_controller(cfg: RewardShapingConfig) -> AdaptiveKLController | FixedKLController:
@@ -223,6 +224,7 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start if start else None)
     samples = MetricsLog(stage_dir / "samples.jsonl", resume_step=start if start else None, tensorboard=False)
     started = time.monotonic()
+    timer = StepTimer(iterations, start)
     stats: dict[str, float] = {}
     done = start
     try:
@@ -240,7 +242,8 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
                 metrics.log(done, **stats)
                 log(f"{stage} it {done}/{iterations}  score {stats['score']:+.3f}  kl {stats['kl']:.2f}  "
                     f"beta {stats['kl_coef']:.3f}  entropy {stats['entropy']:.2f}  clipfrac {stats['clipfrac']:.3f}  "
-                    f"len {stats['response_length']:.1f}  {stats['rollout_tokens_per_s']:,.0f} rollout tok/s")
+                    f"len {stats['response_length']:.1f}  {stats['rollout_tokens_per_s']:,.0f} rollout tok/s  "
+                    f"{timer.eta(done)}")
             if loop.sample_table_every and (done % loop.sample_table_every == 0 or done == iterations):
                 for row in sample_rows(exp, loop.sample_table_rows):
                     samples.log(done, **row)

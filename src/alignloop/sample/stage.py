@@ -69,8 +69,10 @@ def interrupted_round(run: RunDir) -> int | None:
 
 
 def sampling_settings(cfg: SampleConfig) -> dict:
-    return {"k": cfg.k, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
-            "top_p": cfg.top_p, "top_k": cfg.top_k, "seed": cfg.seed}
+    sampling = cfg.sampling
+    return {"k": cfg.k, "max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+            "top_p": sampling.top_p, "top_k": sampling.top_k, "seed": cfg.seed,
+            **({"min_new_tokens": sampling.min_new_tokens} if sampling.min_new_tokens else {})}
 
 
 def sample_responses(checkpoint: Path, prompts: list[str], cfg: SampleConfig,
@@ -80,17 +82,19 @@ def sample_responses(checkpoint: Path, prompts: list[str], cfg: SampleConfig,
     tokenizer = load_tokenizer(checkpoint)
     repeated = [p for p in prompts for _ in range(cfg.k)]
     responses: list[str] = []
-    chunk = max(cfg.batch_size, 1) * 4
+    sampling = cfg.sampling
+    chunk = max(sampling.batch_size, 1) * 4
     for start in range(0, len(repeated), chunk):
-        responses += complete(model, tokenizer, repeated[start:start + chunk], max_new_tokens=cfg.max_new_tokens,
-                              temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                              seed=cfg.seed + start, batch_size=cfg.batch_size)
+        responses += complete(model, tokenizer, repeated[start:start + chunk], max_new_tokens=sampling.max_new_tokens,
+                              temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                              seed=cfg.seed + start, batch_size=sampling.batch_size,
+                              min_new_tokens=sampling.min_new_tokens)
         log(f"sample: {min(start + chunk, len(repeated)):,}/{len(repeated):,} responses")
     return [{"prompt": p, "responses": responses[i * cfg.k:(i + 1) * cfg.k]} for i, p in enumerate(prompts)]
 
 
 def _stage_inputs(cfg: SampleConfig, checkpoint: Path, prompt_file: Path, cache: DigestCache) -> StageInputs:
-    inputs = StageInputs.of(cfg, exclude=("prompts",))
+    inputs = StageInputs.of(cfg, exclude=("prompts.path",))
     return inputs.add_artifact("policy", checkpoint, cache).add_artifact("prompts", prompt_file, cache)
 
 
@@ -110,8 +114,8 @@ def run_sample(run: RunDir, cfg: SampleConfig, checkpoint: Path, db: str | None 
     Without `cfg.round` the items go to a new round (or to one whose sampling was interrupted). A round that
     already holds items sampled from other inputs is refused: items people may have judged are never replaced.
     """
-    prompt_file = Path(cfg.prompts) if cfg.prompts else builtin_paths(run)["prompts"]
-    prompts = read_prompts(prompt_file, cfg.prompt_field, cfg.n_prompts)
+    prompt_file = Path(cfg.prompts.path) if cfg.prompts.path else builtin_paths(run)["prompts"]
+    prompts = read_prompts(prompt_file, cfg.prompts.field, cfg.prompts.limit)
     if cfg.item_kind in ("pair", "ranking") and cfg.k < 2:
         raise DataError(f"item_kind={cfg.item_kind} needs k >= 2 responses per prompt")
     target = db or run.feedback_db

@@ -33,7 +33,8 @@ class SFTTrainConfig(TrainConfig):
 
     max_steps: int = Field(300, ge=1, description="Optimizer steps to run in all (the schedule spans these).")
     lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
-    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps before cosine decay.")
+    warmup_steps: int = Field(
+        20, ge=0, description="Linear warmup steps before cosine decay (at most a fifth of max_steps).")
     eval_every: int = Field(100, ge=1, description="Validate every N steps (and at the end).")
     save_every: int = Field(100, ge=1, description="Write a resumable checkpoint every N steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices (not norms or biases).")

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from alignloop.data.split import split_indices
 from alignloop.data.lm_batches import SupervisedPairs, build_supervised_example, read_supervised_records
+from alignloop.data.split import split_indices
 from alignloop.errors import DataError
 from alignloop.models.causal_lm import check_checkpoint_dir, load_causal_lm
 from alignloop.models.lora import describe, with_lora

@@ -17,7 +17,6 @@ controller, the best validation score...).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -31,6 +30,7 @@ import torch
 
 from alignloop.atomic import atomic_directory, clean_stale_temporaries
 from alignloop.errors import CheckpointError, TrainingError
+from alignloop.provenance import sha256_file
 from alignloop.train import distributed
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -105,18 +105,10 @@ def checkpoint_steps(stage_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_checksums(folder: Path) -> None:
     """Record the sha256 of every file under `folder` in `folder/checksums.json`."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
-    sums = {p.relative_to(folder).as_posix(): _sha256(p) for p in files}
+    sums = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
     (Path(folder) / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1), encoding="utf-8")
 
 
@@ -134,7 +126,7 @@ def checkpoint_damage(folder: Path) -> str | None:
         path = Path(folder) / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != expected:
+        if sha256_file(path) != expected:
             return f"{name} does not match its checksum"
     return None
 

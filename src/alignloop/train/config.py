@@ -18,7 +18,8 @@ class TrainConfig(Section):
     batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     lr: LearningRate = Field(1e-3, description="Peak learning rate.")
-    warmup_steps: int = Field(100, ge=0, description="Linear warmup steps before cosine decay.")
+    warmup_steps: int = Field(
+        100, ge=0, description="Linear warmup steps before cosine decay (at most a fifth of max_steps).")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices (not norms or biases).")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")

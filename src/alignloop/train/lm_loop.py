@@ -30,8 +30,8 @@ from alignloop.train.config import TrainConfig
 from alignloop.train.crash import crash_point
 from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
-from alignloop.train.progress import training_progress
-from alignloop.train.schedule import learning_rate
+from alignloop.train.progress import StepTimer, training_progress
+from alignloop.train.schedule import capped_warmup, learning_rate
 
 
 class BatchSource(Protocol):
@@ -176,14 +176,19 @@ def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, 
         torch.manual_seed(cfg.seed)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start_step if resume_state else None)
 
+    warmup = capped_warmup(cfg.warmup_steps, cfg.max_steps)
+    if warmup < cfg.warmup_steps:
+        log(f"{stage}: warmup of {warmup} steps instead of train.warmup_steps={cfg.warmup_steps}: "
+            f"at most a fifth of the {cfg.max_steps}-step run")
     started = time.monotonic()
     tokens_seen, val_loss, step = 0, None, start_step
     window_tokens, window_start = 0, time.monotonic()
     interactive = sys.stderr.isatty()
+    timer = StepTimer(cfg.max_steps, start_step)
     with training_progress(stage) as progress:
         task = progress.add_task(stage, total=cfg.max_steps, completed=start_step, status="")
         for step in range(start_step, cfg.max_steps):
-            lr = learning_rate(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+            lr = learning_rate(step, cfg.max_steps, cfg.lr, warmup, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_loss = 0.0
@@ -198,6 +203,7 @@ def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, 
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
+            progress.update(task, completed=done)  # every step, so the bar and its ETA move
 
             if done % cfg.log_every == 0 or done == cfg.max_steps:
                 elapsed = max(time.monotonic() - window_start, 1e-9)
@@ -205,9 +211,10 @@ def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, 
                 tokens_seen += window_tokens
                 window_tokens, window_start = 0, time.monotonic()
                 metrics.log(done, loss=step_loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s)
-                progress.update(task, completed=done, status=_status(step_loss, lr, tokens_per_s))
-                if not interactive and (done % (cfg.log_every * 10) == 0 or done == cfg.max_steps):
-                    log(f"{stage} step {done}/{cfg.max_steps}  {_status(step_loss, lr, tokens_per_s)}")
+                progress.update(task, status=_status(step_loss, lr, tokens_per_s))
+                if not interactive and timer.line_due(done, cfg.log_every * 10):
+                    log(f"{stage} step {done}/{cfg.max_steps}  {_status(step_loss, lr, tokens_per_s)}  "
+                        f"{timer.eta(done)}")
 
             out_of_time = cfg.max_minutes is not None and (time.monotonic() - started) / 60 >= cfg.max_minutes
             if cfg.max_minutes is not None:

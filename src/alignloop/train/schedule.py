@@ -17,3 +17,12 @@ def learning_rate(step: int, max_steps: int, peak: float, warmup_steps: int, min
     progress = min(1.0, (step - warmup_steps) / span)
     floor = peak * min_ratio
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def capped_warmup(warmup_steps: int, max_steps: int) -> int:
+    """Warmup steps for a run of `max_steps`: as configured, but at most a fifth of the run.
+
+    A setting tuned for a long run (100 steps) would otherwise spend a short one (30 steps)
+    warming up and never train at the peak rate.
+    """
+    return min(warmup_steps, max_steps // 5)

@@ -1,47 +1,74 @@
-"""Passwords, tokens, login rate limiting, request size limits and security headers.
+"""Passwords and tokens: hashing, the password policy, and a cap on concurrent hashing.
 
-- Passwords are hashed with argon2id (argon2-cffi's defaults, RFC 9106 low-memory profile).
+- Passwords are hashed with argon2id (argon2-cffi's defaults, RFC 9106 low-memory
+  profile: 64 MiB and about 0.1 s of one core per hash or check).
+- The policy: 8-1024 characters, not one of the most common leaked passwords (a
+  short list shipped with the package), and 8 characters besides the account's
+  name (`ann12345` is refused for `ann`, `Joanna's secret` is not).
+- `HashGate` lets at most a few hashes run at once, so that a flood of sign-in or
+  sign-up requests queues (then gets 503) instead of taking the memory and CPU of
+  the whole server.
 - Session and invite tokens are 256-bit random strings; the store keeps only their SHA-256.
-- Failed logins are counted per client address and per account name in a sliding
-  window; past the limit the login answers 429 until the window has passed.
-- Request bodies are limited by size (413) before any of them is parsed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
 import threading
-import time
-from collections import defaultdict, deque
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
 from typing import Optional
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from alignloop.errors import DataError
+from alignloop.feedback.names import name_key
+from alignloop.feedback.text import lone_surrogate_at
 
 _hasher = PasswordHasher()
 MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
 # Verifying against this makes a login for an unknown name take as long as a wrong password.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+COMMON_PASSWORDS_FILE = Path(__file__).resolve().parent / "common_passwords.txt"
 
 
-def hash_password(password: str) -> str:
-    """An argon2id hash of `password` (which must be at least 8 characters)."""
-    check_password(password)
-    return _hasher.hash(password)
+@lru_cache(maxsize=1)
+def common_passwords() -> frozenset[str]:
+    """The shipped list of common passwords, case-folded."""
+    lines = COMMON_PASSWORDS_FILE.read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip().casefold() for line in lines if line.strip() and not line.startswith("#"))
 
 
-def check_password(password: str) -> None:
+def check_password(password: object, name: Optional[str] = None) -> None:
+    """Raise a one-line `DataError` unless `password` meets the policy (for the account `name`, if given)."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD:
         raise DataError(f"a password must be at least {MIN_PASSWORD} characters")
-    if len(password) > 1024:
-        raise DataError("a password must be at most 1024 characters")
+    if len(password) > MAX_PASSWORD:
+        raise DataError(f"a password must be at most {MAX_PASSWORD} characters")
+    if lone_surrogate_at(password):
+        raise DataError("a password must be valid Unicode text")
+    if password.strip().casefold() in common_passwords():
+        raise DataError("that password is one of the most common ones; choose another")
+    if name and name.strip():
+        if len(name_key(password).replace(name_key(name.strip()), "")) < MIN_PASSWORD:
+            raise DataError(f"a password needs {MIN_PASSWORD} characters besides the account's name")
+
+
+def hash_password(password: str, name: Optional[str] = None) -> str:
+    """An argon2id hash of `password`, which must meet the policy (`check_password`)."""
+    check_password(password, name)
+    return _hasher.hash(password)
 
 
 def verify_password(password_hash: Optional[str], password: str) -> bool:
     """Whether `password` matches; always does the same work, known user or not."""
+    if not isinstance(password, str) or len(password) > MAX_PASSWORD or lone_surrogate_at(password):
+        password = ""  # cannot match any hash we made; still costs one check below
     try:
         if not password_hash:
             _hasher.verify(_DUMMY_HASH, password + "x")
@@ -64,143 +91,54 @@ def same_token(a: Optional[str], b: Optional[str]) -> bool:
     return bool(a) and bool(b) and hmac.compare_digest(str(a).encode(), str(b).encode())
 
 
-class LoginLimiter:
-    """At most `max_failures` failed logins per key within `window_s` seconds.
+class Busy(Exception):
+    """No hashing slot came free in time: the server answers 503 with Retry-After."""
 
-    In memory, per process: the app runs as one uvicorn process. Successful
-    logins do not count, and a success clears the account's failures.
+    def __init__(self, retry_after: int):
+        super().__init__("the server is busy checking passwords; try again in a few seconds")
+        self.retry_after = retry_after
+
+
+class HashGate:
+    """At most `slots` password hashes or checks at once; others wait up to `wait_s`, then `Busy`.
+
+    `peak` is the most that ever ran at once (the tests read it).
     """
 
-    def __init__(self, max_failures: int = 5, window_s: float = 300.0):
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+    def __init__(self, slots: int = 2, wait_s: float = 10.0):
+        self.slots = slots
+        self.wait_s = wait_s
+        self._semaphore = threading.BoundedSemaphore(slots)
         self._lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+        self.total = 0
 
-    def _prune(self, key: str, now: float) -> deque[float]:
-        times = self._failures[key]
-        while times and now - times[0] > self.window_s:
-            times.popleft()
-        return times
-
-    def retry_after(self, *keys: str) -> Optional[int]:
-        """Seconds until a login for these keys is allowed again, or None if allowed now."""
-        now = time.monotonic()
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._semaphore.acquire(timeout=self.wait_s):
+            raise Busy(retry_after=max(1, int(self.wait_s)))
         with self._lock:
-            waits = []
-            for key in keys:
-                times = self._prune(key, now)
-                if len(times) >= self.max_failures:
-                    waits.append(int(self.window_s - (now - times[0])) + 1)
-            return max(waits) if waits else None
-
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._prune(key, now).append(now)
-
-    def succeeded(self, key: str) -> None:
-        with self._lock:
-            self._failures.pop(key, None)
-
-
-class BodyLimitMiddleware:
-    """Answer 413 to request bodies over the limit (by Content-Length, or while streaming).
-
-    `upload_paths` get the larger `max_upload_bytes` (the admin's file upload).
-    """
-
-    def __init__(self, app, max_body_bytes: int, max_upload_bytes: int, upload_paths: tuple[str, ...]):  # noqa: ANN001
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.max_upload_bytes = max_upload_bytes
-        self.upload_paths = upload_paths
-
-    async def __call__(self, scope, receive, send):  # noqa: ANN001
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.max_upload_bytes if scope["path"] in self.upload_paths else self.max_body_bytes
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > limit
-                except ValueError:
-                    too_big = True
-                if too_big:
-                    return await _too_large(send, limit)
-        received = 0
-        started = rejected = False
-
-        async def limited_receive():  # noqa: ANN202
-            nonlocal received, rejected
-            if rejected:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    # Answer now and tell the app the client went away; whatever it
-                    # answers to that is dropped by guarded_send.
-                    rejected = True
-                    if not started:
-                        await _too_large(send, limit)
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def guarded_send(message):  # noqa: ANN001, ANN202
-            nonlocal started
-            if rejected:
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+            self.running += 1
+            self.total += 1
+            self.peak = max(self.peak, self.running)
         try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not rejected:
-                raise
+            yield
+        finally:
+            with self._lock:
+                self.running -= 1
+            self._semaphore.release()
 
+    def hash(self, password: str, name: Optional[str] = None, policy: bool = True) -> str:
+        """`hash_password` in a slot (the policy, unless `policy` is False, checked first, outside it).
 
-async def _too_large(send, limit: int) -> None:  # noqa: ANN001
-    body = f'{{"detail": "request body larger than {limit} bytes"}}'.encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+        `policy=False` only re-hashes a password already accepted (argon2 parameters upgraded)."""
+        if policy:
+            check_password(password, name)
+        with self.slot():
+            return _hasher.hash(password)
 
-
-SECURITY_HEADERS = [
-    # Only our own scripts and styles run; model outputs can never bring their own.
-    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                                 b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    # Invite links carry a token in the URL; never send it to another site.
-    (b"referrer-policy", b"same-origin"),
-    (b"cache-control", b"no-store"),
-]
-
-
-class SecurityHeadersMiddleware:
-    def __init__(self, app):  # noqa: ANN001
-        self.app = app
-
-    async def __call__(self, scope, receive, send):  # noqa: ANN001
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        static = scope["path"].startswith("/static/")
-
-        async def with_headers(message):  # noqa: ANN001, ANN202
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                # Pages hold people's work and tokens: never cached. Our own scripts and styles may be.
-                headers.extend((n, v) for n, v in SECURITY_HEADERS
-                               if n not in present and not (static and n == b"cache-control"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
+    def verify(self, password_hash: Optional[str], password: str) -> bool:
+        """`verify_password` in a slot."""
+        with self.slot():
+            return verify_password(password_hash, password)

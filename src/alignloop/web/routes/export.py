@@ -8,10 +8,9 @@ from typing import Literal, Optional
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from alignloop.errors import DataError
 from alignloop.feedback import formats
 from alignloop.feedback.store import Store
-from alignloop.web.deps import get_store, require_admin
+from alignloop.web.deps import get_store, require_admin, round_number
 from alignloop.web.templating import page
 
 router = APIRouter(dependencies=[Depends(require_admin)])
@@ -37,6 +36,4 @@ def export_file(format: Literal["trl", "hh", "rich"] = "trl", ties: Literal["dro
                 aggregate: Literal["majority", "annotator"] = "majority", round: str = "",  # noqa: A002
                 store: Store = Depends(get_store)) -> Response:
     """JSONL download: `trl` or `hh` preference pairs, or `rich` records of every judgment."""
-    if round.strip() and not round.strip().isdigit():
-        raise DataError("round must be a number")
-    return _download(store, format, ties, aggregate, int(round) if round.strip() else None)
+    return _download(store, format, ties, aggregate, round_number(round))

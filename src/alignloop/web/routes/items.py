@@ -5,27 +5,26 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from alignloop.errors import AlignloopError, DataError
 from alignloop.feedback import formats
 from alignloop.feedback.store import Store
-from alignloop.web.deps import get_store, require_admin
+from alignloop.web.bodies import Body
+from alignloop.web.deps import MAX_ID, PathId, get_store, require_admin, round_number
 from alignloop.web.templating import page
 
 router = APIRouter(dependencies=[Depends(require_admin)])
 
 
-class NewItems(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NewItems(Body):
     records: list[dict[str, Any]]
-    round: Optional[int] = None
+    round: Optional[int] = Field(None, ge=0, le=MAX_ID)
 
 
-class Gold(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Gold(Body):
     choice: Optional[str] = None
     ranking: Optional[list[int]] = None
     note: Optional[str] = None
@@ -50,15 +49,6 @@ async def _upload(store: Store, file: UploadFile, fmt: str, kind: str, round_num
     return await run_in_threadpool(work)
 
 
-def _round_number(value: str) -> Optional[int]:
-    if not value.strip():
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise DataError("round must be a number") from None
-
-
 # ---- HTML ----------------------------------------------------------------------------------
 
 @router.get("/admin/items")
@@ -72,7 +62,7 @@ async def upload_form(request: Request, file: UploadFile = File(...), format: st
                       store: Store = Depends(get_store)) -> Response:
     result, error, status = None, "", 200
     try:
-        result = await _upload(store, file, format, kind, _round_number(round))
+        result = await _upload(store, file, format, kind, round_number(round))
     except AlignloopError as exc:
         error, status = str(exc), 422
     counts, rounds = await run_in_threadpool(lambda: (store.counts(), store.rounds()))
@@ -92,12 +82,12 @@ def api_add_items(body: NewItems, store: Store = Depends(get_store)) -> Response
 @router.post("/api/items/upload", status_code=201)
 async def api_upload(file: UploadFile = File(...), format: str = Form("auto"), kind: str = Form("auto"),  # noqa: A002
                      round: str = Form(""), store: Store = Depends(get_store)) -> Response:  # noqa: A002
-    result = await _upload(store, file, format, kind, _round_number(round))
+    result = await _upload(store, file, format, kind, round_number(round))
     return JSONResponse(result, status_code=201)
 
 
 @router.get("/api/items/{item_id}")
-def api_item(item_id: int, store: Store = Depends(get_store)) -> dict[str, Any]:
+def api_item(item_id: PathId, store: Store = Depends(get_store)) -> dict[str, Any]:
     item = store.get_item(item_id)
     return {"id": item.id, "kind": item.kind, "round_id": item.round_id, "prompt": item.prompt,
             "responses": [{"id": r.id, "label": r.label, "text": r.text, "model": r.model_name}
@@ -105,7 +95,7 @@ def api_item(item_id: int, store: Store = Depends(get_store)) -> dict[str, Any]:
 
 
 @router.post("/api/items/{item_id}/gold")
-def api_gold(item_id: int, body: Gold, store: Store = Depends(get_store)) -> dict[str, Any]:
+def api_gold(item_id: PathId, body: Gold, store: Store = Depends(get_store)) -> dict[str, Any]:
     """Mark an item gold: `choice` for a pair, `ranking` (positions 0.., best first) for a ranking."""
     store.set_gold(item_id, body.model_dump(exclude_none=True))
     return {"item_id": item_id, "gold": body.model_dump(exclude_none=True)}

@@ -1,11 +1,17 @@
-"""Annotating: the queue page, submitting and skipping (HTML), and the same as JSON under /api."""
+"""Annotating: the queue page, submitting and skipping (HTML), and the same as JSON under /api.
+
+Taking an item is a state change, so it happens on POST only (`POST /queue/next`,
+`POST /api/queue/next`, and after each submit or skip): a GET, which another
+site can make a browser send, only shows the item already taken.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -14,29 +20,32 @@ from alignloop.errors import DataError
 from alignloop.feedback.answers import Answer
 from alignloop.feedback.models import ASPECTS
 from alignloop.feedback.store import AssignmentView, Progress, Store
-from alignloop.web.deps import Auth, get_store, require_user
+from alignloop.web.bodies import Body
+from alignloop.web.deps import Auth, PathId, get_store, require_user
 from alignloop.web.templating import page
 
 router = APIRouter(dependencies=[Depends(require_user)])
 
+RATING_FIELD = re.compile(r"rating-([0-9]{1,10})-([a-z]+)")
 
-class JudgmentBody(BaseModel):
+
+class JudgmentBody(Body):
     """A judgment sent to the API; which fields matter depends on the item kind (see `Answer`)."""
 
-    model_config = ConfigDict(extra="forbid")
-    choice: Optional[str] = Field(None, description="pair: a, b, tie or both_bad")
+    choice: Optional[str] = Field(None, description="pair: a, b, tie or both_bad (A and B also do)")
     strength: Optional[int] = Field(None, description="pair, when A or B wins: 1 slightly, 2 clearly, 3 much better")
     ranking: Optional[list[int]] = Field(None, description="ranking: response ids, best first")
     ratings: dict[int, dict[str, Optional[int]]] = Field(default_factory=dict,
                                                          description="{response id: {aspect: 1-5}}")
     critique: Optional[str] = None
     rewrite: Optional[str] = None
-    time_spent_ms: Optional[int] = None
+    time_spent_ms: Optional[int] = Field(None, description="ignored: the server measures the time spent "
+                                                           "(accepted so that older clients still work)")
 
     def answer(self) -> Answer:
         ratings = {rid: {a: s for a, s in scores.items() if s is not None} for rid, scores in self.ratings.items()}
         return Answer(choice=self.choice, strength=self.strength, ranking=self.ranking, ratings=ratings,
-                      critique=self.critique, rewrite=self.rewrite, time_spent_ms=self.time_spent_ms)
+                      critique=self.critique, rewrite=self.rewrite)
 
 
 def progress_json(progress: Progress) -> dict[str, int]:
@@ -54,10 +63,15 @@ def assignment_json(view: AssignmentView) -> dict[str, Any]:
 def _int(value: Any, name: str) -> Optional[int]:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{name} must be a whole number") from None
+    text = str(value).strip()
+    if not re.fullmatch(r"-?[0-9]{1,10}", text):
+        raise DataError(f"{name} must be a whole number")
+    return int(text)
+
+
+def _text(form: FormData, key: str) -> Optional[str]:
+    value = form.get(key)
+    return value if isinstance(value, str) and value else None  # an uploaded file in a text field is ignored
 
 
 def answer_from_form(form: FormData) -> Answer:
@@ -66,13 +80,14 @@ def answer_from_form(form: FormData) -> Answer:
     ranking = [_int(x, "ranking") for x in ranking_text.split(",") if x.strip()] if ranking_text else None
     ratings: dict[int, dict[str, int]] = {}
     for key, value in form.multi_items():
-        if key.startswith("rating-") and isinstance(value, str) and value.strip():
-            _, response_id, aspect = key.split("-", 2)
-            if aspect in ASPECTS:
-                ratings.setdefault(_int(response_id, "rating"), {})[aspect] = _int(value, aspect)
-    return Answer(choice=(form.get("choice") or None), strength=_int(form.get("strength"), "strength"),
-                  ranking=ranking, ratings=ratings, critique=form.get("critique") or None,
-                  rewrite=form.get("rewrite") or None, time_spent_ms=_int(form.get("time_spent_ms"), "time spent"))
+        if not key.startswith("rating-") or not isinstance(value, str) or not value.strip():
+            continue
+        field = RATING_FIELD.fullmatch(key)
+        if field is None or field.group(2) not in ASPECTS:
+            raise DataError(f"unknown rating field {key[:60]!r}; expected rating-<response id>-<aspect>")
+        ratings.setdefault(int(field.group(1)), {})[field.group(2)] = _int(value, field.group(2))
+    return Answer(choice=_text(form, "choice"), strength=_int(form.get("strength"), "strength"), ranking=ranking,
+                  ratings=ratings, critique=_text(form, "critique"), rewrite=_text(form, "rewrite"))
 
 
 # ---- HTML ----------------------------------------------------------------------------------
@@ -86,9 +101,20 @@ def _queue_page(request: Request, store: Store, auth: Auth, view: Optional[Assig
                 error=error)
 
 
+def _next_page() -> Response:
+    return RedirectResponse("/queue", status_code=303)
+
+
 @router.get("/queue")
 def queue_page(request: Request, auth: Auth = Depends(require_user), store: Store = Depends(get_store)) -> Response:
-    return _queue_page(request, store, auth, store.next_assignment(auth.user.id))
+    """The item this annotator has taken, or a button to take the next one (a GET claims nothing)."""
+    return _queue_page(request, store, auth, store.current_assignment(auth.user.id))
+
+
+@router.post("/queue/next")
+def take_next_form(auth: Auth = Depends(require_user), store: Store = Depends(get_store)) -> Response:
+    store.next_assignment(auth.user.id)
+    return _next_page()
 
 
 @router.get("/guidelines")
@@ -97,7 +123,7 @@ def guidelines_page(request: Request, store: Store = Depends(get_store)) -> Resp
 
 
 @router.post("/queue/{assignment_id}")
-async def submit_form(request: Request, assignment_id: int, auth: Auth = Depends(require_user),
+async def submit_form(request: Request, assignment_id: PathId, auth: Auth = Depends(require_user),
                       store: Store = Depends(get_store)) -> Response:
     form = await request.form()
     try:
@@ -106,13 +132,15 @@ async def submit_form(request: Request, assignment_id: int, auth: Auth = Depends
     except DataError as exc:
         view = await run_in_threadpool(store.get_assignment, assignment_id, auth.user.id)
         return await run_in_threadpool(_queue_page, request, store, auth, view, str(exc), 422)
-    return RedirectResponse("/queue", status_code=303)
+    await run_in_threadpool(store.next_assignment, auth.user.id)
+    return _next_page()
 
 
 @router.post("/queue/{assignment_id}/skip")
-def skip_form(assignment_id: int, auth: Auth = Depends(require_user), store: Store = Depends(get_store)) -> Response:
+def skip_form(assignment_id: PathId, auth: Auth = Depends(require_user), store: Store = Depends(get_store)) -> Response:
     store.skip(assignment_id, auth.user.id)
-    return RedirectResponse("/queue", status_code=303)
+    store.next_assignment(auth.user.id)
+    return _next_page()
 
 
 # ---- JSON API ------------------------------------------------------------------------------
@@ -122,29 +150,40 @@ def api_guidelines(store: Store = Depends(get_store)) -> dict[str, str]:
     return {"guidelines": store.guidelines}
 
 
-@router.get("/api/queue/next")
+@router.post("/api/queue/next")
 def api_next(auth: Auth = Depends(require_user), store: Store = Depends(get_store)) -> dict[str, Any]:
-    """The caller's open assignment, or a new one; `assignment` is null when nothing is left."""
+    """The caller's open assignment, or a newly taken one; `assignment` is null when nothing is left.
+
+    Safe to repeat: while an assignment is open, the same one comes back."""
     view = store.next_assignment(auth.user.id)
     return {"assignment": None if view is None else assignment_json(view)}
 
 
+@router.get("/api/queue/current")
+def api_current(auth: Auth = Depends(require_user), store: Store = Depends(get_store)) -> dict[str, Any]:
+    """The caller's open assignment, or null; takes nothing."""
+    view = store.current_assignment(auth.user.id)
+    return {"assignment": None if view is None else assignment_json(view)}
+
+
 @router.get("/api/assignments/{assignment_id}")
-def api_assignment(assignment_id: int, auth: Auth = Depends(require_user),
+def api_assignment(assignment_id: PathId, auth: Auth = Depends(require_user),
                    store: Store = Depends(get_store)) -> dict[str, Any]:
     return assignment_json(store.get_assignment(assignment_id, auth.user.id))
 
 
 @router.post("/api/assignments/{assignment_id}/judgment", status_code=201)
-def api_submit(assignment_id: int, body: JudgmentBody, auth: Auth = Depends(require_user),
+def api_submit(assignment_id: PathId, body: JudgmentBody, auth: Auth = Depends(require_user),
                store: Store = Depends(get_store)) -> Response:
+    """Judge one of your open assignments; answers the judgment's id (409 if it is already judged)."""
     judgment_id = store.submit(assignment_id, auth.user.id, body.answer())
     return JSONResponse({"judgment_id": judgment_id}, status_code=201)
 
 
 @router.post("/api/assignments/{assignment_id}/skip")
-def api_skip(assignment_id: int, auth: Auth = Depends(require_user), store: Store = Depends(get_store)
+def api_skip(assignment_id: PathId, auth: Auth = Depends(require_user), store: Store = Depends(get_store)
              ) -> dict[str, bool]:
+    """Give an open assignment back: it goes to someone else, never again to you."""
     store.skip(assignment_id, auth.user.id)
     return {"skipped": True}
 

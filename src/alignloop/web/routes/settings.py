@@ -5,21 +5,21 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Form, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.responses import RedirectResponse, Response
 
 from alignloop.errors import AlignloopError, DataError
 from alignloop.feedback.answers import MAX_TEXT
-from alignloop.feedback.store import Store
+from alignloop.feedback.store import MAX_OVERLAP, Store
+from alignloop.web.bodies import Body
 from alignloop.web.deps import get_store, require_admin
 from alignloop.web.templating import page
 
 router = APIRouter(dependencies=[Depends(require_admin)])
 
 
-class SettingsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    overlap: Optional[int] = Field(None, description="annotators per item (1-50)")
+class SettingsBody(Body):
+    overlap: Optional[int] = Field(None, description=f"annotators per item (1-{MAX_OVERLAP})")
     guidelines: Optional[str] = Field(None, description="shown to annotators, as plain text")
 
 

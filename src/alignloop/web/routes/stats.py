@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from alignloop.feedback.store import Store
-from alignloop.web.deps import get_store, require_admin
+from alignloop.web.deps import MAX_ID, get_store, require_admin
 from alignloop.web.templating import page
 
 router = APIRouter(dependencies=[Depends(require_admin)])
@@ -27,6 +27,6 @@ def api_annotators(store: Store = Depends(get_store)) -> dict[str, Any]:
 
 
 @router.get("/api/stats/agreement")
-def api_agreement(round: Optional[int] = None, store: Store = Depends(get_store)) -> dict[str, Any]:  # noqa: A002
+def api_agreement(round: Optional[int] = Query(None, ge=0, le=MAX_ID), store: Store = Depends(get_store)) -> dict[str, Any]:  # noqa: A002
     round_id = None if round is None else store.round_id(round)
     return {"agreement": store.agreement(round_id), "counts": store.counts()}

@@ -7,7 +7,6 @@
   function $(selector, root) { return (root || document).querySelector(selector); }
   function $all(selector, root) { return Array.prototype.slice.call((root || document).querySelectorAll(selector)); }
 
-  var started = Date.now();
   var form = $("#judgment-form");
   if (!form) { return; }
   var item = $("#item");
@@ -37,8 +36,7 @@
   }
 
   form.addEventListener("submit", function (event) {
-    if (!valid()) { event.preventDefault(); return; }
-    $("#time-spent").value = String(Date.now() - started);
+    if (!valid()) { event.preventDefault(); }
   });
 
   // ---- ranking: drag and drop, arrow buttons, Shift+Up/Down -------------------------------
@@ -77,10 +75,29 @@
     syncRanking();
   }
 
-  // ---- keyboard ------------------------------------------------------------------------------
+  // ---- the key help: an overlay, opened by "?" or its button, closed by Esc, "?", the button or a click outside
   var help = $("#help");
+  var helpOpener = null;
+  function setHelp(open) {
+    if (!help) { return; }
+    help.hidden = !open;
+    if (open) { helpOpener = document.activeElement; $("#close-help").focus(); }
+    else if (helpOpener && helpOpener.focus) { helpOpener.focus(); }
+  }
+  if (help) {
+    $("#show-help").addEventListener("click", function () { setHelp(true); });
+    $("#close-help").addEventListener("click", function () { setHelp(false); });
+    help.addEventListener("click", function (event) { if (event.target === help) { setHelp(false); } });
+  }
+
+  // ---- keyboard ------------------------------------------------------------------------------
   document.addEventListener("keydown", function (event) {
     var target = event.target;
+    if (help && !help.hidden) {
+      // While the help is open, keys only close it: nothing is chosen or submitted behind it.
+      if (event.key === "Escape" || event.key === "?") { event.preventDefault(); setHelp(false); }
+      return;
+    }
     var typing = target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" && target.type !== "radio"));
     if (typing) {
       if (event.key === "Escape") { target.blur(); }
@@ -116,6 +133,6 @@
     }
     if (key === "s" || key === "S") { event.preventDefault(); $("#skip-form").requestSubmit(); return; }
     if (key === "c" || key === "C") { event.preventDefault(); $("#critique").focus(); return; }
-    if (key === "?") { if (help) { help.hidden = !help.hidden; } }
+    if (key === "?") { event.preventDefault(); setHelp(true); }
   });
 })();

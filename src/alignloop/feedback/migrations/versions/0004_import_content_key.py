@@ -1,7 +1,7 @@
 """Imported records keep their content key, so that importing the same file twice stores nothing twice.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2025-01-04
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
