@@ -120,7 +120,8 @@ def summarise(files: list[Path]) -> str:
         for line in file.read_text(encoding="utf-8").splitlines():
             if line.strip().startswith("{"):
                 record = json.loads(line)
-                runs.setdefault(record["method"], []).append(record)
+                if "keep_response" not in record:  # a rescoring with another cut rule is not a training run
+                    runs.setdefault(record["method"], []).append(record)
     head = "| method | seeds | " + " | ".join(f"{split} {figure}" for split, figure in SUMMARY) + " |"
     rows = [head, "|" + "---|" * (len(SUMMARY) + 2)]
     for method, records in runs.items():
