@@ -225,3 +225,23 @@ def test_rank_rate_and_critique():
     assert "repe" in stickler.critique(PROMPT, REPETITIVE, random.Random(0)).lower()
     assert stickler.critique(PROMPT, GOOD, random.Random(0)) in {
         "A good story: kind, on track and well ended.", "Nice story, nothing to fix."}
+
+
+def test_a_simulated_verdict_does_not_depend_on_the_order_items_are_served(pairs):
+    """The personas judge in threads, so the order each is served items changes with timing; a verdict must not."""
+    from alignloop.feedback.simulate import SimulateConfig, item_rng, judgment_for
+
+    persona = default_personas(1, seed=0)[0]
+    config = SimulateConfig(critique_share=0.5)
+    items = [{"id": 100 + i, "kind": "pair", "prompt": p, "responses": [{"id": 1, "text": a}, {"id": 2, "text": b}]}
+             for i, (p, a, b) in enumerate(pairs[:20])]
+
+    def judge(order):
+        return {item["id"]: judgment_for(persona, item, item_rng(0, 0, item["id"]), config) for item in order}
+
+    forward, backward = judge(items), judge(items[::-1])
+    assert forward == backward
+    # ...and the noise is really drawn per item: the verdicts are not all alike, and another seed changes some.
+    assert len({(v["choice"], v.get("strength")) for v in forward.values()}) > 1
+    other = {item["id"]: judgment_for(persona, item, item_rng(1, 0, item["id"]), config) for item in items}
+    assert other != forward

@@ -86,8 +86,18 @@ def judgment_for(persona: Any, item: dict[str, Any], rng: random.Random, config:
     return body
 
 
+def item_rng(seed: int, persona_index: int, item_id: Any) -> random.Random:
+    """The noise of one persona's judgment of one item.
+
+    Seeded by (seed, persona, item) rather than drawn in turn from one stream per persona: the personas work
+    the queue in threads, so which items each one is served, and in what order, changes with thread timing;
+    this way a persona's verdict on an item does not.
+    """
+    return random.Random(f"alignloop-simulate:{seed}:{persona_index}:{item_id}")
+
+
 def annotate_as(base_url: str, name: str, password: str, persona: Any, config: SimulateConfig,
-                rng: random.Random, stop: threading.Event) -> int:
+                persona_index: int, stop: threading.Event) -> int:
     """Sign in as `name` and judge until the queue is empty (or the cap); returns the judgments made."""
     done = 0
     with httpx.Client(base_url=base_url, timeout=60.0) as client:
@@ -101,7 +111,8 @@ def annotate_as(base_url: str, name: str, password: str, persona: Any, config: S
             assignment = response.json()["assignment"]
             if assignment is None:
                 break
-            body = judgment_for(persona, assignment["item"], rng, config)
+            item = assignment["item"]
+            body = judgment_for(persona, item, item_rng(config.seed, persona_index, item["id"]), config)
             sent = client.post(f"/api/assignments/{assignment['id']}/judgment", json=body)
             if sent.status_code != 201:
                 raise AlignloopError(f"{name}: judgment refused ({sent.status_code}): {sent.text}")
@@ -147,8 +158,7 @@ def _run_threads(base_url: str, personas: list[Any], names: list[str], passwords
     def work(index: int) -> None:
         name = names[index]
         try:
-            rng = random.Random(f"alignloop-simulate:{config.seed}:{index}")
-            counts[name] = annotate_as(base_url, name, passwords[name], personas[index], config, rng, stop)
+            counts[name] = annotate_as(base_url, name, passwords[name], personas[index], config, index, stop)
             log(f"{name}: {counts[name]} judgments")
         except BaseException as exc:  # noqa: BLE001 - reported below, after the others stop
             errors.append(exc)

@@ -41,6 +41,7 @@ FAST = {
                  "train.save_every=30", "train.samples=0"],
     "sft": ["train.max_steps=6", "train.eval_every=6", "train.save_every=6", "train.samples=0"],
     "loop": ["sample.prompts.limit=8", "sample.k=2", "sample.sampling.max_new_tokens=16", "feedback.personas=2",
+             "feedback.both_bad_below=0",  # a 30-step model's stories are all 'both bad': judge them anyway
              "reward.train.epochs=1", "reward.train.stats_responses=16", "ppo.ppo.iterations=2",
              "ppo.ppo.rollout_prompts=4", "ppo.ppo.minibatches=1", "ppo.ppo.epochs=1",
              "ppo.sampling.max_new_tokens=16", "ppo.run.sample_table_every=0", "eval.prompts.limit=8",
