@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import run_cli
 from reward_helpers import good_bad_pairs, write_jsonl
+from test_loop_crash import LOOP, sft_run  # noqa: F401 (sft_run is a fixture)
 
 from alignloop.config.base import load_config
 from alignloop.errors import ConfigError, DataError
@@ -219,3 +220,21 @@ def test_without_a_reward_model_uncertain_falls_back_to_random_and_diverse_works
     rows = [json.loads(line) for line in (run / "rounds" / "002" / "selection.jsonl").read_text().splitlines()]
     assert sum(r["selected"] for r in rows) == 5 and sum(r["share"] == "random" for r in rows) == 1
     assert len(_items(run)) == 8 + 5
+
+
+@pytest.mark.slow
+def test_the_loop_selects_from_round_two_with_the_previous_rounds_ensemble(sft_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(sft_run, run)
+    two = [a if a != "1" else "2" for a in LOOP]  # --rounds 2
+    result = run_cli("loop", "--run", str(run), *two, "sample.k=3", "sample.select=uncertain",
+                     "reward.ensemble.heads=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert stages["sample:001"]["select"] == {"mode": "random", "asked": "uncertain", "candidates": 18, "pairs": 12,
+                                              "random": 12, "note": "no reward model before round 1"}
+    assert stages["sample:002"]["select"] == {"mode": "uncertain", "asked": "uncertain", "candidates": 18,
+                                              "pairs": 12, "random": 3, "estimates": 2,
+                                              "reward": str(run / "rounds" / "001" / "reward")}
+    rows = [json.loads(line) for line in (run / "rounds" / "002" / "selection.jsonl").read_text().splitlines()]
+    assert sum(r["share"] == "uncertain" for r in rows) == 9 and all("disagreement" in r for r in rows)

@@ -42,7 +42,10 @@ STAGE_HELP: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
          ("pairs_per_prompt", "with pairs: this many random pairs per prompt"),
          ("overlap", "annotators per item"),
          ("sampling.max_new_tokens", "longest response in tokens"),
-         ("sampling.temperature", "sampling temperature")]),
+         ("sampling.temperature", "sampling temperature"),
+         ("select.mode", "random | uncertain | diverse: which pairs become items (also --select)"),
+         ("select.random_fraction", "share of the chosen pairs drawn at random (default 0.25)"),
+         ("select.reward", "reward model that judges the candidates (default: the newest earlier round's)")]),
     "annotate": (
         ["alignloop annotate --run runs/mine --simulated personas=4 noise=1.0"],
         [("personas", "number of simulated annotators"),
