@@ -43,9 +43,8 @@ STAGE_HELP: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
          ("overlap", "annotators per item"),
          ("sampling.max_new_tokens", "longest response in tokens"),
          ("sampling.temperature", "sampling temperature"),
-         ("select.mode", "random | uncertain | diverse: which pairs become items (also --select)"),
-         ("select.random_fraction", "share of the chosen pairs drawn at random (default 0.25)"),
-         ("select.reward", "reward model that judges the candidates (default: the newest earlier round's)")]),
+         ("select.mode", "random | uncertain | diverse: which pairs become items (also --select; "
+                         "select.random_fraction of them at random)")]),
     "annotate": (
         ["alignloop annotate --run runs/mine --simulated personas=4 noise=1.0"],
         [("personas", "number of simulated annotators"),
