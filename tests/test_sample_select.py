@@ -17,21 +17,13 @@ from test_loop_crash import LOOP, sft_run  # noqa: F401 (sft_run is a fixture)
 from alignloop.config.base import load_config
 from alignloop.errors import ConfigError, DataError
 from alignloop.sample.config import SampleConfig
-from alignloop.sample.select import (
-    candidate_pairs,
-    farthest_first,
-    highest,
-    limit_candidates,
-    random_share,
-    text_features,
-    uncertainty,
-)
+from alignloop.sample import select
 
 
 def test_candidates_are_every_pair_of_every_prompt():
-    assert candidate_pairs([3, 2, 1]) == [(0, 0, 1), (0, 0, 2), (0, 1, 2), (1, 0, 1)]
-    assert limit_candidates(5, None, random.Random(0)) == [0, 1, 2, 3, 4]
-    kept = limit_candidates(10, 4, random.Random(0))
+    assert select.candidate_pairs([3, 2, 1]) == [(0, 0, 1), (0, 0, 2), (0, 1, 2), (1, 0, 1)]
+    assert select.limit_candidates(5, None, random.Random(0)) == [0, 1, 2, 3, 4]
+    kept = select.limit_candidates(10, 4, random.Random(0))
     assert len(kept) == 4 and kept == sorted(set(kept))
 
 
@@ -41,53 +33,53 @@ def test_uncertain_takes_the_highest_variance_pairs_and_keeps_the_random_share()
     # pair 3: 0.1/0.9 twice -> 0.4; pair 4: 0.3/0.7 twice -> 0.2; pair 5: 0.9 x4 -> 0.
     p = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.2, 0.8, 0.2, 0.8], [0.4, 0.6, 0.4, 0.6],
                       [0.1, 0.9, 0.1, 0.9], [0.3, 0.7, 0.3, 0.7], [0.9, 0.9, 0.9, 0.9]])
-    scores, meaning = uncertainty(p)
+    scores, meaning = select.uncertainty(p)
     assert meaning == "disagreement"
     assert torch.allclose(scores, torch.tensor([0.0, 0.3, 0.1, 0.4, 0.2, 0.0]), atol=1e-6)
-    assert highest(scores, 3) == [3, 1, 4]
+    assert select.highest(scores, 3) == [3, 1, 4]
     # A budget of 4 with a quarter at random: one pair drawn uniformly, the other three the most disputed
     # of the rest (the drawn pair is never taken twice, and ties go to the lower index).
-    drawn = random_share(len(p), 4, 0.25, random.Random(0))
+    drawn = select.random_share(len(p), 4, 0.25, random.Random(0))
     assert len(drawn) == 1
-    chosen = highest(scores, 3, drawn)
+    chosen = select.highest(scores, 3, drawn)
     assert not set(chosen) & set(drawn)
     rest = sorted(set(range(6)) - set(drawn), key=lambda i: (-float(scores[i]), i))
     assert chosen == rest[:3]
-    assert highest(scores, 3, [3]) == [1, 4, 2]
-    assert highest(torch.tensor([0.0, 0.0, 0.0]), 2) == [0, 1]
-    assert random_share(6, 4, 0.0, random.Random(0)) == []
-    assert random_share(6, 4, 1.0, random.Random(0)) == sorted(random_share(6, 4, 1.0, random.Random(0)))
-    assert len(random_share(3, 8, 1.0, random.Random(0))) == 3  # never more than the candidates
+    assert select.highest(scores, 3, [3]) == [1, 4, 2]
+    assert select.highest(torch.tensor([0.0, 0.0, 0.0]), 2) == [0, 1]
+    assert select.random_share(6, 4, 0.0, random.Random(0)) == []
+    assert select.random_share(6, 4, 1.0, random.Random(0)) == sorted(select.random_share(6, 4, 1.0, random.Random(0)))
+    assert len(select.random_share(3, 8, 1.0, random.Random(0))) == 3  # never more than the candidates
 
 
 def test_one_estimate_asks_about_the_pairs_nearest_a_coin_flip():
     p = torch.tensor([[0.9], [0.45], [0.2], [0.58]])
-    scores, meaning = uncertainty(p)
+    scores, meaning = select.uncertainty(p)
     assert meaning == "nearness to 0.5"
     assert torch.allclose(scores, torch.tensor([0.1, 0.45, 0.2, 0.42]), atol=1e-6)
-    assert highest(scores, 2) == [1, 3]
+    assert select.highest(scores, 2) == [1, 3]
 
 
 def test_farthest_first_covers_the_directions_and_ignores_the_sign():
     # Three directions, each several times; row 4 is row 0 reversed (the same question, a and b swapped).
     x, y, z = torch.eye(3)
     directions = torch.stack([x, 0.9 * x, y, 1.1 * y, -x, 0.5 * z, 0.2 * z])
-    first = farthest_first(directions, 3)
+    first = select.farthest_first(directions, 3)
     assert first[0] == 3  # the longest direction first
     assert {int(torch.argmax(directions[i].abs())) for i in first} == {0, 1, 2}  # one of each direction
     assert 4 not in first[:3]  # -x is as close to x as x itself
     # With the random share taken, the picks cover what it left out: y is covered by row 2.
-    picked = farthest_first(directions, 2, taken=[2])
+    picked = select.farthest_first(directions, 2, taken=[2])
     assert 2 not in picked and {int(torch.argmax(directions[i].abs())) for i in picked} == {0, 2}
-    assert farthest_first(directions, 10, taken=[0, 1]) and len(farthest_first(directions, 10, taken=[0, 1])) == 5
+    assert select.farthest_first(directions, 10, taken=[0, 1]) and len(select.farthest_first(directions, 10, taken=[0, 1])) == 5
 
 
 def test_text_features_are_stable_unit_vectors():
-    one = text_features("Tom was happy. The end.")
+    one = select.text_features("Tom was happy. The end.")
     assert torch.allclose(one.norm(), torch.tensor(1.0), atol=1e-6)
-    assert torch.equal(one, text_features("tom WAS happy the end"))  # case and punctuation do not count
-    assert not torch.equal(one, text_features("Tom was sad. The end."))
-    assert text_features("").norm() == 0
+    assert torch.equal(one, select.text_features("tom WAS happy the end"))  # case and punctuation do not count
+    assert not torch.equal(one, select.text_features("Tom was sad. The end."))
+    assert select.text_features("").norm() == 0
 
 
 def test_config_needs_pairs_and_a_budget(tmp_path):
