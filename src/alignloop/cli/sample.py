@@ -26,6 +26,12 @@ def sample(
     overrides: OverridesArgument = None,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Model to sample from (default: the run's newest).")] = None,
     db: Annotated[Optional[str], typer.Option("--db", help="Feedback store: SQLite path or postgresql+psycopg:// URL (default: RUN/feedback.db).")] = None,
+    select: Annotated[Optional[str], typer.Option(
+        "--select", metavar="MODE", help="Which pairs people judge (select.mode): random (pairs_per_prompt random "
+                                         "pairs of each prompt), uncertain (those the newest earlier round's reward "
+                                         "ensemble disagrees on most, keeping select.random_fraction at random) or "
+                                         "diverse (the most different comparisons). Writes rounds/NNN/selection.jsonl.")
+    ] = None,
     force: ForceOption = False,
 ) -> None:
     """Sample K responses per prompt and load them as annotation items in the feedback store."""
@@ -34,7 +40,7 @@ def sample(
         from alignloop.sample.config import SampleConfig
         from alignloop.sample.stage import run_sample
 
-        cfg = resolve(SampleConfig, config, overrides)
+        cfg = resolve(SampleConfig, config, [*(overrides or []), *([f"select.mode={select}"] if select else [])])
         run_sample(run_dir, cfg, checkpoint or latest_policy(run_dir), db, log=echo, force=force)
 
 

@@ -42,7 +42,9 @@ STAGE_HELP: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
          ("pairs_per_prompt", "with pairs: this many random pairs per prompt"),
          ("overlap", "annotators per item"),
          ("sampling.max_new_tokens", "longest response in tokens"),
-         ("sampling.temperature", "sampling temperature")]),
+         ("sampling.temperature", "sampling temperature"),
+         ("select.mode", "random | uncertain | diverse: which pairs become items (also --select; "
+                         "select.random_fraction of them at random)")]),
     "annotate": (
         ["alignloop annotate --run runs/mine --simulated personas=4 noise=1.0"],
         [("personas", "number of simulated annotators"),

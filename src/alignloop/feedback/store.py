@@ -143,8 +143,26 @@ def _pairs(count: int, limit: Optional[int], rng: random.Random) -> list[tuple[i
     pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
     if limit is not None and limit < len(pairs):
         pairs = sorted(rng.sample(pairs, limit))
+    return _random_order(pairs, rng)
+
+
+def _random_order(pairs: list[tuple[int, int]], rng: random.Random) -> list[tuple[int, int]]:
     # Random A/B order, so a position bias of annotators cannot favour the first sample.
     return [(j, i) if rng.random() < 0.5 else (i, j) for i, j in pairs]
+
+
+def _chosen_pairs(record: dict[str, Any], count: int, where: str) -> Optional[list[tuple[int, int]]]:
+    """The record's own `pairs` of response positions (chosen by `sample select`), or None to draw them."""
+    chosen = record.get("pairs")
+    if chosen is None:
+        return None
+    valid = isinstance(chosen, list) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(type(x) is int and 0 <= x < count for x in p)
+        and p[0] != p[1] for p in chosen)
+    if not valid:
+        raise DataError(f"{where}: 'pairs' must be a list of [i, j] positions of two different responses "
+                        f"(0 to {count - 1})")
+    return [(int(i), int(j)) for i, j in chosen]
 
 
 class Store:
@@ -393,7 +411,8 @@ class Store:
         """Load `{"prompt": str, "responses": [str, ...]}` records as annotation items.
 
         `item_kind="pair"` makes pairs of the K responses (all K(K-1)/2, or
-        `pairs_per_prompt` chosen at random) in random A/B order; "ranking" makes
+        `pairs_per_prompt` chosen at random, or the record's own `pairs` of
+        positions, `[[i, j], ...]`) in random A/B order; "ranking" makes
         one K-way item per prompt; "rating" one item per response. The model
         name and sampling settings are kept on every response. A response may
         also be a dict `{"text", "model", "sampling"}` that overrides them.
@@ -422,7 +441,9 @@ class Store:
                     s.add(row)
                     rows.append(row)
                 if item_kind == "pair":
-                    groups = [[rows[i], rows[j]] for i, j in _pairs(len(rows), pairs_per_prompt, rng)]
+                    chosen = _chosen_pairs(record, len(rows), f"record {index + 1}")
+                    pairs = _pairs(len(rows), pairs_per_prompt, rng) if chosen is None else _random_order(chosen, rng)
+                    groups = [[rows[i], rows[j]] for i, j in pairs]
                 elif item_kind == "ranking":
                     groups = [rows]
                 else:

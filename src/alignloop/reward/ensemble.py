@@ -45,12 +45,20 @@ class RewardEnsemble:
     def preference_probabilities(self, prompts: list[str], a: list[str], b: list[str],
                                  batch_size: int = 32) -> torch.Tensor:
         """sigmoid(r_a - r_b) for each pair and each estimate, shape [B, size]."""
-        return torch.sigmoid(self.score_texts(prompts, a, batch_size) - self.score_texts(prompts, b, batch_size))
+        return pair_probabilities(self.score_texts(prompts, a, batch_size), self.score_texts(prompts, b, batch_size))
+
+
+def pair_probabilities(rewards_a: torch.Tensor, rewards_b: torch.Tensor) -> torch.Tensor:
+    """P(a preferred) = sigmoid(r_a - r_b) under Bradley-Terry, per pair and estimate (same shapes in and out)."""
+    return torch.sigmoid(rewards_a - rewards_b)
 
 
 def ensemble_members(reward_dir: Path | str) -> list[Path]:
-    """The checkpoints of a round's reward ensemble: `final/` then `ensemble/member-*/final/`."""
+    """The checkpoints of a round's reward ensemble: `final/` then `ensemble/member-*/final/` (or the folder
+    itself when it is one checkpoint)."""
     reward_dir = Path(reward_dir)
+    if (reward_dir / "config.json").is_file():
+        return [reward_dir]
     found = [reward_dir / "final"] if (reward_dir / "final").exists() else []
     found += sorted(p / "final" for p in (reward_dir / "ensemble").glob("member-*") if (p / "final").exists())
     return found
@@ -60,7 +68,8 @@ def load_ensemble(reward_dir: Path | str, device: Optional[torch.device | str] =
     """Every member of the reward ensemble in `rounds/NNN/reward/`."""
     paths = ensemble_members(reward_dir)
     if not paths:
-        raise CheckpointError(f"no reward model in {reward_dir} (expected final/ or ensemble/member-*/final/)")
+        raise CheckpointError(f"no reward model in {reward_dir} (expected a checkpoint, or final/ or "
+                              f"ensemble/member-*/final/ in it)")
     return RewardEnsemble([load_reward_model(p, device) for p in paths])
 
 

@@ -1,7 +1,13 @@
 """`alignloop sample`: K responses per prompt from a checkpoint, into `rounds/NNN/samples.jsonl` and the store.
 
+With `select.mode` uncertain or diverse (or a `select.budget`), the pairs that
+become items are chosen among all pairs of each prompt's responses and listed,
+with why, in `rounds/NNN/selection.jsonl` (see `alignloop.sample.selection`);
+samples.jsonl still holds every sampled response.
+
 Crash safety: the stage is recorded as running, the responses are written to
-samples.jsonl atomically, then loaded into the store in one transaction, then
+samples.jsonl atomically, then (with selection) the chosen pairs to
+selection.jsonl, then loaded into the store in one transaction, then
 recorded as done. A rerun after a crash reuses the file (no resampling), loads
 it only if the round holds no items yet, and records a load that a crash cut
 off from its record. Items in the store are never replaced.
@@ -36,6 +42,16 @@ from alignloop.provenance import (
 )
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.sample.config import SampleConfig
+from alignloop.sample.selection import (
+    SELECTION_FILE,
+    add_selection_inputs,
+    choose_pairs,
+    plan_selection,
+    read_selection,
+    selected_records,
+    selection_summary,
+    write_selection,
+)
 from alignloop.stages import builtin_paths, read_prompts
 from alignloop.tokenizer import load_tokenizer
 from alignloop.train.crash import crash_point
@@ -107,6 +123,15 @@ def _check_store_holds(run: RunDir, number: int, loaded: int | None, target) -> 
                         f"or use a new run directory")
 
 
+def _summary(selection, path: Path, rows: list[dict]) -> dict:
+    """The manifest's record of how the round's pairs were chosen."""
+    if selection is None:
+        return {"mode": "random"}
+    if not rows and path.exists():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return selection_summary(selection, rows)
+
+
 def run_sample(run: RunDir, cfg: SampleConfig, checkpoint: Path, db: str | None = None,
                log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), force: bool = False) -> dict:
     """Sample, write samples.jsonl, load the items; returns a summary (round, prompts, items).
@@ -126,8 +151,12 @@ def run_sample(run: RunDir, cfg: SampleConfig, checkpoint: Path, db: str | None 
         loaded = round_items(store, number)
         _check_store_holds(run, number, loaded, target)
         samples_path = run.round_dir(number) / "samples.jsonl"
+        selection_path = run.round_dir(number) / SELECTION_FILE
         cache = DigestCache.for_run(run)
         inputs = _stage_inputs(cfg, checkpoint, prompt_file, cache)
+        selection = plan_selection(run, cfg, number) if cfg.selects else None
+        if selection is not None:
+            add_selection_inputs(inputs, selection, cache)
         if loaded:
             entry = run.read_manifest()["stages"].get(key)
             plan = decide(entry, inputs, has_work=True, outputs_intact=True)
@@ -137,13 +166,16 @@ def run_sample(run: RunDir, cfg: SampleConfig, checkpoint: Path, db: str | None 
                                          f"store are never replaced: sample into a new round "
                                          f"(round={next_round_number(store, run)})")
             if plan.action != DONE:  # killed between loading the items and recording it
-                record_finished(run, key, inputs, samples_path, cache, items=loaded)
+                record_finished(run, key, inputs, samples_path, cache, items=loaded,
+                                select=_summary(selection, selection_path, []))
             log(f"sample: round {number} already holds {loaded} items; nothing to do")
             return {"round": number, "prompts": len(prompts), "items": loaded, "skipped": True}
-        plan = plan_stage(run, key, inputs, final=samples_path, work=[samples_path], force=force, log=log,
+        plan = plan_stage(run, key, inputs, final=samples_path, work=[samples_path, selection_path], force=force,
+                          log=log,
                           new_run_hint=f"sample into a new round (round={next_round_number(store, run)})", cache=cache)
         run.record_config("sample", cfg)
-        if plan.action == RESUME and samples_path.exists():
+        resumed = plan.action == RESUME and samples_path.exists()
+        if resumed:
             log(f"sample: reusing {samples_path} written before an interruption")
             records = [json.loads(line) for line in samples_path.read_text(encoding="utf-8").splitlines() if line]
         else:
@@ -156,13 +188,25 @@ def run_sample(run: RunDir, cfg: SampleConfig, checkpoint: Path, db: str | None 
                 record.update({"model": str(checkpoint), "sampling": settings})
             atomic.write_text(samples_path, "".join(json.dumps(r) + "\n" for r in records))
             crash_point("sample:written")
+        rows: list[dict] = []
+        if selection is not None:
+            if resumed and selection_path.exists():
+                log(f"sample: reusing the pairs chosen before an interruption ({selection_path})")
+                rows = read_selection(selection_path, records)
+            else:
+                if selection.note:
+                    log(f"sample: select={selection.asked}: {selection.note}, so this round's pairs are drawn at random")
+                rows = choose_pairs(records, cfg, selection, log)
+                write_selection(selection_path, rows)
+                crash_point("sample:selected")
         round_id = store.round_id(number) if loaded is not None else store.create_round(
             f"round {number}", model_name=str(checkpoint), sampling=sampling_settings(cfg), number=number)
-        items = store.add_samples(round_id, records, cfg.item_kind, model_name=str(checkpoint),
-                                  sampling=sampling_settings(cfg), overlap=cfg.overlap,
+        items = store.add_samples(round_id, selected_records(records, rows) if selection else records, cfg.item_kind,
+                                  model_name=str(checkpoint), sampling=sampling_settings(cfg), overlap=cfg.overlap,
                                   pairs_per_prompt=cfg.pairs_per_prompt, seed=cfg.seed)
         crash_point("sample:loaded")
-        record_finished(run, key, inputs, samples_path, cache, items=len(items))
+        record_finished(run, key, inputs, samples_path, cache, items=len(items),
+                        select=_summary(selection, selection_path, rows))
         log(f"sample: round {number}: {len(items):,} {cfg.item_kind} items from {len(records):,} prompts "
             f"in {target}")
         return {"round": number, "prompts": len(records), "items": len(items), "skipped": False}
