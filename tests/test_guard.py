@@ -112,9 +112,10 @@ def test_ppo_stops_keeps_the_best_checkpoint_and_resumes_after_kill(rl_run, tmp_
     best = max(history, key=lambda h: h["heldout"])
     assert stop["kept"] == best["iteration"] == max(h["iteration"] for h in history if h["best"])
     final = run / "rounds" / "001" / "policy" / "final"
-    assert same(weights(final), weights(stage / "guard" / "best"))
+    assert same(weights(final), weights(stage / "guard" / f"best-{best['iteration']:06d}"))
+    assert [p.name for p in (stage / "guard").iterdir()] == [f"best-{best['iteration']:06d}"]
     assert not (final / "guard_best.json").exists()
-    last = stage / "checkpoints" / f"step-{stop['iteration']:08d}"
+    last = stage / "checkpoints" / f"step-{stop['iteration']:06d}"
     if best["iteration"] != stop["iteration"]:
         assert not same(weights(final), weights(last))
     entry = json.loads((run / "manifest.json").read_text())["stages"]["ppo:001"]

@@ -15,13 +15,14 @@ same held-out prompts with the same seed and records:
 One JSON line per check goes to `guard.jsonl` in the stage folder. `guard_verdict`
 (pure) fires when the proxy rose while the held-out score fell `patience`
 checks in a row, or a threshold is passed. Whenever a check beats every
-earlier one by held-out score its policy is saved to `guard/best/`; with
-`guard.stop=true` a firing check stops the run and that policy becomes the
-stage's final one.
+earlier one by held-out score its policy is saved to `guard/best-NNNNNN/`
+(NNNNNN: the iteration); with `guard.stop=true` a firing check stops the run
+and that policy becomes the stage's final one.
 
-Resuming: the history is `guard.jsonl` up to the resumed iteration (later
-lines, written after the checkpoint the run resumes from, are dropped and
-made again); `guard/best/` is the best policy any check has seen.
+Resuming: the history is `guard.jsonl` up to the resumed iteration, and the
+best policy the newest `guard/best-NNNNNN/` up to it; later lines and best
+policies, written after the checkpoint the run resumes from, are dropped and
+made again. An older best policy is removed once a checkpoint covers a newer one.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from alignloop.errors import ConfigError
 from alignloop.rl.config import GuardConfig
 
 GUARD_FILE = "guard.jsonl"
-BEST_DIR = "guard/best"
+GUARD_DIR = "guard"
 BEST_RECORD = "guard_best.json"
 
 
@@ -164,20 +165,47 @@ class Guard:
         self.max_prompt_tokens, self.sampling, self.reward_cfg = max_prompt_tokens, sampling, reward_cfg
         self.heldout, self.log = heldout, log
         self.path = stage_dir / GUARD_FILE
-        self.best_dir = stage_dir / BEST_DIR
-        if start == 0:  # a fresh start: nothing a previous attempt left counts
-            shutil.rmtree(self.best_dir, ignore_errors=True)
+        self.folder = stage_dir / GUARD_DIR
+        # A best policy saved after the checkpoint the run resumes from belongs to checks that will be made again.
+        for iteration, folder in self._best_dirs():
+            if iteration > start:
+                shutil.rmtree(folder, ignore_errors=True)
         self.history = read_history(self.path, start)
         self.best = self._read_best()
 
+    def _best_dirs(self) -> list[tuple[int, Path]]:
+        """(iteration, folder) of every saved best policy, oldest first."""
+        found = []
+        for folder in self.folder.glob("best-*") if self.folder.is_dir() else []:
+            suffix = folder.name[len("best-"):]
+            if suffix.isdigit() and (folder / BEST_RECORD).exists():
+                found.append((int(suffix), folder))
+        return sorted(found)
+
+    @property
+    def best_dir(self) -> Optional[Path]:
+        """The folder of the best check's policy (`guard/best-NNNNNN`), or None."""
+        folders = self._best_dirs()
+        return folders[-1][1] if folders else None
+
     def _read_best(self) -> Optional[dict[str, Any]]:
-        record = self.best_dir / BEST_RECORD
-        if not record.exists():
+        folder = self.best_dir
+        if folder is None:
             return None
         try:
-            return json.loads(record.read_text(encoding="utf-8"))
+            return json.loads((folder / BEST_RECORD).read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
+
+    def checkpointed(self, step: int) -> None:
+        """A resumable checkpoint of `step` was written: older best policies than the newest one up to `step`
+        are no longer needed to resume (the newest stays until a later checkpoint covers its successor)."""
+        from alignloop.train import distributed
+
+        covered = [(i, f) for i, f in self._best_dirs() if i <= step]
+        if distributed.is_main():
+            for _, folder in covered[:-1]:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def due(self, iteration: int) -> bool:
         return bool(self.cfg.every) and iteration % self.cfg.every == 0
@@ -215,7 +243,8 @@ class Guard:
             from alignloop.train.checkpoints import save_final
 
             self.best = {"iteration": iteration, "heldout": record["heldout"]}
-            save_final(self.best_dir, state.policy, state.tokenizer, extra_files={BEST_RECORD: json.dumps(self.best)})
+            save_final(self.folder / f"best-{iteration:06d}", state.policy, state.tokenizer,
+                       extra_files={BEST_RECORD: json.dumps(self.best)})
         record["kept"] = self.best["iteration"] if self.best else None
         record["fired"] = guard_verdict(self.history + [record], self.cfg)
         record["stopped"] = bool(record["fired"]) and self.cfg.stop
@@ -246,13 +275,14 @@ class Guard:
     def keep_best(self, final: Path) -> Optional[int]:
         """After a stop, copy the best check's policy to `final` (atomically); its iteration, or None when there
         is none (no held-out judge), and the last policy stays the final one."""
-        if self.stopped is None or self.best is None or not self.best_dir.exists():
+        best = self.best_dir
+        if self.stopped is None or self.best is None or best is None:
             return None
         from alignloop.train import distributed
 
         if distributed.is_main():
             with atomic.atomic_directory(final) as tmp:
-                shutil.copytree(self.best_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(BEST_RECORD))
+                shutil.copytree(best, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(BEST_RECORD))
         distributed.barrier()
         return int(self.best["iteration"])
 

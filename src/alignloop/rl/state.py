@@ -27,7 +27,7 @@ import torch
 from alignloop.errors import TrainingError
 from alignloop.provenance import StageInputs, record_finished, record_started
 from alignloop.rl.config import RewardShapingConfig, RunLoopConfig
-from alignloop.rl.guard import BEST_DIR, Guard, open_guard
+from alignloop.rl.guard import Guard, open_guard
 from alignloop.rl.kl import AdaptiveKLController, FixedKLController
 from alignloop.rl.rollout import Experience, RewardScorer, encode_prompts, prompt_indices
 from alignloop.train import distributed
@@ -264,6 +264,8 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
                 out_of_time = distributed.broadcast_object(out_of_time)  # every rank stops at the same iteration
             if done % loop.save_every == 0 or done == iterations or out_of_time or guard_stop:
                 save_checkpoint(state, stage_dir, done, loop.keep_last)
+                if guard is not None:
+                    guard.checkpointed(done)
                 crash_point(f"{stage}:saved:{done}")
             if out_of_time:
                 log(f"{stage}: stopping at iteration {done} after {loop.max_minutes} minutes (run.max_minutes)")
@@ -277,7 +279,7 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
     if kept is None:
         save_final(final, state.policy, state.tokenizer)
     else:
-        log(f"{stage}: the final policy is the guard's best check's, iteration {kept} ({stage_dir / BEST_DIR})")
+        log(f"{stage}: the final policy is the guard's best check's, iteration {kept} ({guard.best_dir})")
     return LoopResult(final_dir=final, iterations=done, last=stats, wall_s=time.monotonic() - started,
                       guard=guard.summary() if guard is not None else {})
 
