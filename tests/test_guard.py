@@ -123,6 +123,13 @@ def test_ppo_stops_keeps_the_best_checkpoint_and_resumes_after_kill(rl_run, tmp_
     assert entry["guard_kept_iteration"] == best["iteration"] and "max_kl" in entry["guard_reason"]
     metrics = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, stop["iteration"] + 1))
+    from alignloop.loop.report import build_report
+    from alignloop.runs import RunDir
+
+    report = build_report(RunDir(run))
+    assert "rounds/001/ppo guard" in report  # the proxy and held-out score against KL
+    assert (f"Over-optimisation guard: stopped at iteration {stop['iteration']}" in report
+            and f"kept the policy of iteration {best['iteration']}" in report)
 
     # Killed right after the check of an iteration whose checkpoint was not written yet, then rerun: the check
     # is made again (not twice), and the run ends as the uninterrupted one did.
