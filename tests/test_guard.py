@@ -147,3 +147,17 @@ def test_ppo_stops_keeps_the_best_checkpoint_and_resumes_after_kill(rl_run, tmp_
     assert same(weights(crashed / "rounds" / "001" / "policy" / "final"), weights(final))
     rerun = ppo(crashed, "run.save_every=2")
     assert rerun.returncode == 0 and "nothing to do" in rerun.stderr
+
+
+def test_bad_guard_and_uncertainty_settings_are_one_line_errors(rl_run):
+    """The tiny run's prompts are not the built-in task's: no gold judge; a missing held-out model; a conservative
+    reward of a one-head model. Each stops before training with one line, exit 2."""
+    for extra, message in ((["guard.heldout=gold"], "set guard.prompts.path"),
+                           ([f"guard.prompts={rl_run / 'prompts.jsonl'}"], "guard.heldout=gold: the gold judge scores the built-in story task only"),
+                           ([f"guard.heldout={rl_run / 'nowhere'}"], "guard heldout"),
+                           (["guard.every=0", "reward.uncertainty=min"], "reward.uncertainty=min needs at least two "
+                                                                         "reward estimates")):
+        result = ppo(rl_run, *extra)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert not (rl_run / "rounds" / "001" / "policy" / "final").exists()

@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from alignloop import atomic
-from alignloop.errors import ConfigError
+from alignloop.errors import ConfigError, DataError
 from alignloop.rl.config import GuardConfig
 
 GUARD_FILE = "guard.jsonl"
@@ -304,7 +304,10 @@ def open_guard(run, cfg, stage: str, stage_dir: Path, start: int, device: torch.
     settings: GuardConfig = cfg.guard
     if not settings.every:
         return None
-    prompt_file = prompts_path(run, settings.prompts, "eval_prompts")
+    try:
+        prompt_file = prompts_path(run, settings.prompts, "eval_prompts")
+    except DataError as exc:  # the same message, naming the guard's setting
+        raise DataError(f"guard: {str(exc).replace('set prompts.path', 'set guard.prompts.path')}") from None
     prompts = load_prompts(run, settings.prompts, "eval_prompts")
     heldout: Optional[HeldoutFn] = None
     if settings.heldout == "gold":
@@ -314,8 +317,9 @@ def open_guard(run, cfg, stage: str, stage_dir: Path, start: int, device: torch.
         heldout = gold_judge(lambda: _reference_responses(run, cfg, prompts))
     elif settings.heldout != "none":
         heldout = reward_model_judge(Path(settings.heldout), device, cfg.sampling.batch_size)
+    stops = "; stops the run when it fires" if settings.stop else ""
     log(f"{stage}: over-optimisation guard every {settings.every} iterations on {len(prompts)} prompts from "
-        f"{prompt_file}, held-out judge: {settings.heldout}" + ("; stops the run when it fires" if settings.stop else ""))
+        f"{prompt_file}, held-out judge: {settings.heldout}{stops}")
     return Guard(settings, stage, stage_dir, prompts, cfg.prompts.max_tokens, cfg.sampling, cfg.reward, heldout,
                  start, log)
 

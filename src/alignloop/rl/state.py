@@ -288,9 +288,9 @@ def run_rl_stage(run, key: str, inputs: StageInputs, device: torch.device, cfg, 
                  **loop_args: Any) -> LoopResult:
     """`train_loop` as a stage of the run: marked running, trained at `cfg.run.precision`, marked done with
     its score and KL. `algorithm` is the config section (`cfg.ppo`, `cfg.grpo`) that sets the iterations."""
-    record_started(run, key, inputs)
     guard = open_guard(run, cfg, loop_args["stage"], loop_args["stage_dir"], loop_args["start"], device,
                        loop_args["log"])
+    record_started(run, key, inputs)
     with precision_scope(device, cfg.run.precision, "run.precision"):
         result = train_loop(iterations=algorithm.iterations, rollout_prompts=algorithm.rollout_prompts,
                             warmup=algorithm.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens,
