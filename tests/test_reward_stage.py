@@ -128,6 +128,12 @@ def test_store_rounds_gold_eval_and_ensemble(backbone, tmp_path):
     reward_dir = run.round_dir(2) / "reward"  # the newest round in the store
     assert (reward_dir / "final").exists() and (reward_dir / "ensemble" / "member-02" / "final").exists()
     assert run_reward(run, cfg, log=_quiet) is None  # finished: nothing to do
+    # Each head on its own scale, and the spread of the validation responses (two heads; four estimates in all).
+    stats = json.loads((reward_dir / "final" / "reward_stats.json").read_text())
+    assert len(stats["head_mean"]) == len(stats["head_std"]) == 2 and min(stats["head_std"]) > 0
+    assert stats["spread_q95"] > 0 and stats["ensemble_spread_q95"] > 0 and stats["ensemble_estimates"] == 4
+    member_stats = json.loads((reward_dir / "ensemble" / "member-02" / "final" / "reward_stats.json").read_text())
+    assert len(member_stats["head_mean"]) == 2 and "ensemble_spread_q95" not in member_stats
 
     prompts = builtin_paths(run)["eval_prompts"]
     prompts.parent.mkdir(parents=True, exist_ok=True)

@@ -78,13 +78,14 @@ STAGE_HELP: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
     "ppo": (
         ["alignloop ppo --run runs/mine prompts=prompts.jsonl ppo.iterations=100 reward.kl_coef=0.05"],
         [("prompts=FILE", "prompt file, JSONL or one a line (prompts.path); unset: built-in openings"),
-         ("prompts.limit", "use at most this many prompts"),
          ("sampling.max_new_tokens", "longest response in tokens"),
          ("ppo.iterations", "rollout + update iterations in all"),
          ("ppo.rollout_prompts", "prompts per iteration"),
          ("ppo.lr", "policy learning rate"),
          ("reward.kl_coef", "KL penalty coefficient (start value when adaptive)"),
-         ("reward.adaptive_kl", "adapt the coefficient towards reward.kl_target"),
+         ("reward.uncertainty", "mean | mean_minus_std | min of the reward estimates (heads, members)"),
+         ("guard.every", "over-optimisation check every N iterations (0: off); guard.heldout=gold|PATH, "
+                         "guard.stop=true"),
          ("models.policy=DIR", "start checkpoint (default: the run's sft/final)"),
          ("run.round", "the round whose reward model is used, rounds/NNN")]),
     "grpo": (
@@ -97,6 +98,7 @@ STAGE_HELP: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
          ("grpo.rollout_prompts", "prompts per iteration"),
          ("grpo.lr", "learning rate"),
          ("reward.kl_coef", "KL coefficient"),
+         ("guard.every", "over-optimisation check every N iterations (0: off); guard.heldout=gold|PATH"),
          ("models.policy=DIR", "start checkpoint (default: the run's sft/final)")]),
     "dpo": (
         ["alignloop dpo --run runs/mine data.path=prefs.jsonl dpo.beta=0.1 dpo.epochs=2"],
@@ -113,6 +115,7 @@ STAGE_HELP: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         [("prompts=FILE", "prompt file (default: the built-in evaluation openings)"),
          ("prompts.limit", "use at most this many prompts"),
          ("bon.n", "responses sampled per prompt"),
+         ("reward.uncertainty", "pick by mean | mean_minus_std | min of the reward estimates"),
          ("sampling.max_new_tokens", "longest response in tokens"),
          ("models.policy=DIR", "the policy sampled from"),
          ("models.reward=DIR", "the reward model that picks (default: the round's)")]),

@@ -368,7 +368,26 @@ def _rl_html(run: RunDir, folder: Path) -> str:
         path = folder / method / "metrics.jsonl"
         if path.exists():
             parts.append(_curves_html(run, path, "iteration" if method != "dpo" else "step"))
+        parts.append(_guard_html(run, folder / method / "guard.jsonl"))
     return "".join(parts) or "<p>No RL metrics in this round.</p>"
+
+
+def _guard_html(run: RunDir, path: Path) -> str:
+    """The over-optimisation guard's checks of a run (`alignloop.rl.guard`): proxy and held-out score against KL,
+    and a line on the stop."""
+    checks = [c for c in read_metrics(path) if all(_finite(c.get(k)) for k in ("kl", "proxy"))] \
+        if path.exists() else []
+    if not checks:
+        return ""
+    label = str(path.parent.relative_to(run.root))
+    stop = next((c for c in checks if c.get("stopped")), None)
+    fired = [c for c in checks if c.get("fired")]
+    note = (f"stopped at iteration {stop['iteration']} ({html.escape(str(stop['fired']))}); kept the policy of "
+            f"iteration {stop.get('kept') or stop['iteration']}" if stop else
+            f"fired at {len(fired)} of {len(checks)} checks, first at iteration {fired[0]['iteration']} "
+            f"({html.escape(str(fired[0]['fired']))})" if fired else f"{len(checks)} checks, never fired")
+    return (_img(plots.png(plots.guard_figure(f"{label}: over-optimisation guard", checks)), f"{label} guard")
+            + f"<p class='note'>Over-optimisation guard: {note}.</p>")
 
 
 def _samples_html(folder: Path, limit: int = 6) -> str:

@@ -131,3 +131,38 @@ def per_round_figure(rows: list[dict[str, Any]]):
             ax.set_xlim(numbers[0] - 0.5, numbers[-1] + 0.5)
     fig.tight_layout()
     return fig
+
+
+def guard_figure(title: str, checks: Sequence[dict[str, Any]]):
+    """The over-optimisation picture of Gao et al. 2022 from a run's guard checks: the proxy (RL reward model,
+    left axis) and the held-out score (right axis) against the KL to the reference; the stop and the kept
+    check marked."""
+    plt = _pyplot()
+    fig, proxy_ax = plt.subplots(figsize=(5.6, 3.4))
+    kl = [c["kl"] for c in checks]
+    proxy_ax.plot(kl, [c["proxy"] for c in checks], "o-", color="tab:blue", markersize=4, label="proxy (RL reward)")
+    proxy_ax.set_xlabel("KL to the reference (nats)", fontsize=9)
+    proxy_ax.set_ylabel("proxy reward", fontsize=9, color="tab:blue")
+    handles = proxy_ax.get_lines()[:]
+    held = [c for c in checks if c.get("heldout") is not None]
+    if held:
+        heldout_ax = proxy_ax.twinx()
+        heldout_ax.plot([c["kl"] for c in held], [c["heldout"] for c in held], "s-", color="tab:green", markersize=4,
+                        label="held-out score")
+        heldout_ax.set_ylabel("held-out score", fontsize=9, color="tab:green")
+        heldout_ax.tick_params(labelsize=8)
+        handles += heldout_ax.get_lines()[:]
+        kept = [c for c in held if c.get("iteration") == checks[-1].get("kept")]
+        if kept:
+            handles += heldout_ax.plot([kept[0]["kl"]], [kept[0]["heldout"]], "*", color="gold", markersize=14,
+                                       markeredgecolor="black", label=f"kept (iteration {kept[0]['iteration']})")
+    stop = next((c for c in checks if c.get("stopped")), None)
+    if stop is not None:
+        handles.append(proxy_ax.axvline(stop["kl"], color="tab:red", linestyle="--", linewidth=1,
+                                        label=f"stop (iteration {stop['iteration']})"))
+    proxy_ax.tick_params(labelsize=8)
+    proxy_ax.grid(alpha=0.3)
+    proxy_ax.legend(handles=handles, fontsize=7, loc="best")
+    proxy_ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

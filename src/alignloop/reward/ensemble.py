@@ -38,6 +38,27 @@ class RewardEnsemble:
         return torch.cat([m.score_texts(prompts, responses, batch_size, all_heads=True) for m in self.members],
                          dim=1)
 
+    def head_stats(self) -> tuple[list[float], list[float]]:
+        """(means, stds) that put each of the `size` estimates on its own scale (each member's `head_stats`)."""
+        means, stds = [], []
+        for member in self.members:
+            m, s = member.head_stats()
+            means += m
+            stds += s
+        return means, stds
+
+    def normalised_scores(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+        """Every estimate's reward on its own scale, (r_e - mean_e) / std_e, shape [B, size]."""
+        from alignloop.reward.uncertainty import normalise_estimates
+
+        return normalise_estimates(self.score_texts(prompts, responses, batch_size), *self.head_stats())
+
+    def spread_q95(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> float:
+        """95th percentile over the responses of the spread of the normalised estimates (validation yardstick)."""
+        from alignloop.reward.uncertainty import estimate_spread, quantile
+
+        return quantile(estimate_spread(self.normalised_scores(prompts, responses, batch_size)), 0.95)
+
     def mean_scores(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
         """The ensemble's reward of each response: the mean over every estimate, shape [B]."""
         return self.score_texts(prompts, responses, batch_size).mean(dim=1)

@@ -60,22 +60,71 @@ DEBIAS_KEY = "alignloop_length_debias"  # how training kept length out of the re
 
 @dataclass
 class RewardStats:
-    """Mean and standard deviation of rewards on a reference set (for normalisation in PPO)."""
+    """Mean and standard deviation of rewards on a reference set (for normalisation in PPO).
+
+    `mean`/`std` are those of the model's reward (the mean of its heads). With several heads, `head_mean` and
+    `head_std` are each head's own (heads of a Bradley-Terry model have arbitrary offsets, so each is put on
+    its own scale before they are compared or combined); `spread_q95` is the 95th percentile, over the
+    validation responses, of the spread (std) of the normalised heads, and `ensemble_spread_q95` the same over
+    every estimate of the round's ensemble (`ensemble_estimates` of them: every head of every member).
+    Checkpoints written before these existed have the shared figures alone, which then stand for every head.
+    """
 
     mean: float = 0.0
     std: float = 1.0
     n: int = 0
+    head_mean: Optional[list[float]] = None
+    head_std: Optional[list[float]] = None
+    spread_q95: Optional[float] = None
+    ensemble_spread_q95: Optional[float] = None
+    ensemble_estimates: Optional[int] = None
 
     def to_json(self) -> dict:
-        return {"mean": self.mean, "std": self.std, "n": self.n}
+        out = {"mean": self.mean, "std": self.std, "n": self.n}
+        for name in ("head_mean", "head_std", "spread_q95", "ensemble_spread_q95", "ensemble_estimates"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    def head_stats(self, heads: int) -> tuple[list[float], list[float]]:
+        """(means, stds) of each of `heads` heads: their own when recorded for that many, else the shared ones."""
+        if self.head_mean is not None and self.head_std is not None and len(self.head_mean) == heads:
+            return list(self.head_mean), list(self.head_std)
+        return [self.mean] * heads, [self.std] * heads
 
     @classmethod
     def from_rewards(cls, rewards: torch.Tensor) -> "RewardStats":
-        values = rewards.detach().double().flatten()
-        if values.numel() < 2:
-            return cls(float(values.mean()) if values.numel() else 0.0, 1.0, int(values.numel()))
-        std = float(values.std())
-        return cls(float(values.mean()), std if std > 1e-8 else 1.0, int(values.numel()))
+        mean, std, n = _mean_std(rewards)
+        return cls(mean, std, n)
+
+    @classmethod
+    def from_heads(cls, heads: torch.Tensor) -> "RewardStats":
+        """Statistics of rewards [N, heads]: the shared ones of their mean, and (with several heads) each head's."""
+        stats = cls.from_rewards(heads.mean(dim=1)) if heads.numel() else cls()
+        if heads.dim() == 2 and heads.shape[1] > 1:
+            per_head = [_mean_std(heads[:, h]) for h in range(heads.shape[1])]
+            stats.head_mean = [m for m, _, _ in per_head]
+            stats.head_std = [s for _, s, _ in per_head]
+        return stats
+
+
+def _mean_std(rewards: torch.Tensor) -> tuple[float, float, int]:
+    """(mean, std, count) of `rewards`; std 1 when there are fewer than two or they are all equal."""
+    values = rewards.detach().double().flatten()
+    if values.numel() < 2:
+        return (float(values.mean()) if values.numel() else 0.0), 1.0, int(values.numel())
+    std = float(values.std())
+    return float(values.mean()), std if std > 1e-8 else 1.0, int(values.numel())
+
+
+def _optional_floats(data: dict, key: str) -> Optional[list[float]]:
+    value = data.get(key)
+    if value is None:
+        return None
+    values = [float(v) for v in value]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(key)
+    return values
 
 
 def read_stats(path: Path) -> RewardStats:
@@ -85,10 +134,18 @@ def read_stats(path: Path) -> RewardStats:
         return RewardStats()
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-        stats = RewardStats(float(data["mean"]), float(data["std"]), int(data.get("n", 0)))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        stats = RewardStats(float(data["mean"]), float(data["std"]), int(data.get("n", 0)),
+                            head_mean=_optional_floats(data, "head_mean"), head_std=_optional_floats(data, "head_std"))
+        for key in ("spread_q95", "ensemble_spread_q95"):
+            if data.get(key) is not None:
+                setattr(stats, key, float(data[key]))
+        if data.get("ensemble_estimates") is not None:
+            stats.ensemble_estimates = int(data["ensemble_estimates"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError):
         raise CheckpointError(f"{file} is corrupt: expected {{\"mean\", \"std\", \"n\"}}") from None
-    if not (math.isfinite(stats.mean) and math.isfinite(stats.std) and stats.std > 0):
+    stds = [stats.std] + (stats.head_std or [])
+    if not (math.isfinite(stats.mean) and all(math.isfinite(s) and s > 0 for s in stds)) \
+            or len(stats.head_mean or []) != len(stats.head_std or []):
         raise CheckpointError(f"{file} has an invalid mean or std ({stats.mean}, {stats.std})")
     return stats
 
@@ -536,6 +593,10 @@ class RewardModel(nn.Module):
     def normalise(self, rewards: torch.Tensor) -> torch.Tensor:
         """(r - mean) / std with the reference-set statistics of `reward_stats.json`."""
         return (rewards - self.stats.mean) / self.stats.std
+
+    def head_stats(self) -> tuple[list[float], list[float]]:
+        """(means, stds) that put each head on its own scale (`RewardStats.head_stats`)."""
+        return self.stats.head_stats(self.num_heads)
 
     def save(self, directory: Path | str, state_dict: Optional[dict] = None) -> None:
         """Write the checkpoint (HF format), tokenizer and `reward_stats.json` into `directory`.

@@ -238,11 +238,33 @@ def run_reward(run: RunDir, cfg: RewardConfig, log: Log = _stderr, db: Optional[
     for member in range(2, cfg.ensemble.models + 1):
         log(f"{STAGE}: ensemble member {member} of {cfg.ensemble.models}")
         _train_one(run, cfg, prefs, stage_dir / "ensemble" / f"member-{member:02d}", member - 1, log)
+    if cfg.ensemble.models > 1 and distributed.is_main():
+        record_ensemble_spread(stage_dir, prefs, cfg, log)
     record_finished(run, manifest_key, inputs, final, cache, final=str(final), val_accuracy=result.val_accuracy,
                     round=round_number, data_upto=prefs.max_judgment_id, judgments=prefs.judgments or None)
     accuracy = f"; validation accuracy {result.val_accuracy:.4f}" if result.val_accuracy is not None else ""
     log(f"{STAGE}: done in {result.wall_s:.0f}s ({result.pairs_per_s:.1f} pairs/s){accuracy}; model in {final}")
     return result
+
+
+def record_ensemble_spread(stage_dir: Path, prefs: Preferences, cfg: RewardConfig, log: Log) -> None:
+    """Write the spread of the whole ensemble on the validation responses into final/'s reward_stats.json
+    (`ensemble_spread_q95`, `ensemble_estimates`): RL's yardstick when it scores with every member."""
+    from alignloop.reward.model import STATS_FILE, read_stats
+    from alignloop.train.device import pick_device
+
+    _, val_groups = split_groups(group_by_prompt(prefs), cfg.data.val_fraction, cfg.data.seed)
+    pairs = [(g.prompt, r) for g in val_groups for r in g.responses][:cfg.train.stats_responses]
+    if not pairs:
+        return
+    ensemble = load_ensemble(stage_dir, pick_device(cfg.train.device))
+    stats = read_stats(stage_dir / "final")
+    stats.ensemble_spread_q95 = ensemble.spread_q95([p for p, _ in pairs], [r for _, r in pairs],
+                                                    cfg.train.batch_size)
+    stats.ensemble_estimates = ensemble.size
+    atomic.write_json(stage_dir / "final" / STATS_FILE, stats.to_json())
+    log(f"{STAGE}: spread of the ensemble's {ensemble.size} estimates on {len(pairs)} validation responses: "
+        f"95th percentile {stats.ensemble_spread_q95:.3f} (normalised units)")
 
 
 # ---- evaluation ---------------------------------------------------------------------------

@@ -57,21 +57,41 @@ def total_steps(cfg: RewardTrainConfig, batches_per_epoch: int) -> int:
     return max(1, min(cfg.max_steps, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum)))
 
 
-def reward_stats(reward: RewardModel, groups: Sequence[EncodedGroup], limit: int, batch_size: int = 32) -> RewardStats:
-    """Mean and std of the rewards of (up to `limit`) responses in `groups`: the normalisation for PPO."""
+def head_rewards(reward: RewardModel, encodings: Sequence[dict[str, list[int]]], batch_size: int = 32
+                 ) -> torch.Tensor:
+    """Every head's reward [N, heads] of tokenized responses (shortest first in batches; returned in order)."""
     from alignloop.reward.data import pad_batch
 
-    encodings = [e for g in groups for e in g.encodings][:limit]
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]["input_ids"]))
+    out = torch.zeros((len(encodings), reward.num_heads))
     was_training = reward.training
     reward.eval()
-    values = []
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            batch = pad_batch([encodings[i] for i in order[start:start + batch_size]], reward.tokenizer.pad_token_id)
-            values.append(reward(**{k: v.to(reward.device) for k, v in batch.items()}).float().cpu())
+            chosen = order[start:start + batch_size]
+            batch = pad_batch([encodings[i] for i in chosen], reward.tokenizer.pad_token_id)
+            out[chosen] = reward.heads(**{k: v.to(reward.device) for k, v in batch.items()}).float().cpu()
     reward.train(was_training)
-    return RewardStats.from_rewards(torch.cat(values)) if values else RewardStats()
+    return out
+
+
+def reward_stats(reward: RewardModel, groups: Sequence[EncodedGroup], limit: int, batch_size: int = 32,
+                 spread_groups: Sequence[EncodedGroup] = ()) -> RewardStats:
+    """Mean and std of the rewards of (up to `limit`) responses in `groups`, the normalisation for PPO: of the
+    model's reward and (with several heads) of each head; and the 95th percentile of the heads' spread on the
+    responses of `spread_groups` (the validation split), the yardstick of RL's `ood_fraction`."""
+    from alignloop.reward.uncertainty import estimate_spread, normalise_estimates, quantile
+
+    encodings = [e for g in groups for e in g.encodings][:limit]
+    if not encodings:
+        return RewardStats()
+    stats = RewardStats.from_heads(head_rewards(reward, encodings, batch_size))
+    spread_encodings = [e for g in spread_groups for e in g.encodings][:limit]
+    if reward.num_heads > 1 and spread_encodings:
+        heads = normalise_estimates(head_rewards(reward, spread_encodings, batch_size),
+                                    *stats.head_stats(reward.num_heads))
+        stats.spread_q95 = quantile(estimate_spread(heads), 0.95)
+    return stats
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -306,7 +326,8 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
             distributed.load_full_state_dict(reward.model, load_file(str(best_dir / "model.safetensors")))
         log(f"{stage}: keeping the best model (step {best_step}, validation accuracy {best_accuracy:.4f})")
     with distributed.full_params(scorer):
-        reward.stats = reward_stats(reward, stats_groups or val_groups, cfg.stats_responses, cfg.batch_size)
+        reward.stats = reward_stats(reward, stats_groups or val_groups, cfg.stats_responses, cfg.batch_size,
+                                    spread_groups=val_groups)
     if reward.stats.n < MIN_STATS_RESPONSES:
         log(f"{stage}: warning: reward_stats.json comes from {reward.stats.n} responses (fewer than "
             f"{MIN_STATS_RESPONSES}): PPO's normalisation by its mean and std will be rough; raise "

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -26,9 +26,10 @@ from alignloop import atomic
 from alignloop.data.formatting import decode_response
 from alignloop.models.causal_lm import load_causal_lm
 from alignloop.provenance import DONE, DigestCache, plan_stage, record_finished, record_started
-from alignloop.rl.config import BoNConfig
+from alignloop.reward.uncertainty import estimate_spread
+from alignloop.rl.config import BoNConfig, RewardEstimatesConfig
 from alignloop.rl.inputs import load_prompts, prompts_path, resolve_models, resolve_round, stage_inputs
-from alignloop.rl.rollout import RewardScorer, encode_prompts, make_sampler, sample
+from alignloop.rl.rollout import RewardScorer, encode_prompts, make_sampler, open_reward_scorer, sample
 from alignloop.runs import RunDir, read_record, round_stage_key
 from alignloop.tokenizer import load_tokenizer
 from alignloop.train.device import pick_device, precision_scope
@@ -43,8 +44,11 @@ def best_of_n_kl(n: int) -> float:
 
 @torch.no_grad()
 def best_of_n(policy, tokenizer, scorer: RewardScorer, prompts: list[str], n: int, sampling, max_prompt_tokens: int,
-              generator: torch.Generator) -> list[dict[str, Any]]:
-    """For each prompt: the highest-scoring of n sampled responses, its score and the mean score of the n."""
+              generator: torch.Generator, reward: Optional[RewardEstimatesConfig] = None) -> list[dict[str, Any]]:
+    """For each prompt: the best of n sampled responses by the reward `reward.uncertainty` makes of the ensemble's
+    estimates (default: their mean), with its raw score (`score`), that reward (`reward`), the spread of its
+    estimates (`spread`) and the mean raw score of the n."""
+    reward = reward or RewardEstimatesConfig()
     prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_tokens)
     sampler = make_sampler(sampling, tokenizer)
     chosen: list[dict[str, Any]] = []
@@ -56,11 +60,15 @@ def best_of_n(policy, tokenizer, scorer: RewardScorer, prompts: list[str], n: in
         repeated = [p for p in group_prompts for _ in range(n)]
         batch = sample(policy, tokenizer, sampler, repeated_ids, generator, max(sampling.batch_size, n))
         responses = [decode_response(tokenizer, r) for r in batch.response_token_lists()]
-        scores = scorer.score(batch, repeated, responses).float().cpu().view(len(group_prompts), n)
-        best = scores.argmax(-1)
+        raw = scorer.estimates(batch, repeated, responses).float().cpu()
+        scores = raw[:, :scorer.reward_model.num_heads].mean(-1).view(len(group_prompts), n)
+        rewards = scorer.combine(raw, reward).view(len(group_prompts), n)
+        spread = estimate_spread(scorer.normalised(raw)).view(len(group_prompts), n)
+        best = rewards.argmax(-1)
         for g, prompt in enumerate(group_prompts):
             k = int(best[g])
             chosen.append({"prompt": prompt, "response": responses[g * n + k], "score": float(scores[g, k]),
+                           "reward": float(rewards[g, k]), "spread": float(spread[g, k]),
                            "mean_score": float(scores[g].mean()), "n": n})
     return chosen
 
@@ -97,18 +105,17 @@ def _best_of_n_stage(run: RunDir, cfg: BoNConfig, round_number: int, paths, prom
                      device: torch.device, started: float, log: Callable[[str], None]) -> dict[str, Any]:
     from alignloop.evaluation.gold_scope import gold_omission
     from alignloop.evaluation.stage import judge_pairs, rate_text, sample_responses, write_samples
-    from alignloop.reward.model import load_reward_model
-
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     tokenizer = load_tokenizer(paths.policy)
     policy = load_causal_lm(paths.policy).to(device).eval()
-    reward_model = load_reward_model(paths.reward, device)
-    scorer = RewardScorer(reward_model, tokenizer, batch_size=cfg.sampling.batch_size)
+    scorer = open_reward_scorer(paths.reward, device, tokenizer, cfg.reward, cfg.sampling.batch_size, STAGE, log)
+    reward_model = scorer.reward_model
     log(f"bon: best of {cfg.bon.n} from {paths.policy} by {paths.reward} on {len(prompts)} prompts from {prompt_file}")
 
     generator = torch.Generator(device=device).manual_seed(cfg.run.seed)
-    chosen = best_of_n(policy, tokenizer, scorer, prompts, cfg.bon.n, cfg.sampling, cfg.prompts.max_tokens, generator)
+    chosen = best_of_n(policy, tokenizer, scorer, prompts, cfg.bon.n, cfg.sampling, cfg.prompts.max_tokens, generator,
+                       cfg.reward)
     # The baseline is one plain sample of the starting policy (the reference), as `alignloop eval` draws it.
     reference_tokenizer = load_tokenizer(paths.reference)
     reference = policy if paths.reference == paths.policy else load_causal_lm(paths.reference).to(device).eval()

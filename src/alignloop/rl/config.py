@@ -85,12 +85,27 @@ class SamplingConfig(Section):
         return self
 
 
-class RewardShapingConfig(Section):
+class RewardEstimatesConfig(Section):
+    """Which estimates of the reward a response gets, and how they become one (the ensemble's uncertainty)."""
+
+    members: Optional[bool] = Field(
+        None, description="Score with the other members of the reward model's ensemble too (reward/ensemble/"
+                          "member-*/final next to its final/, from ensemble.models>=2) besides its own heads. "
+                          "Unset: yes when they exist.")
+    uncertainty: Literal["mean", "mean_minus_std", "min"] = Field(
+        "mean", description="How the estimates (every head of every member, each normalised by its own "
+                            "reward_stats.json) become the reward: their mean; mean - uncertainty_coef * std "
+                            "(uncertainty-weighted); or min (worst case), the conservative rewards of Coste et "
+                            "al. 2023. The last two need ensemble.heads>=2 or ensemble.models>=2.")
+    uncertainty_coef: float = Field(1.0, ge=0, description="k in mean - k * std (reward.uncertainty=mean_minus_std).")
+
+
+class RewardShapingConfig(RewardEstimatesConfig):
     """From a reward-model score to the reward the policy maximises."""
 
     normalise: bool = Field(
-        True, description="Use (score - mean) / std with the reward model's reward_stats.json, so a KL coefficient "
-                          "means the same for every reward model.")
+        True, description="Use (score - mean) / std with the reward model's reward_stats.json (each head and "
+                          "ensemble member with its own), so a KL coefficient means the same for every reward model.")
     clip: Optional[float] = Field(
         5.0, gt=0, description="Clip the (normalised) score to [-clip, clip] before the KL penalty is added.")
     missing_eos_penalty: float = Field(
@@ -171,6 +186,45 @@ class RunLoopConfig(Section):
     max_minutes: Optional[float] = Field(None, gt=0, description="Stop cleanly after this much wall time.")
 
 
+class GuardPrompts(PromptFile):
+    """The guard's fixed held-out prompts; `guard.prompts=FILE` is short for `guard.prompts.path=FILE`."""
+
+    path: Optional[str] = Field(
+        None, description="JSONL (see `field`) or a text file with one prompt per line. Unset: the built-in "
+                          "evaluation prompts of the run (data/stories.eval_prompts.jsonl).")
+    limit: int = Field(64, ge=1, description="Use at most this many prompts (the first ones).")
+
+
+class GuardConfig(Section):
+    """The over-optimisation guard: a fixed check of the policy every few iterations, and what to do when the
+    proxy (the RL reward model) and the truth part ways (Gao et al. 2022)."""
+
+    every: int = Field(0, ge=0, description="Check every this many iterations (0: the guard is off).")
+    prompts: GuardPrompts = Field(default_factory=GuardPrompts)
+    seed: int = Field(0, description="Seed of the check's sampling: every check draws the same way, so checks "
+                                     "compare.")
+    heldout: str = Field(
+        "none", min_length=1,
+        description="The held-out judge of each check: none, gold (the gold judge of the built-in task: mean "
+                    "gold score, and gold win rate against the reference's responses), or the PATH of a reward "
+                    "model the policy is not trained on (e.g. one trained on a disjoint half of the feedback; "
+                    "its normalised mean score).")
+    patience: int = Field(2, ge=1, description="Fire when the proxy rose while the held-out score fell from each "
+                                               "check to the next this many times in a row.")
+    max_kl: Optional[float] = Field(None, gt=0, description="Fire when a check's mean KL to the reference (nats "
+                                                            "per response) exceeds this (unset: never).")
+    max_spread: Optional[float] = Field(None, gt=0, description="Fire when a check's mean spread of the reward "
+                                                                "estimates (normalised units) exceeds this.")
+    max_ood_fraction: Optional[float] = Field(
+        None, gt=0, le=1, description="Fire when the share of a check's responses more uncertain than 95% of the "
+                                      "reward model's validation responses exceeds this.")
+    max_length_ratio: Optional[float] = Field(
+        None, gt=0, description="Fire when a check's mean response length exceeds this many times the first "
+                                "check's.")
+    stop: bool = Field(False, description="On firing, stop the run; the stage's final policy is then the best "
+                                          "check's by held-out score (guard/best-NNNNNN), not the last.")
+
+
 class PPOConfig(Section):
     """Everything `alignloop ppo` does."""
 
@@ -179,6 +233,7 @@ class PPOConfig(Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     reward: RewardShapingConfig = Field(default_factory=RewardShapingConfig)
     ppo: PPOAlgorithmConfig = Field(default_factory=PPOAlgorithmConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
     run: RunLoopConfig = Field(default_factory=RunLoopConfig)
 
 
@@ -226,6 +281,7 @@ class GRPOConfig(Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     reward: GRPORewardShapingConfig = Field(default_factory=GRPORewardShapingConfig)
     grpo: GRPOAlgorithmConfig = Field(default_factory=GRPOAlgorithmConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
     run: RunLoopConfig = Field(default_factory=RunLoopConfig)
 
 
@@ -284,5 +340,6 @@ class BoNConfig(Section):
     models: RLModelsConfig = Field(default_factory=RLModelsConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    reward: RewardEstimatesConfig = Field(default_factory=RewardEstimatesConfig)
     bon: BoNSettings = Field(default_factory=BoNSettings)
     run: RunLoopConfig = Field(default_factory=RunLoopConfig)

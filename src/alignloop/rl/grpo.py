@@ -43,12 +43,12 @@ from alignloop.rl.ppo import chunks, clip_gradients, minibatch_tokens, policy_fo
 from alignloop.rl.rollout import (
     Experience,
     RewardScorer,
-    clip_fraction,
     make_experience,
     make_sampler,
     open_reward_scorer,
     recompute_logprobs_on,
     recompute_old_logprobs,
+    reward_figures,
 )
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
 from alignloop.runs import RunDir, round_stage_key
@@ -146,7 +146,7 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
     stats = {
         "score": float(exp.scores.mean()),
         "reward": float(exp.rewards.mean()),
-        "reward_clip_frac": clip_fraction(exp.scores, state.scorer.reward_model, cfg.reward),
+        **reward_figures(exp, state.scorer, cfg.reward),
         "reward_with_kl": float(sequence_rewards.mean()),
         "kl": mean_kl,
         "kl_coef": beta,

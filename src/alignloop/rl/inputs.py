@@ -75,6 +75,24 @@ def resolve_models(run: RunDir, cfg: RLModelsConfig, round_number: int, need_rew
     return ModelPaths(check_checkpoint_dir(policy), check_checkpoint_dir(reference), reward)
 
 
+def reward_members(reward: Optional[Path | str], setting: Optional[bool]) -> list[Path]:
+    """The other members of the reward model's ensemble (`ensemble/member-*/final` next to its `final/`) that
+    RL scores with: all of them when `setting` is None or true, none when false; a one-line error when
+    `setting` is true and there are none."""
+    from alignloop.errors import ConfigError
+    from alignloop.reward.ensemble import ensemble_members
+
+    if reward is None or setting is False:
+        return []
+    reward = Path(reward)
+    found = [p for p in ensemble_members(reward.parent) if p.resolve() != reward.resolve()] \
+        if (reward.parent / "ensemble").is_dir() else []
+    if setting and not found:
+        raise ConfigError(f"reward.members=true but {reward.parent / 'ensemble'} holds no member-*/final; train "
+                          f"the reward model with ensemble.models>=2, or set reward.members=false")
+    return found
+
+
 def prompts_path(run: RunDir, cfg: PromptsConfig, kind: str = "prompts") -> Path:
     """The prompt file: the configured one, else the built-in set of this kind (prompts or eval_prompts)."""
     if cfg.path:
@@ -167,6 +185,12 @@ def stage_inputs(cfg, paths: ModelPaths, cache: DigestCache, prompt_file: Option
     inputs.add_artifact("policy_start", paths.policy, cache).add_artifact("reference", paths.reference, cache)
     if paths.reward is not None:
         inputs.add_artifact("reward_model", paths.reward, cache)
+        reward_section = getattr(cfg, "reward", None)
+        for number, member in enumerate(reward_members(paths.reward, getattr(reward_section, "members", False)), 2):
+            inputs.add_artifact(f"reward_member_{number:02d}", member, cache)
+    guard = getattr(cfg, "guard", None)
+    if guard is not None and guard.every and guard.heldout not in ("none", "gold"):
+        inputs.add_artifact("guard_heldout", guard.heldout, cache)
     if prompt_file is not None:
         inputs.add_artifact("prompts", prompt_file, cache)
     return inputs
@@ -175,5 +199,7 @@ def stage_inputs(cfg, paths: ModelPaths, cache: DigestCache, prompt_file: Option
 def plan_round_stage(run: RunDir, key: str, inputs: StageInputs, round_number: int, stage_dir: Path, final: Path,
                      force: bool, log, cache: DigestCache) -> StagePlan:
     """`plan_stage` for a stage-4 run of a round: its checkpoints are the work cleared by `force`."""
-    return plan_stage(run, key, inputs, final=final, work=[stage_dir / "checkpoints"], force=force, log=log,
+    # The guard's history and best policy belong to the checkpoints' run: `force` clears them with those.
+    work = [stage_dir / "checkpoints", stage_dir / "guard", stage_dir / "guard.jsonl"]
+    return plan_stage(run, key, inputs, final=final, work=work, force=force, log=log,
                       new_run_hint=f"run it in a new round (run.round={round_number + 1})", cache=cache)

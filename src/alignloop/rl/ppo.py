@@ -65,12 +65,12 @@ from alignloop.rl.losses import (
 from alignloop.rl.rollout import (
     Experience,
     RewardScorer,
-    clip_fraction,
     make_experience,
     make_sampler,
     open_reward_scorer,
     recompute_logprobs_on,
     recompute_old_logprobs,
+    reward_figures,
 )
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
 from alignloop.runs import RunDir, round_stage_key
@@ -276,7 +276,7 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
     stats = {
         "score": float(exp.scores.mean()),
         "reward": float(exp.rewards.mean()),
-        "reward_clip_frac": clip_fraction(exp.scores, state.scorer.reward_model, cfg.reward),
+        **reward_figures(exp, state.scorer, cfg.reward),
         "reward_with_kl": float(exp.token_rewards.sum(-1).mean()),
         "kl": mean_kl,
         "kl_penalty": float((kl * mask).sum(-1).mean()),

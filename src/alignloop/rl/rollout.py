@@ -8,7 +8,8 @@ Shared by PPO, GRPO/RLOO and best-of-n. One call to `make_experience`:
 2. scores each (prompt, response) with the frozen reward model: by token ids
    when the reward model reads the policy's tokenizer (no decode/re-encode
    round trip), else by text;
-3. shapes the score: normalised with the reward model's statistics, clipped,
+3. shapes the score: every estimate of the ensemble (heads, members)
+   normalised with its own statistics, combined (`reward.uncertainty`), clipped,
    and penalised when the response was cut at the length limit without EOS;
 4. computes the frozen reference's log-probs (for the KL penalty) and, for
    PPO, the critic's values, with one forward pass each.
@@ -27,7 +28,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field, fields, replace
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -36,8 +37,9 @@ from alignloop.data.formatting import decode_response, encode_prompt
 from alignloop.generation.logprobs import sequence_logprobs
 from alignloop.generation.sampler import RolloutBatch, Sampler
 from alignloop.reward.model import load_reward_model, stats_warning
+from alignloop.reward.uncertainty import check_estimates, combine_estimates, normalise_estimates, spread_figures
 from alignloop.rl.advantages import masked_mean
-from alignloop.rl.config import RewardShapingConfig, SamplingConfig
+from alignloop.rl.config import RewardEstimatesConfig, RewardShapingConfig, SamplingConfig
 from alignloop.rl.kl import kl_penalty
 from alignloop.train.device import autocast
 
@@ -87,25 +89,50 @@ def same_tokenizer(a, b) -> bool:
             and a.encode(probe, add_special_tokens=False) == b.encode(probe, add_special_tokens=False))
 
 
-class RewardScorer:
-    """The frozen reward model, fed the policy's rollouts the cheapest correct way."""
+def reads_policy_ids(reward_model, policy_tokenizer) -> bool:
+    """Whether `reward_model` can score a rollout by its token ids: a decoder that reads exactly what the policy
+    wrote, `<bos> prompt response <eos>` (the layout reward training used), in the policy's tokenizer."""
+    return bool(reward_model.is_decoder) and same_tokenizer(reward_model.tokenizer, policy_tokenizer)
 
-    def __init__(self, reward_model, policy_tokenizer, batch_size: int = 64):
+
+class RewardScorer:
+    """The frozen reward model (and the other members of its ensemble), fed the policy's rollouts the cheapest
+    correct way. Each response gets `size` estimates: every head of every model, the reward model's first."""
+
+    def __init__(self, reward_model, policy_tokenizer, batch_size: int = 64, members: Sequence = ()):
         self.reward_model = reward_model
+        self.members = list(members)
         self.policy_tokenizer = policy_tokenizer
         self.batch_size = batch_size
-        # By ids only for a decoder that reads exactly what the policy wrote:
-        # `<bos> prompt response <eos>`, the layout reward training used.
-        self.by_ids = bool(reward_model.is_decoder) and same_tokenizer(reward_model.tokenizer, policy_tokenizer)
+        self.by_ids = reads_policy_ids(reward_model, policy_tokenizer)
+        self._members_by_ids = [reads_policy_ids(m, policy_tokenizer) for m in self.members]
+        means, stds = reward_model.head_stats()
+        for member in self.members:
+            m, s = member.head_stats()
+            means, stds = means + m, stds + s
+        self.estimate_means, self.estimate_stds = means, stds
+
+    @property
+    def size(self) -> int:
+        """Estimates per response: every head of the reward model and of its members."""
+        return len(self.estimate_means)
+
+    @property
+    def spread_threshold(self) -> Optional[float]:
+        """The spread of these estimates that the reward model's own validation responses stay under 95% of the
+        time (`reward_stats.json`), or None when it was not recorded for this set of estimates."""
+        stats = self.reward_model.stats
+        if self.members:
+            return stats.ensemble_spread_q95 if stats.ensemble_estimates == self.size else None
+        return stats.spread_q95 if self.size > 1 else None
 
     @torch.no_grad()
-    def score(self, batch: RolloutBatch, prompts: list[str], responses: list[str]) -> Tensor:
-        """Raw reward-model scores [B] (float32, on the rollout's device)."""
+    def _heads(self, model, by_ids: bool, batch: RolloutBatch, prompts: list[str], responses: list[str]) -> Tensor:
         device = batch.input_ids.device
-        if not self.by_ids:
-            return self.reward_model.score_texts(prompts, responses, batch_size=self.batch_size).to(device)
-        rm_device = self.reward_model.device
-        limit = self.reward_model.max_length
+        if not by_ids:
+            return model.score_texts(prompts, responses, batch_size=self.batch_size, all_heads=True).to(device)
+        rm_device = model.device
+        limit = model.max_length
         scores = []
         for start in range(0, len(batch), self.batch_size):
             ids = batch.input_ids[start:start + self.batch_size]
@@ -113,18 +140,52 @@ class RewardScorer:
             if ids.shape[1] > limit:  # the score is read at the end: drop the oldest prompt tokens
                 ids, mask = ids[:, -limit:], mask[:, -limit:]
             with autocast(rm_device):
-                scores.append(self.reward_model(ids.to(rm_device), mask.to(rm_device)).float())
+                scores.append(model.heads(ids.to(rm_device), mask.to(rm_device)).float())
         return torch.cat(scores).to(device)
 
+    def score(self, batch: RolloutBatch, prompts: list[str], responses: list[str]) -> Tensor:
+        """Raw scores [B] of the reward model alone (the mean of its heads; float32, on the rollout's device)."""
+        return self._heads(self.reward_model, self.by_ids, batch, prompts, responses).mean(dim=-1)
 
-def open_reward_scorer(path, device: torch.device, policy_tokenizer, shaping: RewardShapingConfig, batch_size: int,
-                       stage: str, log) -> RewardScorer:
-    """The frozen reward model of an RL stage, with a warning when its normalisation statistics are thin."""
+    def estimates(self, batch: RolloutBatch, prompts: list[str], responses: list[str]) -> Tensor:
+        """Raw scores [B, size] of every estimate: the reward model's heads, then each member's."""
+        parts = [self._heads(self.reward_model, self.by_ids, batch, prompts, responses)]
+        parts += [self._heads(m, by_ids, batch, prompts, responses)
+                  for m, by_ids in zip(self.members, self._members_by_ids)]
+        return torch.cat(parts, dim=1)
+
+    def normalised(self, raw: Tensor) -> Tensor:
+        """Each estimate of [B, size] on its own scale, (r_e - mean_e) / std_e."""
+        return normalise_estimates(raw, self.estimate_means, self.estimate_stds)
+
+    def combine(self, raw: Tensor, cfg: RewardEstimatesConfig) -> Tensor:
+        """One reward [B] from the estimates: normalised (unless `reward.normalise=false`), then combined as
+        `reward.uncertainty` says (`alignloop.reward.uncertainty.combine_estimates`)."""
+        estimates = self.normalised(raw) if getattr(cfg, "normalise", True) else raw
+        return combine_estimates(estimates, cfg.uncertainty, cfg.uncertainty_coef)
+
+
+def open_reward_scorer(path, device: torch.device, policy_tokenizer, shaping: RewardEstimatesConfig,
+                       batch_size: int, stage: str, log) -> RewardScorer:
+    """The frozen reward model of an RL stage (with its ensemble's other members unless `reward.members=false`),
+    with a warning when its normalisation statistics are thin; a one-line error when a conservative reward is
+    asked of a single estimate."""
+    from alignloop.rl.inputs import reward_members
+
     reward_model = load_reward_model(path, device)
-    warning = stats_warning(path, reward_model.stats) if shaping.normalise else None
+    warning = stats_warning(path, reward_model.stats) if getattr(shaping, "normalise", True) else None
     if warning:
         log(f"{stage}: warning: {warning}")
-    return RewardScorer(reward_model, policy_tokenizer, batch_size=batch_size)
+    members = [load_reward_model(p, device) for p in reward_members(path, shaping.members)]
+    scorer = RewardScorer(reward_model, policy_tokenizer, batch_size=batch_size, members=members)
+    check_estimates(shaping.uncertainty, scorer.size)
+    if scorer.size > 1:
+        threshold = scorer.spread_threshold
+        log(f"{stage}: {scorer.size} reward estimates ({reward_model.num_heads} head(s)"
+            f"{f' + {len(members)} other ensemble member(s)' if members else ''}), reward = {shaping.uncertainty}; "
+            + (f"validation spread q95 {threshold:.3f}" if threshold is not None
+               else "no validation spread recorded (ood_fraction is not logged)"))
+    return scorer
 
 
 def normalised_scores(scores: Tensor, reward_model, cfg: RewardShapingConfig) -> Tensor:
@@ -132,23 +193,40 @@ def normalised_scores(scores: Tensor, reward_model, cfg: RewardShapingConfig) ->
     return reward_model.normalise(scores) if cfg.normalise else scores.clone()
 
 
+def clipped_share(rewards: Tensor, cfg: RewardShapingConfig) -> float:
+    """Share of (normalised, combined) rewards outside [-clip, clip], i.e. that `shape_rewards` clips."""
+    if cfg.clip is None or not len(rewards):
+        return 0.0
+    return float((rewards.abs() > cfg.clip).float().mean())
+
+
 def clip_fraction(scores: Tensor, reward_model, cfg: RewardShapingConfig) -> float:
     """Share of responses whose (normalised) score lies outside [-clip, clip], i.e. that `shape_scores` clips."""
-    if cfg.clip is None or not len(scores):
-        return 0.0
-    return float((normalised_scores(scores, reward_model, cfg).abs() > cfg.clip).float().mean())
+    return clipped_share(normalised_scores(scores, reward_model, cfg), cfg)
 
 
-def shape_scores(scores: Tensor, ended_with_eos: Tensor, reward_model, cfg: RewardShapingConfig) -> Tensor:
-    """The sequence-level reward: normalise, clip to [-clip, clip], then subtract the no-EOS penalty.
+def shape_rewards(rewards: Tensor, ended_with_eos: Tensor, cfg: RewardShapingConfig) -> Tensor:
+    """The sequence-level reward from a (normalised, combined) one: clip to [-clip, clip], then subtract the
+    no-EOS penalty.
 
     The penalty comes after the clip so that a cut-off response is always
     worse than the same response scored at the clip boundary.
     """
-    rewards = normalised_scores(scores, reward_model, cfg)
     if cfg.clip is not None:
         rewards = rewards.clamp(-cfg.clip, cfg.clip)
     return rewards - cfg.missing_eos_penalty * (~ended_with_eos.bool()).to(rewards.dtype)
+
+
+def shape_scores(scores: Tensor, ended_with_eos: Tensor, reward_model, cfg: RewardShapingConfig) -> Tensor:
+    """`shape_rewards` of one raw score per response: normalise, clip, then the no-EOS penalty."""
+    return shape_rewards(normalised_scores(scores, reward_model, cfg), ended_with_eos, cfg)
+
+
+def reward_figures(exp: "Experience", scorer: RewardScorer, cfg: RewardShapingConfig) -> dict[str, float]:
+    """Per-iteration figures of the reward: the clipped share, the estimates' mean spread (`reward_spread`) and
+    the share of responses more uncertain than 95% of the validation ones (`ood_fraction`)."""
+    return {"reward_clip_frac": clipped_share(exp.extra["combined"], cfg),
+            **spread_figures(exp.extra["estimates"], scorer.spread_threshold)}
 
 
 # ---------------------------------------------------------------------------
@@ -196,7 +274,9 @@ class Experience:
     - logprobs [B, T]: log-probs of the sampled tokens under the policy that sampled them.
     - ref_logprobs [B, T]: the same tokens under the frozen reference.
     - values [B, T] or None: the critic's values (PPO only).
-    - scores [B]: raw reward-model scores; rewards [B]: after `shape_scores`.
+    - scores [B]: raw reward-model scores; rewards [B]: after `shape_rewards`.
+    - extra["estimates"] [B, E]: every estimate of the reward, each normalised by its own statistics;
+      extra["combined"] [B]: the reward they make (`reward.uncertainty`) before the clip and the penalty.
     - ended_with_eos [B] bool.
     - The update fills token_rewards, advantages and returns ([B, T]).
     """
@@ -302,8 +382,10 @@ def make_experience(*, policy, reference, critic, scorer: RewardScorer, tokenize
     batch = sample(policy, tokenizer, sampler, prompt_ids, generator, batch_size)
     rollout_seconds = time.perf_counter() - started
     responses = [decode_response(tokenizer, ids) for ids in batch.response_token_lists()]
-    scores = scorer.score(batch, prompts, responses)
-    rewards = shape_scores(scores, batch.ended_with_eos, scorer.reward_model, shaping)
+    raw = scorer.estimates(batch, prompts, responses)
+    scores = raw[:, :scorer.reward_model.num_heads].mean(dim=-1)  # the reward model's own score, as logged
+    combined = scorer.combine(raw, shaping)
+    rewards = shape_rewards(combined, batch.ended_with_eos, shaping)
     ref_logprobs = rollout_logprobs(reference, batch.input_ids, batch.attention_mask, batch.prompt_length,
                                     sampler.temperature, batch_size)
     values = None
@@ -315,7 +397,8 @@ def make_experience(*, policy, reference, critic, scorer: RewardScorer, tokenize
         response_mask=mask, logprobs=batch.logprobs * mask, ref_logprobs=ref_logprobs * mask,
         values=None if values is None else values * mask, scores=scores.float(), rewards=rewards.float(),
         ended_with_eos=batch.ended_with_eos, prompts=list(prompts), responses=responses,
-        rollout_seconds=rollout_seconds)
+        rollout_seconds=rollout_seconds,
+        extra={"estimates": scorer.normalised(raw).float(), "combined": combined.float()})
 
 
 # ---------------------------------------------------------------------------

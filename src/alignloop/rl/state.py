@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -27,6 +27,7 @@ import torch
 from alignloop.errors import TrainingError
 from alignloop.provenance import StageInputs, record_finished, record_started
 from alignloop.rl.config import RewardShapingConfig, RunLoopConfig
+from alignloop.rl.guard import Guard, open_guard
 from alignloop.rl.kl import AdaptiveKLController, FixedKLController
 from alignloop.rl.rollout import Experience, RewardScorer, encode_prompts, prompt_indices
 from alignloop.train import distributed
@@ -205,6 +206,7 @@ class LoopResult:
     iterations: int
     last: dict[str, float]
     wall_s: float
+    guard: dict[str, Any] = field(default_factory=dict)  # the stop and the iteration kept, when the guard stopped
 
 
 IterationFn = Callable[[RLState, list[str], list[list[int]]], tuple[Experience, dict[str, float]]]
@@ -212,8 +214,9 @@ IterationFn = Callable[[RLState, list[str], list[list[int]]], tuple[Experience, 
 
 def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: IterationFn, iterations: int,
                rollout_prompts: int, warmup: int, max_prompt_tokens: int, loop: RunLoopConfig, stage_dir: Path,
-               final: Path, start: int, log: Callable[[str], None]) -> LoopResult:
-    """Iterations `start`..`iterations`: rollout + update, log, sample tables, checkpoints; then `final`.
+               final: Path, start: int, log: Callable[[str], None], guard: Optional[Guard] = None) -> LoopResult:
+    """Iterations `start`..`iterations`: rollout + update, log, sample tables, guard checks, checkpoints; then
+    `final` (after a stop by the guard, its best policy).
 
     The prompts of an iteration are a pure function of its number
     (`prompt_indices`), so a resumed run sees the same prompts the
@@ -227,8 +230,10 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
     timer = StepTimer(iterations, start)
     stats: dict[str, float] = {}
     done = start
+    if guard is not None and guard.stopped:
+        log(f"{stage}: the over-optimisation guard stopped this run at iteration {start}; finishing it")
     try:
-        for iteration in range(start, iterations):
+        for iteration in range(start if guard is None or not guard.stopped else iterations, iterations):
             set_learning_rates(state, iteration, warmup)
             rows = prompt_indices(iteration, rollout_prompts, len(prompts), loop.seed)
             rows = distributed.shard_list(rows, f"{stage}.rollout_prompts")  # this process's share of the iteration
@@ -249,32 +254,48 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
                     samples.log(done, **row)
                     log(f"  sample [{row['score']:+.2f}] {row['prompt']} | {row['response']}")
 
+            # Before the checkpoint: a run killed in between resumes before the check and makes it again.
+            guard_stop = False
+            if guard is not None and guard.due(done):
+                guard_stop = guard.check(state, done)["stopped"]
+                crash_point(f"{stage}:guard:{done}")
             out_of_time = loop.max_minutes is not None and (time.monotonic() - started) / 60 >= loop.max_minutes
             if loop.max_minutes is not None:
                 out_of_time = distributed.broadcast_object(out_of_time)  # every rank stops at the same iteration
-            if done % loop.save_every == 0 or done == iterations or out_of_time:
+            if done % loop.save_every == 0 or done == iterations or out_of_time or guard_stop:
                 save_checkpoint(state, stage_dir, done, loop.keep_last)
+                if guard is not None:
+                    guard.checkpointed(done)
                 crash_point(f"{stage}:saved:{done}")
             if out_of_time:
                 log(f"{stage}: stopping at iteration {done} after {loop.max_minutes} minutes (run.max_minutes)")
                 break
+            if guard_stop:
+                break
     finally:
         metrics.close()
         samples.close()
-    save_final(final, state.policy, state.tokenizer)
-    return LoopResult(final_dir=final, iterations=done, last=stats, wall_s=time.monotonic() - started)
+    kept = guard.keep_best(final) if guard is not None else None
+    if kept is None:
+        save_final(final, state.policy, state.tokenizer)
+    else:
+        log(f"{stage}: the final policy is the guard's best check's, iteration {kept} ({guard.best_dir})")
+    return LoopResult(final_dir=final, iterations=done, last=stats, wall_s=time.monotonic() - started,
+                      guard=guard.summary() if guard is not None else {})
 
 
 def run_rl_stage(run, key: str, inputs: StageInputs, device: torch.device, cfg, algorithm,
                  **loop_args: Any) -> LoopResult:
     """`train_loop` as a stage of the run: marked running, trained at `cfg.run.precision`, marked done with
     its score and KL. `algorithm` is the config section (`cfg.ppo`, `cfg.grpo`) that sets the iterations."""
+    guard = open_guard(run, cfg, loop_args["stage"], loop_args["stage_dir"], loop_args["start"], device,
+                       loop_args["log"])
     record_started(run, key, inputs)
     with precision_scope(device, cfg.run.precision, "run.precision"):
         result = train_loop(iterations=algorithm.iterations, rollout_prompts=algorithm.rollout_prompts,
                             warmup=algorithm.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens,
-                            loop=cfg.run, **loop_args)
+                            loop=cfg.run, guard=guard, **loop_args)
     record_finished(run, key, inputs, result.final_dir, final=str(result.final_dir), score=result.last.get("score"),
-                    kl=result.last.get("kl"))
+                    kl=result.last.get("kl"), iterations=result.iterations, **result.guard)
     loop_args["log"](f"{loop_args['stage']}: done in {result.wall_s:.0f}s; policy in {result.final_dir}")
     return result
