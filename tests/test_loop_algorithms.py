@@ -8,6 +8,7 @@ import pytest
 
 from alignloop.errors import ConfigError
 from alignloop.loop.algorithms import claim_round, round_algorithm
+from alignloop.loop.report import build_report
 from alignloop.runs import RunDir
 from conftest import run_cli
 
@@ -23,7 +24,8 @@ METHOD = {
     "dpo": ["dpo.dpo.epochs=1", "dpo.dpo.batch_size=2", "dpo.dpo.warmup_steps=0", "dpo.data.max_len=64",
             "dpo.data.val_fraction=0", "dpo.run.save_every=1"],
     "bon": ["bon.n=2", "bon.prompts.limit=4", "bon.sampling.max_new_tokens=12", "bon.train.max_steps=2",
-            "bon.train.batch_size=2", "bon.train.save_every=1", "bon.train.eval_batches=1", "bon.data.max_len=64"],
+            "bon.train.batch_size=2", "bon.train.save_every=1", "bon.train.log_every=1", "bon.train.eval_batches=1",
+            "bon.data.max_len=64"],
 }
 for _name in ("grpo", "rloo"):
     METHOD[_name] = [f"{_name}.grpo.iterations=2", f"{_name}.grpo.rollout_prompts=2", f"{_name}.grpo.group_size=2",
@@ -40,8 +42,10 @@ def _stages(run: Path) -> dict:
 
 
 def _loop(run: Path, algorithm: str, *extra: str, env=None):
-    return run_cli("loop", "--run", str(run), f"algorithm={algorithm}", *ROUNDS, *METHOD[algorithm], *extra,
-                   env=env)
+    # grpo also checks loop.reference=previous: its round 2 is leashed to round 1's policy, not SFT.
+    reference = ["reference=previous"] if algorithm == "grpo" else []
+    return run_cli("loop", "--run", str(run), f"algorithm={algorithm}", *ROUNDS, *METHOD[algorithm], *reference,
+                   *extra, env=env)
 
 
 @pytest.mark.slow
@@ -77,12 +81,19 @@ def test_two_rounds_killed_mid_training_and_rerun(sft_run, tmp_path, algorithm):
         other = {"ppo", "grpo", "dpo", "distill-data", "distill"} - set(STAGES[algorithm])
         assert not any(f"{key}:{number:03d}" in after for key in other)
     # Round 2 started from round 1's policy.
-    assert after[f"{STAGES[algorithm][-1]}:002"]["notes"].get("policy_start", after[
-        f"{STAGES[algorithm][-1]}:002"]["notes"].get("start")) == str(run / "rounds" / "001" / "policy" / "final")
+    notes = after[f"{STAGES[algorithm][-1]}:002"]["notes"]
+    assert notes.get("policy_start", notes.get("start")) == str(run / "rounds" / "001" / "policy" / "final")
     assert f"{algorithm} " in result.stderr.split("policy of each round")[-1]  # the summary's algorithm column
+    round_one = str(run / "rounds" / "001" / "policy" / "final")
+    if algorithm in ("ppo", "grpo", "rloo", "dpo"):
+        reference = after[f"{STAGES[algorithm][-1]}:002"]["notes"]["reference"]
+        assert reference == (round_one if algorithm == "grpo" else str(run / "sft" / "final"))
     if algorithm == "bon":
         pairs = [json.loads(line) for line in (run / "rounds" / "002" / "bon_distill" / "data.jsonl").open()]
         assert len(pairs) == 4 and all(p["n"] == 2 and p["score"] >= p["mean_score"] for p in pairs)
+        page = build_report(RunDir(run))
+        assert "<td>1</td><td>bon</td>" in page and "<h3>RL (bon)</h3>" in page
+        assert "rounds/002/distill curves" in page
     if algorithm == "dpo":  # online: each round trains on its own judgments only
         assert after["dpo:001"]["config"]["data.feedback_round"] == 1
         assert after["dpo:002"]["config"]["data.feedback_round"] == 2
