@@ -61,7 +61,7 @@ def claim_round(run: RunDir, number: int, algorithm: str, force: bool, log: Log)
             raise ConfigError(
                 f"round {number} was trained with algorithm={recorded}, not {algorithm}: rerun with "
                 f"algorithm={recorded} to continue this run, or use a new --run directory for {algorithm} "
-                f"(--force retrains round {number} and the rounds after it with {algorithm})")
+                f"(--force retrains round {number} with {algorithm})")
         old = [key for key in (round_stage_key(s, number) for s in STAGES[recorded]) if key in stages]
         log(f"round {number}: --force: retraining with {algorithm} instead of {recorded}")
         run.mark_stale(old, reason=f"round {number} was retrained with {algorithm} (--force)")
