@@ -160,3 +160,12 @@ def test_rloo_takes_rloos_defaults_and_refuses_the_grpo_estimator():
         load_config(LoopConfig, None, ["rloo.grpo.estimator=grpo"])
     with pytest.raises(ConfigError, match="algorithm"):
         load_config(LoopConfig, None, ["algorithm=sac"])
+
+
+def test_the_loops_prompt_file_reaches_every_method_that_samples():
+    from alignloop.config.base import load_config
+    from alignloop.loop.config import LoopConfig
+
+    cfg = load_config(LoopConfig, None, ["prompts=mine.jsonl", "bon.prompts=own.jsonl"])
+    assert [s.prompts.path for s in (cfg.ppo, cfg.grpo, cfg.rloo, cfg.eval)] == ["mine.jsonl"] * 4
+    assert cfg.bon.prompts.path == "own.jsonl"
