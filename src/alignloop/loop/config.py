@@ -21,7 +21,7 @@ from alignloop.rl.config import (
     SamplingConfig,
 )
 from alignloop.sample.config import SampleConfig, SamplePromptsConfig, SampleSamplingConfig
-from alignloop.sft.config import SFTTrainConfig
+from alignloop.sft.config import SFTTrainConfig, SupervisedSplitConfig
 
 
 # A round's sampling defaults are subclasses, not a default instance, so that overriding one key
@@ -93,23 +93,13 @@ class DistillPromptsConfig(PromptsConfig):
     limit: Optional[int] = Field(256, ge=1, description="Use at most this many prompts (the first ones).")
 
 
-class DistillDataConfig(Section):
-    """How the (prompt, best response) pairs are fed to the fine-tuning."""
-
-    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of pairs held out for validation.")
-    max_len: int = Field(256, ge=8, description="Longest example in tokens (the prompt is cut first).")
-    seed: int = Field(0, description="Seed of the split.")
-
-
 class DistillTrainConfig(SFTTrainConfig):
     """The SFT stage's training settings, gentler: the policy already writes these responses, nearly."""
 
     max_steps: int = Field(48, ge=1, description="Optimizer steps to run in all (the schedule spans these).")
-    batch_size: int = Field(16, ge=1, description="Pairs per micro-batch.")
     lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
     warmup_steps: int = Field(
         4, ge=0, description="Linear warmup steps before cosine decay (at most a fifth of max_steps).")
-    eval_every: int = Field(48, ge=1, description="Validate every N steps (and at the end).")
     save_every: int = Field(16, ge=1, description="Write a resumable checkpoint every N steps.")
     samples: int = Field(0, ge=0, description="Samples printed at each evaluation.")
 
@@ -123,7 +113,7 @@ class BoNDistillConfig(Section):
     seed: int = Field(0, description="Seed of the sampling.")
     prompts: DistillPromptsConfig = Field(default_factory=DistillPromptsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    data: DistillDataConfig = Field(default_factory=DistillDataConfig)
+    data: SupervisedSplitConfig = Field(default_factory=SupervisedSplitConfig)
     train: DistillTrainConfig = Field(default_factory=DistillTrainConfig)
 
 
