@@ -83,6 +83,20 @@ def pretrained_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory) -> Path:
+    """A run with tiny pretraining and SFT on the built-in stories, for loop tests (copy it; do not modify)."""
+    run = tmp_path_factory.mktemp("loop") / "base"
+    result = run_cli("pretrain", "--run", str(run), "model.preset=tiny", "data.stories=600", "data.seq_len=64",
+                     "tokenizer.vocab_size=600", "train.max_steps=6", "train.batch_size=4", "train.samples=0",
+                     "train.eval_batches=1", "train.threads=1")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("sft", "--run", str(run), "train.max_steps=2", "train.batch_size=2", "train.samples=0",
+                     "train.eval_batches=1", "data.max_len=64", "train.threads=1")
+    assert result.returncode == 0, result.stderr
+    return run
+
+
 # ---- feedback store: SQLite file, or a database on a throwaway PostgreSQL server ----------
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,8 @@ def test_unknown_key_is_one_line_naming_it():
     ("pretrain", "data.pth=x", "'data.path'"),
     ("sample", "max_new_tokenz=3", "'sampling.max_new_tokens'"),
     ("loop", "ppo.iteration=3", "'ppo.ppo.iterations'"),
-    ("loop", "lr=1", "'reward.train.lr' or 'ppo.ppo.lr'"),
+    ("loop", "lr=1", "'reward.train.lr', 'ppo.ppo.lr' or 'grpo.grpo.lr'"),
+    ("loop", "rloo.iteration=3", "'rloo.grpo.iterations'"),  # in the section typed, of the sections alike
 ])
 def test_a_mistyped_key_says_what_it_probably_meant(stage, override, meant):
     with pytest.raises(ConfigError) as err:

@@ -20,20 +20,6 @@ LOOP = ["--rounds", "1", "sample.n_prompts=6", "sample.k=2", "sample.max_new_tok
 
 
 @pytest.fixture(scope="module")
-def sft_run(tmp_path_factory) -> Path:
-    """A run with tiny pretraining and SFT on the built-in stories, copied by each test."""
-    run = tmp_path_factory.mktemp("loop") / "base"
-    result = run_cli("pretrain", "--run", str(run), "model.preset=tiny", "data.stories=600", "data.seq_len=64",
-                     "tokenizer.vocab_size=600", "train.max_steps=6", "train.batch_size=4", "train.samples=0",
-                     "train.eval_batches=1", "train.threads=1")
-    assert result.returncode == 0, result.stderr
-    result = run_cli("sft", "--run", str(run), "train.max_steps=2", "train.batch_size=2", "train.samples=0",
-                     "train.eval_batches=1", "data.max_len=64", "train.threads=1")
-    assert result.returncode == 0, result.stderr
-    return run
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(sft_run, tmp_path_factory) -> dict:
     run = tmp_path_factory.mktemp("straight") / "run"
     shutil.copytree(sft_run, run)

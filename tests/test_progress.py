@@ -27,13 +27,15 @@ def test_log_lines_come_every_n_steps_at_the_end_and_after_a_quiet_minute():
 def test_summary_rows_per_round_with_missing_figures_as_na():
     rows = summary_rows([
         {"gold_win_rate": 0.625, "rm_win_rate": 0.5, "kl": 1.234, "ppl_before": 10.0, "ppl_after": 11.5},
-        {"gold_win_rate": 0.7, "rm_win_rate": None, "kl": 2.0, "ppl_before": 10.0, "ppl_after": 12.0},
+        {"gold_win_rate": 0.7, "rm_win_rate": None, "kl": 2.0, "ppl_before": 10.0, "ppl_after": 12.0,
+         "algorithm": "dpo"},
     ])
-    assert rows == [["1", "62.5%", "50.0%", "1.23", "10.00 -> 11.50"], ["2", "70.0%", "n/a", "2.00", "10.00 -> 12.00"]]
+    assert rows == [["1", "n/a", "62.5%", "50.0%", "1.23", "10.00 -> 11.50"],
+                    ["2", "dpo", "70.0%", "n/a", "2.00", "10.00 -> 12.00"]]
 
 
 def test_summary_rows_carry_intervals_and_the_kl_standard_error():
     rows = summary_rows([{"gold_win_rate": 0.785, "gold_win_rate_ci": [0.73, 0.84], "rm_win_rate": 0.955,
                           "rm_win_rate_ci": [0.925, 0.98], "kl": 4.81, "kl_se": 0.16, "ppl_before": 2.7,
-                          "ppl_after": 2.86}])
-    assert rows == [["1", "78.5% [73.0%, 84.0%]", "95.5% [92.5%, 98.0%]", "4.81 +- 0.16", "2.70 -> 2.86"]]
+                          "ppl_after": 2.86, "algorithm": "ppo"}])
+    assert rows == [["1", "ppo", "78.5% [73.0%, 84.0%]", "95.5% [92.5%, 98.0%]", "4.81 +- 0.16", "2.70 -> 2.86"]]

@@ -28,11 +28,14 @@ def loop(
     human: Annotated[bool, typer.Option("--human", help="Serve the web app and wait for people's judgments instead of simulated annotators.")] = False,
     force: ForceOption = False,
 ) -> None:
-    """Round after round: sample from the policy, collect feedback, retrain the reward model, PPO, evaluate.
+    """Round after round: sample from the policy, collect feedback, retrain the reward model, RL, evaluate.
 
-    Needs a run with an SFT (or pretrained) model. Rerun the same command after
-    an interruption: finished steps are skipped, no judgment is lost. Ends with
-    a table of the rounds and the report's path.
+    The RL step is `algorithm=`: ppo (default), grpo, rloo, dpo (online DPO on
+    the round's own judgments) or bon (best-of-n distillation: fine-tune on the
+    reward model's best of n samples). Needs a run with an SFT (or pretrained)
+    model. Rerun the same command after an interruption: finished steps are
+    skipped, no judgment is lost. Ends with a table of the rounds and the
+    report's path.
     """
     with reporting_errors(), writing_run(run) as run_dir:
         import time

@@ -117,7 +117,8 @@ def suggest_key(key: str, known: list[str]) -> list[str]:
     """Known keys a mistyped `key` probably meant, best first (at most three; none when nothing is close).
 
     A sibling spelled alike wins (`train.max_stepz`); then the same name in another section
-    (`max_steps` -> `train.max_steps`), or one spelled alike; then any dotted key spelled alike.
+    (`max_steps` -> `train.max_steps`), or one spelled alike, inside the typed section first
+    (`ppo.iteration` -> `ppo.ppo.iterations` before `grpo.grpo.iterations`); then any dotted key spelled alike.
     """
     parent, _, leaf = key.rpartition(".")
     siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
@@ -127,7 +128,9 @@ def suggest_key(key: str, known: list[str]) -> list[str]:
     for cutoff in (1.0, 0.85):
         names = difflib.get_close_matches(leaf, list({k.rpartition(".")[2] for k in known}), n=1, cutoff=cutoff)
         if names:
-            return [k for k in known if k.rpartition(".")[2] == names[0]][:3]
+            matches = [k for k in known if k.rpartition(".")[2] == names[0]]
+            inside = [k for k in matches if parent and k.startswith(parent + ".")]
+            return (inside or matches)[:3]
     settings = [k for k in known if not any(other.startswith(k + ".") for other in known)]
     return difflib.get_close_matches(key, settings, n=3, cutoff=0.75)
 

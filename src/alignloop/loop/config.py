@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -11,8 +11,17 @@ from alignloop.evaluation.config import EvalConfig
 from alignloop.feedback.limits import MAX_OVERLAP
 from alignloop.feedback.simulate import SimulateConfig
 from alignloop.reward.config import GoldEvalConfig, RewardConfig, RewardEvalConfig
-from alignloop.rl.config import PPOConfig, PromptFile
+from alignloop.rl.config import (
+    DPOConfig,
+    GRPOAlgorithmConfig,
+    GRPOConfig,
+    PPOConfig,
+    PromptFile,
+    PromptsConfig,
+    SamplingConfig,
+)
 from alignloop.sample.config import SampleConfig, SamplePromptsConfig, SampleSamplingConfig
+from alignloop.sft.config import SFTTrainConfig, SupervisedSplitConfig
 
 
 # A round's sampling defaults are subclasses, not a default instance, so that overriding one key
@@ -39,8 +48,9 @@ class RoundSampleConfig(SampleConfig):
 
 
 class LoopPromptsConfig(PromptFile):
-    """One prompt file for the whole round: sample, PPO and eval take it unless they name their own
-    (`sample.prompts`, `ppo.prompts`, `eval.prompts`; held-out prompts for eval, for instance)."""
+    """One prompt file for the whole round: sample, the RL step (ppo, grpo, rloo, bon) and eval take it unless
+    they name their own (`sample.prompts`, `ppo.prompts`, `eval.prompts`; held-out prompts for eval, for
+    instance)."""
 
 
 def _round_reward_eval() -> RewardEvalConfig:
@@ -62,8 +72,56 @@ class HumanFeedbackConfig(Section):
                                "are told the queue is empty instead of finding the server gone.")
 
 
+class RLOOAlgorithmConfig(GRPOAlgorithmConfig):
+    """RLOO (Ahmadian et al. 2024): leave-one-out baselines, with a k1 KL penalty in the reward."""
+
+    estimator: Literal["rloo"] = Field("rloo", description="rloo: advantage = r - mean of the other k-1 rewards.")
+    kl_in_loss: bool = Field(
+        False, description="false (RLOO's choice): a k1 KL penalty in the reward, with reward.kl_* settings; true "
+                           "adds beta * KL (kl_loss_estimator) to the loss instead.")
+
+
+class RLOOConfig(GRPOConfig):
+    """`loop.algorithm=rloo`: the GRPO stage with the RLOO estimator and RLOO's defaults."""
+
+    grpo: RLOOAlgorithmConfig = Field(default_factory=RLOOAlgorithmConfig)
+
+
+class DistillPromptsConfig(PromptsConfig):
+    """The prompts whose best-of-n responses the policy is fine-tuned on."""
+
+    limit: Optional[int] = Field(256, ge=1, description="Use at most this many prompts (the first ones).")
+
+
+class DistillTrainConfig(SFTTrainConfig):
+    """The SFT stage's training settings, gentler: the policy already writes these responses, nearly."""
+
+    max_steps: int = Field(48, ge=1, description="Optimizer steps to run in all (the schedule spans these).")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(
+        4, ge=0, description="Linear warmup steps before cosine decay (at most a fifth of max_steps).")
+    save_every: int = Field(16, ge=1, description="Write a resumable checkpoint every N steps.")
+    samples: int = Field(0, ge=0, description="Samples printed at each evaluation.")
+
+
+class BoNDistillConfig(Section):
+    """`loop.algorithm=bon`: best-of-n distillation. The policy answers each training prompt n times, the
+    round's reward model keeps the best answer, and the policy is fine-tuned (the SFT stage's training) on
+    those (prompt, best answer) pairs."""
+
+    n: int = Field(8, ge=2, description="Responses sampled per prompt; the reward model keeps the best.")
+    seed: int = Field(0, description="Seed of the sampling.")
+    prompts: DistillPromptsConfig = Field(default_factory=DistillPromptsConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    data: SupervisedSplitConfig = Field(default_factory=SupervisedSplitConfig)
+    train: DistillTrainConfig = Field(default_factory=DistillTrainConfig)
+
+
+Algorithm = Literal["ppo", "grpo", "rloo", "dpo", "bon"]
+
+
 class LoopConfig(Section):
-    """Each round: sample from the policy, collect feedback, retrain the reward model, PPO, evaluate."""
+    """Each round: sample from the policy, collect feedback, retrain the reward model, RL (`algorithm`), evaluate."""
 
     rounds: int = Field(2, ge=1, description="Rounds to run in all (a rerun continues up to this number).")
     prompts: LoopPromptsConfig = Field(default_factory=LoopPromptsConfig)
@@ -75,14 +133,26 @@ class LoopConfig(Section):
     reward_eval: RewardEvalConfig = Field(
         default_factory=_round_reward_eval, description="The round's reward model checked on its validation "
                                                         "judgments (accuracy, calibration, length) for the report.")
+    algorithm: Algorithm = Field(
+        "ppo", description="Step 4 of every round: ppo (section ppo), grpo (section grpo), rloo (section rloo), "
+                           "dpo (online DPO on the round's judgments, section dpo) or bon (best-of-n distillation, "
+                           "section bon). A round keeps the algorithm it was started with.")
+    reference: Literal["sft", "previous"] = Field(
+        "sft", description="The frozen reference of step 4 (the KL leash of ppo, grpo and rloo, DPO's reference): "
+                           "the SFT model every round, or the previous round's policy. Evaluation always "
+                           "measures against SFT.")
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    rloo: RLOOConfig = Field(default_factory=RLOOConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    bon: BoNDistillConfig = Field(default_factory=BoNDistillConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report: bool = Field(True, description="Write report.html after every round.")
 
     @model_validator(mode="after")
     def _shared_prompts(self):
         if self.prompts.path:
-            for stage in (self.sample, self.ppo, self.eval):
+            for stage in (self.sample, self.ppo, self.grpo, self.rloo, self.bon, self.eval):
                 if not stage.prompts.path:
                     stage.prompts.path, stage.prompts.field = self.prompts.path, self.prompts.field
         return self

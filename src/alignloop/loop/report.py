@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from alignloop import atomic
 from alignloop.loop import report_plots as plots
+from alignloop.loop.algorithms import round_algorithm
 from alignloop.runs import RunDir
 from alignloop.train.metrics import read_metrics
 
@@ -37,7 +38,7 @@ KEY_METRICS = ("score", "kl", "reward", "reward_with_kl", "loss", "val_loss", "a
 OVERVIEW_METRICS = ("score", "kl", "reward")
 OVERVIEW_LABELS = {"score": "reward-model score", "kl": "KL to the reference (nats)",
                    "reward": "shaped reward (normalised)"}
-RL_FOLDERS = ("ppo", "grpo", "dpo")
+RL_FOLDERS = ("ppo", "grpo", "dpo", "distill")  # distill: the loop's best-of-n distillation
 
 
 def _is_speed(key: str) -> bool:
@@ -172,13 +173,14 @@ def _evaluations(folder: Path) -> list[tuple[str, Optional[dict[str, Any]], Opti
 
 # ---- the overview --------------------------------------------------------------------------------
 
-def _round_rows(rounds: list[tuple[int, Path]]) -> list[dict[str, Any]]:
-    """The main evaluation of every round that has one (rounds/NNN/eval.json)."""
+def _round_rows(run: RunDir, rounds: list[tuple[int, Path]]) -> list[dict[str, Any]]:
+    """The main evaluation of every round that has one (rounds/NNN/eval.json), with the round's algorithm."""
+    stages = run.read_manifest()["stages"]
     rows = []
     for number, folder in rounds:
         data, _ = read_artifact(folder / "eval.json")
         if data is not None:
-            rows.append({"round": number, **data})
+            rows.append({"round": number, "algorithm": round_algorithm(stages, number), **data})
     return rows
 
 
@@ -218,7 +220,9 @@ def _overview(run: RunDir, rounds: list[tuple[int, Path]], rows: list[dict[str, 
         parts.append("<p>No round has been evaluated yet (<code>alignloop eval</code>).</p>")
         return _section("overview", "Overview", "".join(parts))
     parts.append("<h3 id='rounds'>Each round's policy against the baseline</h3>")
-    parts.append(_table(["round", *EVALUATION_HEAD], ([_fmt(r["round"]), *_evaluation_cells(r)] for r in rows)))
+    parts.append(_table(["round", "algorithm", *EVALUATION_HEAD],
+                        ([_fmt(r["round"]), html.escape(str(r.get("algorithm") or "n/a")), *_evaluation_cells(r)]
+                         for r in rows)))
     omitted = [r for r in rows if r.get("gold_omitted")]
     if omitted:
         parts.append("".join(f"<p class='note'>Round {r['round']}: gold judge left out: "
@@ -367,7 +371,7 @@ def _rl_html(run: RunDir, folder: Path) -> str:
     for method in RL_FOLDERS:
         path = folder / method / "metrics.jsonl"
         if path.exists():
-            parts.append(_curves_html(run, path, "iteration" if method != "dpo" else "step"))
+            parts.append(_curves_html(run, path, "iteration" if method in ("ppo", "grpo") else "step"))
         parts.append(_guard_html(run, folder / method / "guard.jsonl"))
     return "".join(parts) or "<p>No RL metrics in this round.</p>"
 
@@ -433,12 +437,13 @@ def _stale_note(run: RunDir, belongs: Callable[[str], bool]) -> str:
 
 def _round_section(run: RunDir, number: int, folder: Path, feedback: dict[int, str]) -> str:
     suffix = f":{number:03d}"
+    algorithm = round_algorithm(run.read_manifest()["stages"], number)
     return _section(f"round-{number:03d}", f"Round {number}",
                     _stale_note(run, lambda key: key.endswith(suffix) or f"{suffix}/" in key) +
                     "<h3>Feedback and agreement</h3>"
                     f"{feedback.get(number, '<p>No feedback round with this number in the store.</p>')}"
                     f"<h3>Reward model</h3>{_reward_html(run, folder)}"
-                    f"<h3>RL</h3>{_rl_html(run, folder)}"
+                    f"<h3>RL{f' ({html.escape(algorithm)})' if algorithm else ''}</h3>{_rl_html(run, folder)}"
                     f"<h3>Evaluation</h3>{_evaluation_html(folder)}")
 
 
@@ -455,7 +460,7 @@ p.note{font-size:.85em;color:#555}nav a{margin-right:.8em}p.stale{background:#ff
 def build_report(run: RunDir) -> str:
     """The report's HTML for `run`."""
     rounds = _rounds(run)
-    rows = _round_rows(rounds)
+    rows = _round_rows(run, rounds)
     feedback, annotators = _feedback(run)
     links = [("overview", "Overview"), ("pretrain", "Pretraining"), ("sft", "SFT"),
              *((f"round-{n:03d}", f"Round {n}") for n, _ in rounds), ("annotators", "Annotators"),

@@ -1,11 +1,14 @@
-"""`alignloop loop`: round after round of sample -> feedback -> reward model -> PPO -> evaluation.
+"""`alignloop loop`: round after round of sample -> feedback -> reward model -> RL -> evaluation.
 
 Each round `r` reads and writes `rounds/00r/`. The policy of round r starts
-from round r-1's (round 1: SFT); the reference stays the SFT model; the reward
-model is retrained on all feedback so far, warm-started from round r-1's.
+from round r-1's (round 1: SFT); the reference stays the SFT model (unless
+`reference=previous`); the reward model is retrained on all feedback so far,
+warm-started from round r-1's. The RL step is `loop.algorithm`'s
+(`alignloop.loop.algorithms`: ppo, grpo, rloo, dpo or best-of-n distillation).
 
 Crash safety: every step records itself in manifest.json (`sample:00r`,
-`feedback:00r`, `reward:00r`, `reward-eval:00r`, `ppo:00r`, `eval:00r`) and is itself resumable
+`feedback:00r`, `reward:00r`, `reward-eval:00r`, the algorithm's stages such as
+`ppo:00r`, `eval:00r`) and is itself resumable
 (samples.jsonl before the store, judgments committed one by one, training
 checkpoints), so after `kill -9` the same command picks up where it died, redoes
 no finished step, and loses no judgment.
@@ -22,10 +25,10 @@ from alignloop.errors import AlignloopError, DataError
 from alignloop.evaluation.stage import run_eval
 from alignloop.feedback import open_store
 from alignloop.feedback.simulate import run_simulated
+from alignloop.loop.algorithms import train_policy
 from alignloop.loop.config import LoopConfig
 from alignloop.loop.report import write_report
 from alignloop.reward.stage import run_reward, run_reward_eval
-from alignloop.rl.ppo import run_ppo
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.sample.stage import run_sample
 from alignloop.sft.stage import start_checkpoint
@@ -142,19 +145,15 @@ def run_round(run: RunDir, cfg: LoopConfig, number: int, human: bool, log: Log, 
         log(f"round {number}: the reward model was not evaluated: {exc}")
     crash_point(f"loop:{number}:rewarded")
 
-    log(f"round {number}: [4/5] PPO from {policy}, reference {reference}")
-    ppo_cfg = cfg.ppo.model_copy(deep=True)
-    ppo_cfg.run.round = number
-    ppo_cfg.models.policy = str(policy)
-    ppo_cfg.models.reference = str(reference)
-    run_ppo(run, ppo_cfg, log, force=force)
+    algorithm = train_policy(run, cfg, number, policy, reference, log, force)
     crash_point(f"loop:{number}:trained")
 
     log(f"round {number}: [5/5] evaluation against the SFT model")
     eval_cfg = cfg.eval.model_copy(deep=True)
     eval_cfg.round = number
     eval_cfg.models.baseline = str(reference)
-    return run_eval(run, eval_cfg, checkpoint=run.round_dir(number) / "policy" / "final", log=log, force=force)
+    result = run_eval(run, eval_cfg, checkpoint=run.round_dir(number) / "policy" / "final", log=log, force=force)
+    return {**result, "algorithm": algorithm}
 
 
 def run_loop(run: RunDir, cfg: LoopConfig, human: bool = False,

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from rich.console import Console
 from rich.table import Table
 
-COLUMNS = ("round", "gold win rate [95% CI]", "reward-model win rate [95% CI]", "KL (nats) +- s.e.",
+COLUMNS = ("round", "algorithm", "gold win rate [95% CI]", "reward-model win rate [95% CI]", "KL (nats) +- s.e.",
            "held-out perplexity")
 
 
@@ -21,12 +21,12 @@ def _rate(result: dict[str, Any], judge: str) -> str:
 
 
 def summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
-    """One row of figures per round's evaluation (`eval.json`), in round order."""
+    """One row of figures per round's evaluation (`eval.json`, with the round's `algorithm`), in round order."""
     rows = []
     for number, result in enumerate(results, start=1):
         kl, before, after = result.get("kl"), result.get("ppl_before"), result.get("ppl_after")
         kl_se = result.get("kl_se")
-        rows.append([str(number), _rate(result, "gold"), _rate(result, "rm"),
+        rows.append([str(number), result.get("algorithm") or "n/a", _rate(result, "gold"), _rate(result, "rm"),
                      "n/a" if kl is None else f"{kl:.2f}" + (f" +- {kl_se:.2f}" if kl_se is not None else ""),
                      "n/a" if before is None or after is None else f"{before:.2f} -> {after:.2f}"])
     return rows

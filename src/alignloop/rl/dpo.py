@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -215,13 +215,14 @@ def evaluate_pairs(policy, pairs: list[EncodedPair], ref: torch.Tensor, cfg: DPO
 
 
 def run_dpo(run: RunDir, cfg: DPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-            force: bool = False) -> Path | None:
-    """Run (or resume, or skip if finished) DPO; the policy goes to rounds/NNN/dpo/final."""
+            force: bool = False, final: Optional[Path] = None) -> Path | None:
+    """Run (or resume, or skip if finished) DPO; the policy goes to rounds/NNN/dpo/final (or `final`: the
+    loop's rounds/NNN/policy/final)."""
     round_number = resolve_round(run, cfg.run.round)
     paths = resolve_models(run, cfg.models, round_number, need_reward=False)
     pairs, source = read_preference_pairs(run, cfg.data, log)
     stage_dir = run.round_dir(round_number) / STAGE
-    final = stage_dir / "final"
+    final = final or stage_dir / "final"
     cache = DigestCache.for_run(run)
     inputs = stage_inputs(cfg, paths, cache).add_value("data", digest_json(pairs), f"{len(pairs)} pairs from {source}")
     plan = plan_round_stage(run, stage_key(round_number), inputs, round_number, stage_dir, final, force, log, cache)

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
@@ -166,11 +167,12 @@ def grpo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int
 
 
 def run_grpo(run: RunDir, cfg: GRPOConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-             force: bool = False) -> LoopResult | None:
-    """Run (or resume, or skip if finished) GRPO/RLOO in a round; the policy goes to rounds/NNN/grpo/final."""
+             force: bool = False, final: Optional[Path] = None) -> LoopResult | None:
+    """Run (or resume, or skip if finished) GRPO/RLOO in a round; the policy goes to rounds/NNN/grpo/final
+    (or `final`: the loop's rounds/NNN/policy/final)."""
     round_number, paths, prompt_file, prompts = resolve_stage_inputs(run, cfg.models, cfg.prompts, cfg.run.round)
     stage_dir = run.round_dir(round_number) / STAGE
-    final = stage_dir / "final"
+    final = final or stage_dir / "final"
     cache = DigestCache.for_run(run)
     inputs = stage_inputs(cfg, paths, cache, prompt_file)
     plan = plan_round_stage(run, stage_key(round_number), inputs, round_number, stage_dir, final, force, log, cache)

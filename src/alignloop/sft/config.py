@@ -18,14 +18,19 @@ class StartConfig(Section):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Train LoRA adapters instead of every weight.")
 
 
-class SupervisedDataConfig(Section):
+class SupervisedSplitConfig(Section):
+    """How prompt/response pairs are cut and split for fine-tuning."""
+
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of pairs held out for validation.")
+    max_len: int = Field(256, ge=8, description="Longest example in tokens (the prompt is cut first).")
+    seed: int = Field(0, description="Seed of the split.")
+
+
+class SupervisedDataConfig(SupervisedSplitConfig):
     """The prompt/response pairs."""
 
     path: Optional[str] = Field(
         None, description='JSONL of {"prompt", "response"} or {"messages": [...]}. Unset: the built-in story pairs.')
-    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of pairs held out for validation.")
-    max_len: int = Field(256, ge=8, description="Longest example in tokens (the prompt is cut first).")
-    seed: int = Field(0, description="Seed of the split.")
 
 
 class SFTTrainConfig(TrainConfig):

@@ -50,14 +50,25 @@ def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: 
     distributed.start(cfg.train.device)  # under a launcher, join the other processes before touching files
     start = check_checkpoint_dir(start_checkpoint(run, cfg.model.path))
     data_path = Path(cfg.data.path) if cfg.data.path else default_sft_data(run, log)
+    return fine_tune(run, cfg, key=STAGE, stage_dir=run.stage_dir(STAGE), final=run.final(STAGE), start=start,
+                     data_path=data_path, new_run_hint="use a new --run directory", log=log, force=force)
+
+
+def fine_tune(run: RunDir, cfg: SFTConfig, *, key: str, stage_dir: Path, final: Path, start: Path, data_path: Path,
+              new_run_hint: str, log: Callable[[str], None], force: bool = False) -> LoopResult | None:
+    """Fine-tune `start` on the prompt/response pairs of `data_path` as manifest stage `key`: checkpoints in
+    `stage_dir`, the model in `final`. SFT itself, and the loop's best-of-n distillation (`alignloop.loop.distill`).
+
+    Skipped (None) when done from the same inputs; resumed from `stage_dir`'s newest checkpoint; refused
+    (unless `force`, which starts over) when finished or half-done work came from other inputs.
+    """
     cache = DigestCache.for_run(run)
     inputs = StageInputs.of(cfg, exclude=("model.path", "data.path"))
     inputs.add_artifact("start", start, cache).add_artifact("data", data_path, cache)
-    stage_dir = run.stage_dir(STAGE)
-    plan = plan_stage(run, STAGE, inputs, final=run.final(STAGE), work=[stage_dir / "checkpoints"], force=force,
-                      log=log, new_run_hint="use a new --run directory", cache=cache)
+    plan = plan_stage(run, key, inputs, final=final, work=[stage_dir / "checkpoints"], force=force,
+                      log=log, new_run_hint=new_run_hint, cache=cache)
     if plan.action == DONE:
-        log(f"{STAGE}: already finished ({run.final(STAGE)}); nothing to do")
+        log(f"{key}: already finished ({final}); nothing to do")
         return None
     pairs = read_supervised_records(data_path)
 
@@ -74,15 +85,16 @@ def run_sft(run: RunDir, cfg: SFTConfig, log: Callable[[str], None] = lambda m: 
     examples = [build_supervised_example(tokenizer, *pair, cfg.data.max_len) for pair in pairs]
     data = SupervisedPairs([examples[i] for i in train_ids], [examples[i] for i in val_ids], cfg.train.batch_size,
                            tokenizer.pad_token_id, cfg.train.seed)
-    log(f"{STAGE}: {len(train_ids):,} training and {len(val_ids):,} validation pairs from {data_path}; "
+    stage = key.split(":")[0]
+    log(f"{stage}: {len(train_ids):,} training and {len(val_ids):,} validation pairs from {data_path}; "
         f"starting from {source}; {describe(model)}")
 
-    run.record_config(STAGE, cfg)
-    record_started(run, STAGE, inputs)
+    run.record_config(stage, cfg)
+    record_started(run, key, inputs)
     prompts = [p for p, _ in pairs[: cfg.train.samples]] or None
     result = train_language_model(
-        stage=STAGE, stage_dir=stage_dir, model=model, tokenizer=tokenizer, data=data, cfg=cfg.train,
-        resume_state=state, sample_fn=sample_fn_for(run, tokenizer, cfg.train, prompts), log=log)
-    record_finished(run, STAGE, inputs, result.final_dir, cache, final=str(result.final_dir), val_loss=result.val_loss)
-    log(f"{STAGE}: done in {result.wall_s:.0f}s; checkpoint in {result.final_dir}")
+        stage=stage, stage_dir=stage_dir, model=model, tokenizer=tokenizer, data=data, cfg=cfg.train,
+        resume_state=state, sample_fn=sample_fn_for(run, tokenizer, cfg.train, prompts), log=log, final_dir=final)
+    record_finished(run, key, inputs, result.final_dir, cache, final=str(result.final_dir), val_loss=result.val_loss)
+    log(f"{stage}: done in {result.wall_s:.0f}s; checkpoint in {result.final_dir}")
     return result

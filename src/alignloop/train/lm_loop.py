@@ -141,8 +141,10 @@ def _status(loss: float, lr: float, tokens_per_s: float) -> str:
 def train_language_model(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, cfg: TrainConfig,
                          resume_state: dict[str, Any] | None = None,
                          sample_fn: Callable[[Any], list[str]] | None = None,
-                         log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> LoopResult:
-    """Train `model` on `data` for `cfg.max_steps`, checkpointing into `stage_dir`; write `final/`.
+                         log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+                         final_dir: Path | None = None) -> LoopResult:
+    """Train `model` on `data` for `cfg.max_steps`, checkpointing into `stage_dir`; write `final/`
+    (`stage_dir/final`, or `final_dir`).
 
     `model` may carry LoRA adapters (`alignloop.models.lora`): then only they train, checkpoints hold
     them alone, and `final/` is the merged model.
@@ -150,11 +152,13 @@ def train_language_model(*, stage: str, stage_dir: Path, model, tokenizer, data:
     device = distributed.start(cfg.device)
     with precision_scope(device, cfg.precision):
         return _train(stage=stage, stage_dir=stage_dir, model=model, tokenizer=tokenizer, data=data, cfg=cfg,
-                      device=device, resume_state=resume_state, sample_fn=sample_fn, log=log)
+                      device=device, resume_state=resume_state, sample_fn=sample_fn, log=log,
+                      final_dir=final_dir or stage_dir / "final")
 
 
 def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, cfg: TrainConfig,
-           device: torch.device, resume_state: dict[str, Any] | None, sample_fn, log) -> LoopResult:
+           device: torch.device, resume_state: dict[str, Any] | None, sample_fn, log, final_dir: Path
+           ) -> LoopResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model.to(device)
@@ -238,7 +242,6 @@ def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, 
                 break
     metrics.close()
     wall = time.monotonic() - started
-    final_dir = stage_dir / "final"
     save_final(final_dir, model, tokenizer)
     return LoopResult(final_dir=final_dir, steps=step + 1 if cfg.max_steps > start_step else start_step,
                       val_loss=val_loss, tokens_per_s=tokens_seen / max(wall, 1e-9), wall_s=wall)
