@@ -22,27 +22,36 @@ from alignloop.stages import builtin_paths
 from alignloop.train.device import autocast
 
 
-def held_out_documents(run: RunDir, path: Optional[str], text_field: str = "text") -> tuple[list[str], str]:
-    """Held-out documents and where they came from: a given file, or the run's pretraining validation split.
+def pretraining_split(run: RunDir, part: str) -> tuple[list[str], str]:
+    """The run's pretraining documents of one side of its split (`train` or `validation`), and their source.
 
     The split is recomputed exactly as `alignloop pretrain` made it (same
-    corpus, fraction and seed from run.yaml), so these documents were never
-    trained on.
+    corpus, fraction and seed from run.yaml), so the validation side was never
+    trained on and the train side is what pretraining saw.
     """
-    if path:
-        return read_corpus(Path(path), text_field), str(path)
     settings = run.read_configs().get("pretrain", {}).get("data", {})
     corpus = settings.get("path") or str(builtin_paths(run)["corpus"])
     if not Path(corpus).exists():
-        raise DataError(f"no held-out text: the run's pretraining corpus {corpus} is missing; set text.path")
+        raise DataError(f"the run's pretraining corpus {corpus} is missing")
     fraction = float(settings.get("val_fraction", 0.05))
-    if fraction <= 0:
-        raise DataError("the run's pretraining kept no validation split (data.val_fraction=0); set text.path")
+    if part == "validation" and fraction <= 0:
+        raise DataError("the run's pretraining kept no validation split (data.val_fraction=0)")
     docs = read_corpus(Path(corpus), settings.get("text_field", "text"))
-    _, val = train_val_split(docs, fraction, int(settings.get("seed", 0)))
-    if not val:
-        raise DataError(f"the validation split of {corpus} is empty; set text.path")
-    return val, f"{corpus} (validation split, {len(val)} documents)"
+    train, val = train_val_split(docs, fraction, int(settings.get("seed", 0))) if fraction > 0 else (docs, [])
+    chosen = val if part == "validation" else train
+    if not chosen:
+        raise DataError(f"the {part} split of {corpus} is empty")
+    return chosen, f"{corpus} ({part} split, {len(chosen)} documents)"
+
+
+def held_out_documents(run: RunDir, path: Optional[str], text_field: str = "text") -> tuple[list[str], str]:
+    """Held-out documents and where they came from: a given file, or the run's pretraining validation split."""
+    if path:
+        return read_corpus(Path(path), text_field), str(path)
+    try:
+        return pretraining_split(run, "validation")
+    except DataError as exc:
+        raise DataError(f"no held-out text: {exc}; set text.path") from None
 
 
 def text_blocks(tokenizer, documents: list[str], seq_len: int, blocks: int) -> torch.Tensor:

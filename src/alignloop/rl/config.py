@@ -225,6 +225,19 @@ class GuardConfig(Section):
                                           "check's by held-out score (guard/best-NNNNNN), not the last.")
 
 
+class PretrainMixConfig(Section):
+    """PPO-ptx (Ouyang et al. 2022, eq. 2): pretraining text's next-token loss added to every PPO step."""
+
+    coef: float = Field(0.0, ge=0, description="Weight gamma of the pretraining loss in each PPO step (0: off). "
+                                               "Holds the held-out perplexity while the policy moves.")
+    path: Optional[str] = Field(None, description="Corpus file (text or JSONL). Unset: the train side of the "
+                                                  "run's pretraining split (eval's perplexity uses the other side).")
+    text_field: str = Field("text", description="Field holding the text in JSONL records.")
+    batch_size: int = Field(8, ge=1, description="Blocks of text per PPO optimizer step.")
+    seq_len: int = Field(128, ge=8, description="Tokens per block.")
+    max_blocks: int = Field(4096, ge=1, description="Blocks read from the corpus (its first documents).")
+
+
 class PPOConfig(Section):
     """Everything `alignloop ppo` does."""
 
@@ -234,6 +247,7 @@ class PPOConfig(Section):
     reward: RewardShapingConfig = Field(default_factory=RewardShapingConfig)
     ppo: PPOAlgorithmConfig = Field(default_factory=PPOAlgorithmConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    ptx: PretrainMixConfig = Field(default_factory=PretrainMixConfig)
     run: RunLoopConfig = Field(default_factory=RunLoopConfig)
 
 

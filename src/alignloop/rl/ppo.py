@@ -72,6 +72,7 @@ from alignloop.rl.rollout import (
     recompute_old_logprobs,
     reward_figures,
 )
+from alignloop.rl.ptx import PretrainMix, lm_loss, open_pretrain_mix
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.train import distributed
@@ -156,12 +157,13 @@ def sum_across(step: dict[str, float]) -> dict[str, float]:
     return dict(zip(step, distributed.all_reduce_sum(list(step.values()))))
 
 
-def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Optional[torch.Tensor] = None
-               ) -> dict[str, float]:
+def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Optional[torch.Tensor] = None,
+               mix: Optional[PretrainMix] = None) -> dict[str, float]:
     """`epochs` x `minibatches` PPO steps on one iteration's experience; returns mean statistics.
 
     `first_values`: the critic's values of the whole batch, with their graph, already computed by
     `ppo_iteration` (one minibatch, no accumulation): the first step reuses them instead of a new pass.
+    `mix`: pretraining text whose next-token loss (times `ptx.coef`) joins every policy step (PPO-ptx).
     """
     algo = cfg.ppo
     device = exp.input_ids.device
@@ -211,6 +213,12 @@ def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Op
                                     ("value_clipfrac", vf_stats["vf_clipfrac"])):
                     step[name] = step.get(name, 0.0) + float(value.detach()) * weight
             step = sum_across(step)  # the same on every process, so all of them stop early together
+            if mix is not None:
+                with autocast(device):
+                    ptx_loss = lm_loss(state.policy, mix.batch().to(device))
+                # Each process its own blocks; the gradient averaging makes it the mean over processes.
+                distributed.backward(cfg.ptx.coef * ptx_loss)
+                step["ptx_loss"] = distributed.all_reduce_sum([float(ptx_loss.detach())])[0] / distributed.world_size()
             step["policy_grad_norm"] = clip_gradients(state.policy, algo.grad_clip)
             step["value_grad_norm"] = clip_gradients(state.critic, algo.grad_clip)
             state.policy_optimizer.step()
@@ -233,8 +241,8 @@ def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Op
 # One iteration
 
 
-def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]], cfg: PPOConfig
-                  ) -> tuple[Experience, dict[str, float]]:
+def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]], cfg: PPOConfig,
+                  mix: Optional[PretrainMix] = None) -> tuple[Experience, dict[str, float]]:
     """Rollout, rewards, advantages and update on one batch of prompts; returns the experience and statistics."""
     sampler = make_sampler(cfg.sampling, state.tokenizer)
     # With one minibatch and no accumulation, the update's first critic pass would see exactly the
@@ -268,7 +276,7 @@ def ppo_iteration(state: RLState, prompts: list[str], prompt_ids: list[list[int]
     mean_kl = distributed.global_mean(float(kl_per_response.mean()), len(exp))
 
     update_started = time.perf_counter()
-    update = ppo_update(state, exp, cfg, first_values)
+    update = ppo_update(state, exp, cfg, first_values, mix)
     update_seconds = time.perf_counter() - update_started
     state.kl_controller.update(mean_kl, len(exp) * distributed.world_size())
 
@@ -340,6 +348,7 @@ def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: 
     if cfg.run.gradient_checkpointing:
         enable_gradient_checkpointing(critic.model)
     state = ppo_state(policy, reference, critic, scorer, tokenizer, cfg)
+    mix = open_pretrain_mix(run, cfg.ptx, tokenizer, log)
     start = restore_checkpoint(state, checkpoint) if checkpoint is not None else 0
     if start:
         log(f"{STAGE}: resuming round {round_number} from iteration {start}")
@@ -347,5 +356,5 @@ def run_ppo(run: RunDir, cfg: PPOConfig, log: Callable[[str], None] = lambda m: 
         f"(scored by {'token ids' if scorer.by_ids else 'text'}), {len(prompts):,} prompts; policy: {describe(policy)}")
 
     return run_rl_stage(run, stage_key(round_number), inputs, device, cfg, cfg.ppo, stage=STAGE, state=state,
-                        prompts=prompts, iteration_fn=lambda st, p, ids: ppo_iteration(st, p, ids, cfg),
+                        prompts=prompts, iteration_fn=lambda st, p, ids: ppo_iteration(st, p, ids, cfg, mix),
                         stage_dir=stage_dir, final=final, start=start, log=log)
