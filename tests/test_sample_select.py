@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import run_cli
 from reward_helpers import good_bad_pairs, write_jsonl
-from test_loop_crash import LOOP, sft_run  # noqa: F401 (sft_run is a fixture)
+from test_loop_crash import LOOP
 
 from alignloop.config.base import load_config
 from alignloop.errors import ConfigError, DataError
