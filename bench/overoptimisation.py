@@ -65,11 +65,14 @@ def checks(run: Path, number: int) -> list[dict]:
 
 def kept_gold(run: Path, args, log: Path) -> dict:
     """The gold win rate of round 113's final policy on the guard's prompts, as `alignloop eval` measures it."""
-    out = RESULTS / "overoptimisation_113_eval.json"
-    alignloop("eval", "--run", str(run), "round=113", "prompts.limit=64", "sampling.max_new_tokens=96",
-              f"models.baseline={run / 'sft' / 'final'}", "text.blocks=8", f"threads={args.threads}",
-              "--json", str(out), log=log)
-    return json.loads(out.read_text())
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # the figures are kept in the results, the samples are not
+        out = Path(folder) / "eval.json"
+        alignloop("eval", "--run", str(run), "round=113", "prompts.limit=64", "sampling.max_new_tokens=96",
+                  f"models.baseline={run / 'sft' / 'final'}", "text.blocks=8", f"threads={args.threads}",
+                  "--json", str(out), log=log)
+        return json.loads(out.read_text())
 
 
 def main() -> None:
