@@ -12,7 +12,7 @@ def test_fast_demo_runs_every_stage_and_writes_the_report(tmp_path):
     run = tmp_path / "demo"
     result = run_cli("demo", "--run", str(run), "--fast", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    for number in (1, 2):
+    for number in (1, 2, 3):
         evaluation = json.loads((run / "rounds" / f"{number:03d}" / "eval.json").read_text())
         assert {"gold_win_rate", "rm_win_rate", "kl", "ppl_before", "ppl_after", "n"} <= set(evaluation)
         samples = (run / "rounds" / f"{number:03d}" / "eval_samples.jsonl").read_text().splitlines()
@@ -21,4 +21,11 @@ def test_fast_demo_runs_every_stage_and_writes_the_report(tmp_path):
     assert "gold win rate" in result.stderr and str(run / "report.html") in result.stderr
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     assert all(stages[key]["status"] == "done" for key in
-               ("pretrain", "sft", "sample:002", "feedback:002", "reward:002", "ppo:002", "eval:002"))
+               ("pretrain", "sft", "sample:003", "feedback:003", "reward:003", "ppo:003", "eval:003"))
+    # Each round's PPO is leashed to the policy it starts from, and mixes in pretraining text (PPO-ptx);
+    # the evaluation still measures against SFT.
+    assert "reference {}".format(run / "rounds" / "002" / "policy" / "final") in result.stderr
+    ptx = [json.loads(line).get("ptx_loss") for line in
+           (run / "rounds" / "003" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert ptx and all(value > 0 for value in ptx)
+    assert json.loads((run / "rounds" / "003" / "eval.json").read_text())["baseline"] == str(run / "sft" / "final")
