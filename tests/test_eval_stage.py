@@ -40,10 +40,14 @@ def test_the_baseline_against_itself_ties_everywhere(rl_run, tmp_path):
     The prompts are the user's own (this run has no built-in story task): the gold judge is left out, saying why.
     """
     out = tmp_path / "eval.json"
+    style = tmp_path / "style.txt"
+    style.write_text("Once upon a time there was a cat.\n\nThe cat was happy.\n")
     result = run_cli("eval", "--run", str(rl_run), "--checkpoint", str(rl_run / "pretrain" / "final"),
-                     "--json", str(out), f"prompts.path={rl_run / 'prompts.jsonl'}", *EVAL_ARGS)
+                     "--json", str(out), f"prompts.path={rl_run / 'prompts.jsonl'}", f"style.path={style}", *EVAL_ARGS)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
+    assert report["style_win_rate"] == 0.5 and report["style_win_rate_ci"] == [0.5, 0.5]
+    assert report["style_score_policy"] == report["style_score_baseline"] < 0 and report["style_corpus"] == str(style)
     assert REQUIRED <= set(report) and report["n"] == 8
     assert report["rm_win_rate"] == 0.5 and report["rm_win_rate_ci"] == [0.5, 0.5]
     # Equal lengths everywhere: the length-controlled fit is sigmoid(logit(1/2)) = 1/2 (up to its 1e-6 ridge).

@@ -38,6 +38,17 @@ class EvalPromptsConfig(PromptsConfig):
     limit: Optional[int] = Field(200, ge=1, description="Evaluate on at most this many prompts (the first ones).")
 
 
+class StyleJudgeConfig(Section):
+    """A hidden judge of plain story language, independent of the gold judge (`alignloop.judges.style`)."""
+
+    path: Optional[str] = Field(
+        None, description="A reference corpus (text, JSONL, gz) nothing was tuned on, e.g. real TinyStories: a "
+                          "word-bigram model of it scores each response by its mean log-probability per word, "
+                          "and eval reports the policy's style_win_rate over the baseline. Unset: off.")
+    text_field: str = Field("text", description="Field holding the text in JSONL records.")
+    documents: int = Field(0, ge=0, description="Use the corpus's first this-many documents (0: all).")
+
+
 class EvalConfig(Section):
     """Everything `alignloop eval` does, field by field."""
 
@@ -45,6 +56,7 @@ class EvalConfig(Section):
     prompts: EvalPromptsConfig = Field(default_factory=EvalPromptsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     text: HeldOutTextConfig = Field(default_factory=HeldOutTextConfig)
+    style: StyleJudgeConfig = Field(default_factory=StyleJudgeConfig)
     round: Optional[int] = Field(None, ge=1, description="Round whose policy is evaluated. Unset: the newest round "
                                                          "with a policy (ignored with --checkpoint).")
     seed: int = Field(0, description="Sampling seed (the policy and the baseline use the same one).")

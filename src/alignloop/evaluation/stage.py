@@ -114,8 +114,10 @@ def sample_responses(model, tokenizer, prompts: list[str], sampling, max_prompt_
 
 
 def judge_pairs(prompts: list[str], policy_responses: list[str], baseline_responses: list[str], reward_model,
-                batch_size: int = 32, include_gold: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Win rates of the policy's responses over the baseline's by the gold judge and (if given) the reward model.
+                batch_size: int = 32, include_gold: bool = True, style_judge=None
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Win rates of the policy's responses over the baseline's by the gold judge and (if given) the reward model
+    and the style judge (`alignloop.judges.style`; its figures are left out without one).
 
     Returns the summary (`gold_win_rate`, `rm_win_rate`, their intervals and length-controlled versions,
     mean scores, mean lengths in characters) and one row per prompt (`prompt`, `sft_response`,
@@ -131,8 +133,15 @@ def judge_pairs(prompts: list[str], policy_responses: list[str], baseline_respon
     if reward_model is not None:
         rm_policy = reward_model.score_texts(prompts, policy_responses, batch_size).tolist()
         rm_baseline = reward_model.score_texts(prompts, baseline_responses, batch_size).tolist()
+    style_policy = style_baseline = None
+    if style_judge is not None:
+        style_policy = [style_judge.score(r) for r in policy_responses]
+        style_baseline = [style_judge.score(r) for r in baseline_responses]
     summary = {**win_rate_figures("gold", gold_policy, gold_baseline, length_policy, length_baseline),
                **win_rate_figures("rm", rm_policy, rm_baseline, length_policy, length_baseline)}
+    if style_judge is not None:
+        summary.update(win_rate_figures("style", style_policy, style_baseline, length_policy, length_baseline),
+                       style_score_policy=sum(style_policy) / n, style_score_baseline=sum(style_baseline) / n)
     summary.update({
         "gold_score_policy": sum(gold_policy) / n if gold_policy is not None else None,
         "gold_score_baseline": sum(gold_baseline) / n if gold_baseline is not None else None,
@@ -149,6 +158,8 @@ def judge_pairs(prompts: list[str], policy_responses: list[str], baseline_respon
             row.update(gold_sft=round(gold_baseline[i], 4), gold_policy=round(gold_policy[i], 4))
         if rm_policy is not None:
             row.update(rm_sft=round(rm_baseline[i], 4), rm_policy=round(rm_policy[i], 4))
+        if style_policy is not None:
+            row.update(style_sft=round(style_baseline[i], 4), style_policy=round(style_policy[i], 4))
         rows.append(row)
     return summary, rows
 
@@ -175,7 +186,7 @@ def eval_key(run: RunDir, folder: Path, round_number: int) -> str:
 
 def _stage_inputs(cfg: EvalConfig, paths: dict[str, Path], cache: DigestCache) -> StageInputs:
     inputs = StageInputs.of(cfg, exclude=("models.baseline", "models.reference", "models.reward", "prompts.path",
-                                          "text.path"))
+                                          "text.path", "style.path"))
     for name, path in paths.items():
         if path is not None and path.exists():
             inputs.add_artifact(name, path, cache)
@@ -210,7 +221,8 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
         key, cache = eval_key(run, folder, round_number), DigestCache.for_run(run)
         inputs = _stage_inputs(cfg, {"policy": checkpoint, "baseline": baseline_path, "reference": reference_path,
                                      "reward_model": reward_path, "prompts": prompt_file,
-                                     "text": Path(cfg.text.path) if cfg.text.path else None}, cache)
+                                     "text": Path(cfg.text.path) if cfg.text.path else None,
+                                     "style_corpus": Path(cfg.style.path) if cfg.style.path else None}, cache)
         plan = plan_stage(run, key, inputs, final=folder / "eval.json",
                           work=[folder / "eval.json", folder / "eval_samples.jsonl"], force=force, log=log,
                           new_run_hint="write this evaluation to a file of its own with --json OUT", cache=cache)
@@ -219,6 +231,11 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
             return read_record(folder / "eval.json")
         record_started(run, key, inputs)
 
+    style_judge = None
+    if cfg.style.path:
+        from alignloop.judges.style import load_style_judge
+
+        style_judge = load_style_judge(cfg.style.path, cfg.style.text_field, cfg.style.documents)
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -244,7 +261,8 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
         if gold_omitted:
             log(f"eval: gold_win_rate is left out: {gold_omitted}")
         judged, rows = judge_pairs(prompts, policy_responses, baseline_responses, reward_model,
-                                   cfg.sampling.batch_size, include_gold=gold_omitted is None)
+                                   cfg.sampling.batch_size, include_gold=gold_omitted is None,
+                                   style_judge=style_judge)
 
         documents, text_source = held_out_documents(run, cfg.text.path, cfg.text.text_field)
         ppl_before = perplexity(baseline, text_blocks(baseline_tokenizer, documents, cfg.text.seq_len,
@@ -271,6 +289,7 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
         "reward_model": str(reward_path) if reward_model is not None else None,
         "prompts": str(prompt_file),
         "held_out_text": text_source,
+        "style_corpus": cfg.style.path,
         "sampling": cfg.sampling.model_dump(mode="json"),
         "seed": cfg.seed,
         "seconds": round(time.monotonic() - started, 1),
@@ -306,8 +325,9 @@ def summary_line(result: dict[str, Any]) -> str:
     """The figures of an evaluation in one line: win rates with 95% intervals, KL +- its standard error, perplexity."""
     kl_se = result.get("kl_se")
     kl = f"KL {result['kl']:.2f}" + (f" +- {kl_se:.2f}" if kl_se is not None else "") + " nats"
-    return (f"gold win rate {rate_text(result, 'gold')}, reward-model win rate {rate_text(result, 'rm')}, {kl}, "
-            f"perplexity {result['ppl_before']:.2f} -> {result['ppl_after']:.2f} ({result['ppl_change']:+.1%})")
+    style = f", style win rate {rate_text(result, 'style')}" if result.get("style_win_rate") is not None else ""
+    return (f"gold win rate {rate_text(result, 'gold')}, reward-model win rate {rate_text(result, 'rm')}{style}, "
+            f"{kl}, perplexity {result['ppl_before']:.2f} -> {result['ppl_after']:.2f} ({result['ppl_change']:+.1%})")
 
 
 def _round_of(run: RunDir, checkpoint: Path) -> int:
