@@ -40,12 +40,7 @@ class RewardEnsemble:
 
     def head_stats(self) -> tuple[list[float], list[float]]:
         """(means, stds) that put each of the `size` estimates on its own scale (each member's `head_stats`)."""
-        means, stds = [], []
-        for member in self.members:
-            m, s = member.head_stats()
-            means += m
-            stds += s
-        return means, stds
+        return stacked_head_stats(self.members)
 
     def normalised_scores(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
         """Every estimate's reward on its own scale, (r_e - mean_e) / std_e, shape [B, size]."""
@@ -67,6 +62,17 @@ class RewardEnsemble:
                                  batch_size: int = 32) -> torch.Tensor:
         """sigmoid(r_a - r_b) for each pair and each estimate, shape [B, size]."""
         return pair_probabilities(self.score_texts(prompts, a, batch_size), self.score_texts(prompts, b, batch_size))
+
+
+def stacked_head_stats(models) -> tuple[list[float], list[float]]:
+    """(means, stds) of every head of `models` in order: the statistics that put each estimate on its scale."""
+    means: list[float] = []
+    stds: list[float] = []
+    for model in models:
+        m, s = model.head_stats()
+        means += m
+        stds += s
+    return means, stds
 
 
 def pair_probabilities(rewards_a: torch.Tensor, rewards_b: torch.Tensor) -> torch.Tensor:

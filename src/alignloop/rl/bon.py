@@ -60,10 +60,10 @@ def best_of_n(policy, tokenizer, scorer: RewardScorer, prompts: list[str], n: in
         repeated = [p for p in group_prompts for _ in range(n)]
         batch = sample(policy, tokenizer, sampler, repeated_ids, generator, max(sampling.batch_size, n))
         responses = [decode_response(tokenizer, r) for r in batch.response_token_lists()]
-        raw = scorer.estimates(batch, repeated, responses).float().cpu()
-        scores = raw[:, :scorer.reward_model.num_heads].mean(-1).view(len(group_prompts), n)
-        rewards = scorer.combine(raw, reward).view(len(group_prompts), n)
-        spread = estimate_spread(scorer.normalised(raw)).view(len(group_prompts), n)
+        assessed = scorer.assess(batch, repeated, responses, reward)
+        scores = assessed.scores.cpu().view(len(group_prompts), n)
+        rewards = assessed.combined.cpu().view(len(group_prompts), n)
+        spread = estimate_spread(assessed.estimates).cpu().view(len(group_prompts), n)
         best = rewards.argmax(-1)
         for g, prompt in enumerate(group_prompts):
             k = int(best[g])

@@ -225,12 +225,12 @@ class Guard:
             batch, responses = sample_responses(state.sampling_policy, state.tokenizer, self.prompts, self.sampling,
                                                 self.max_prompt_tokens, self.cfg.seed)
             kl = kl_to_reference(batch, state.reference, self.sampling.temperature, self.sampling.batch_size)
-        raw = state.scorer.estimates(batch, self.prompts, responses)
-        figures = spread_figures(state.scorer.normalised(raw), state.scorer.spread_threshold)
+        assessed = state.scorer.assess(batch, self.prompts, responses, self.reward_cfg)
+        figures = spread_figures(assessed.estimates, state.scorer.spread_threshold)
         record: dict[str, Any] = {
             "iteration": iteration,
             "kl": sum(kl) / len(kl),
-            "proxy": float(state.scorer.combine(raw, self.reward_cfg).mean()),
+            "proxy": float(assessed.combined.mean()),
             "spread": figures["reward_spread"],
             "ood_fraction": figures.get("ood_fraction"),
             "length": float(batch.response_mask.float().sum(-1).mean()),

@@ -37,6 +37,7 @@ from alignloop.data.formatting import decode_response, encode_prompt
 from alignloop.generation.logprobs import sequence_logprobs
 from alignloop.generation.sampler import RolloutBatch, Sampler
 from alignloop.reward.model import load_reward_model, stats_warning
+from alignloop.reward.ensemble import stacked_head_stats
 from alignloop.reward.uncertainty import check_estimates, combine_estimates, normalise_estimates, spread_figures
 from alignloop.rl.advantages import masked_mean
 from alignloop.rl.config import RewardEstimatesConfig, RewardShapingConfig, SamplingConfig
@@ -106,11 +107,7 @@ class RewardScorer:
         self.batch_size = batch_size
         self.by_ids = reads_policy_ids(reward_model, policy_tokenizer)
         self._members_by_ids = [reads_policy_ids(m, policy_tokenizer) for m in self.members]
-        means, stds = reward_model.head_stats()
-        for member in self.members:
-            m, s = member.head_stats()
-            means, stds = means + m, stds + s
-        self.estimate_means, self.estimate_stds = means, stds
+        self.estimate_means, self.estimate_stds = stacked_head_stats([reward_model, *self.members])
 
     @property
     def size(self) -> int:
@@ -158,11 +155,30 @@ class RewardScorer:
         """Each estimate of [B, size] on its own scale, (r_e - mean_e) / std_e."""
         return normalise_estimates(raw, self.estimate_means, self.estimate_stds)
 
-    def combine(self, raw: Tensor, cfg: RewardEstimatesConfig) -> Tensor:
-        """One reward [B] from the estimates: normalised (unless `reward.normalise=false`), then combined as
-        `reward.uncertainty` says (`alignloop.reward.uncertainty.combine_estimates`)."""
-        estimates = self.normalised(raw) if getattr(cfg, "normalise", True) else raw
-        return combine_estimates(estimates, cfg.uncertainty, cfg.uncertainty_coef)
+    def assess(self, batch: RolloutBatch, prompts: list[str], responses: list[str],
+               cfg: RewardEstimatesConfig) -> "Assessment":
+        """Every estimate of each response, normalised once, and the one reward `reward.uncertainty` makes of them
+        (from the normalised estimates unless `reward.normalise=false`; `alignloop.reward.uncertainty`)."""
+        raw = self.estimates(batch, prompts, responses).float()
+        normalised = self.normalised(raw)
+        combined = combine_estimates(normalised if getattr(cfg, "normalise", True) else raw, cfg.uncertainty,
+                                     cfg.uncertainty_coef)
+        return Assessment(scores=raw[:, :self.reward_model.num_heads].mean(dim=-1), estimates=normalised,
+                          combined=combined)
+
+
+@dataclass
+class Assessment:
+    """One scoring of B responses by a `RewardScorer`.
+
+    - scores [B]: the reward model's own raw score (the mean of its heads), as logged;
+    - estimates [B, size]: every estimate on its own scale, (r_e - mean_e) / std_e;
+    - combined [B]: the reward they make (`reward.uncertainty`), before the clip and the no-EOS penalty.
+    """
+
+    scores: Tensor
+    estimates: Tensor
+    combined: Tensor
 
 
 def open_reward_scorer(path, device: torch.device, policy_tokenizer, shaping: RewardEstimatesConfig,
@@ -382,10 +398,8 @@ def make_experience(*, policy, reference, critic, scorer: RewardScorer, tokenize
     batch = sample(policy, tokenizer, sampler, prompt_ids, generator, batch_size)
     rollout_seconds = time.perf_counter() - started
     responses = [decode_response(tokenizer, ids) for ids in batch.response_token_lists()]
-    raw = scorer.estimates(batch, prompts, responses)
-    scores = raw[:, :scorer.reward_model.num_heads].mean(dim=-1)  # the reward model's own score, as logged
-    combined = scorer.combine(raw, shaping)
-    rewards = shape_rewards(combined, batch.ended_with_eos, shaping)
+    assessed = scorer.assess(batch, prompts, responses, shaping)
+    rewards = shape_rewards(assessed.combined, batch.ended_with_eos, shaping)
     ref_logprobs = rollout_logprobs(reference, batch.input_ids, batch.attention_mask, batch.prompt_length,
                                     sampler.temperature, batch_size)
     values = None
@@ -395,10 +409,10 @@ def make_experience(*, policy, reference, critic, scorer: RewardScorer, tokenize
     return Experience(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, prompt_length=batch.prompt_length,
         response_mask=mask, logprobs=batch.logprobs * mask, ref_logprobs=ref_logprobs * mask,
-        values=None if values is None else values * mask, scores=scores.float(), rewards=rewards.float(),
+        values=None if values is None else values * mask, scores=assessed.scores, rewards=rewards.float(),
         ended_with_eos=batch.ended_with_eos, prompts=list(prompts), responses=responses,
         rollout_seconds=rollout_seconds,
-        extra={"estimates": scorer.normalised(raw).float(), "combined": combined.float()})
+        extra={"estimates": assessed.estimates, "combined": assessed.combined})
 
 
 # ---------------------------------------------------------------------------
