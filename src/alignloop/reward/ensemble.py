@@ -50,9 +50,9 @@ class RewardEnsemble:
 
     def spread_q95(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> float:
         """95th percentile over the responses of the spread of the normalised estimates (validation yardstick)."""
-        from alignloop.reward.uncertainty import estimate_spread, quantile
+        from alignloop.reward.uncertainty import spread_q95
 
-        return quantile(estimate_spread(self.normalised_scores(prompts, responses, batch_size)), 0.95)
+        return spread_q95(self.normalised_scores(prompts, responses, batch_size))
 
     def mean_scores(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
         """The ensemble's reward of each response: the mean over every estimate, shape [B]."""

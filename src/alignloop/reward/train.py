@@ -80,7 +80,7 @@ def reward_stats(reward: RewardModel, groups: Sequence[EncodedGroup], limit: int
     """Mean and std of the rewards of (up to `limit`) responses in `groups`, the normalisation for PPO: of the
     model's reward and (with several heads) of each head; and the 95th percentile of the heads' spread on the
     responses of `spread_groups` (the validation split), the yardstick of RL's `ood_fraction`."""
-    from alignloop.reward.uncertainty import estimate_spread, normalise_estimates, quantile
+    from alignloop.reward.uncertainty import normalise_estimates, spread_q95
 
     encodings = [e for g in groups for e in g.encodings][:limit]
     if not encodings:
@@ -90,7 +90,7 @@ def reward_stats(reward: RewardModel, groups: Sequence[EncodedGroup], limit: int
     if reward.num_heads > 1 and spread_encodings:
         heads = normalise_estimates(head_rewards(reward, spread_encodings, batch_size),
                                     *stats.head_stats(reward.num_heads))
-        stats.spread_q95 = quantile(estimate_spread(heads), 0.95)
+        stats.spread_q95 = spread_q95(heads)
     return stats
 
 

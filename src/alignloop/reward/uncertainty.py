@@ -72,6 +72,12 @@ def spread_figures(estimates: Tensor, threshold: Optional[float]) -> dict[str, f
     return out
 
 
+def spread_q95(estimates: Tensor) -> float:
+    """The 95th percentile over responses of the spread of their normalised estimates [B, E]: the validation
+    yardstick of `ood_fraction` (`spread_q95` in reward_stats.json)."""
+    return quantile(estimate_spread(estimates), 0.95)
+
+
 def quantile(values: Tensor, q: float) -> float:
     """The q-quantile of a 1-D tensor (linear interpolation), NaN when empty."""
     values = values.detach().double().flatten()
