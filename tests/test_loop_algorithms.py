@@ -25,7 +25,7 @@ METHOD = {
             "dpo.data.val_fraction=0", "dpo.run.save_every=1"],
     "bon": ["bon.n=2", "bon.prompts.limit=4", "bon.sampling.max_new_tokens=12", "bon.train.max_steps=2",
             "bon.train.batch_size=2", "bon.train.save_every=1", "bon.train.log_every=1", "bon.train.eval_batches=1",
-            "bon.data.max_len=64"],
+            "bon.data.max_len=64", "reward.ensemble.heads=2", "bon.reward.uncertainty=min"],
 }
 for _name in ("grpo", "rloo"):
     METHOD[_name] = [f"{_name}.grpo.iterations=2", f"{_name}.grpo.rollout_prompts=2", f"{_name}.grpo.group_size=2",
@@ -90,7 +90,9 @@ def test_two_rounds_killed_mid_training_and_rerun(sft_run, tmp_path, algorithm):
         assert reference == (round_one if algorithm == "grpo" else str(run / "sft" / "final"))
     if algorithm == "bon":
         pairs = [json.loads(line) for line in (run / "rounds" / "002" / "bon_distill" / "data.jsonl").open()]
-        assert len(pairs) == 4 and all(p["n"] == 2 and p["score"] >= p["mean_score"] for p in pairs)
+        # The best answer is picked by the worst of the two heads' estimates (bon.reward.uncertainty=min).
+        assert len(pairs) == 4 and all(p["n"] == 2 and p["spread"] > 0 for p in pairs)
+        assert "distill-data: 2 reward estimates (2 head(s)), reward = min" in result.stderr
         page = build_report(RunDir(run))
         assert "<td>1</td><td>bon</td>" in page and "<h3>RL (bon)</h3>" in page
         assert "rounds/002/distill curves" in page

@@ -34,8 +34,7 @@ STAGE_HELP: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
          ("train.warmup_steps", "linear warmup (at most a fifth of the run)")]),
     "sample": (
         ["alignloop sample --run runs/mine prompts=prompts.jsonl k=4 sampling.max_new_tokens=96"],
-        [("prompts=FILE", "prompt file, JSONL or one a line (prompts.path); unset: built-in openings"),
-         ("prompts.field", "JSONL field with the prompt (default prompt)"),
+        [("prompts=FILE", "prompt file, JSONL (field prompts.field) or one a line; unset: built-in openings"),
          ("prompts.limit", "use at most this many prompts"),
          ("k", "responses per prompt"),
          ("item_kind", "pair | ranking | rating"),
@@ -44,7 +43,8 @@ STAGE_HELP: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
          ("sampling.max_new_tokens", "longest response in tokens"),
          ("sampling.temperature", "sampling temperature"),
          ("select.mode", "random | uncertain | diverse: which pairs become items (also --select; "
-                         "select.random_fraction of them at random)")]),
+                         "select.random_fraction of them at random)"),
+         ("select.budget", "pair items in all (unset: pairs_per_prompt of each prompt); select.candidates: pool size")]),
     "annotate": (
         ["alignloop annotate --run runs/mine --simulated personas=4 noise=1.0"],
         [("personas", "number of simulated annotators"),
@@ -77,12 +77,13 @@ STAGE_HELP: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
          ("gold.pairs", "fresh pairs judged by the gold judge, built-in task (0: none)")]),
     "ppo": (
         ["alignloop ppo --run runs/mine prompts=prompts.jsonl ppo.iterations=100 reward.kl_coef=0.05"],
-        [("prompts=FILE", "prompt file, JSONL or one a line (prompts.path); unset: built-in openings"),
+        [("prompts=FILE", "prompt file, JSONL or one a line (prompts.path; prompts.limit: at most this many)"),
          ("sampling.max_new_tokens", "longest response in tokens"),
          ("ppo.iterations", "rollout + update iterations in all"),
          ("ppo.rollout_prompts", "prompts per iteration"),
          ("ppo.lr", "policy learning rate"),
-         ("reward.kl_coef", "KL penalty coefficient (start value when adaptive)"),
+         ("reward.kl_coef", "KL penalty coefficient; the start value when reward.adaptive_kl=true steers it "
+                            "towards reward.kl_target nats"),
          ("reward.uncertainty", "mean | mean_minus_std | min of the reward estimates (heads, members)"),
          ("guard.every", "over-optimisation check every N iterations (0: off); guard.heldout=gold|PATH, "
                          "guard.stop=true"),

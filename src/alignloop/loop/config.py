@@ -18,6 +18,7 @@ from alignloop.rl.config import (
     PPOConfig,
     PromptFile,
     PromptsConfig,
+    RewardEstimatesConfig,
     SamplingConfig,
 )
 from alignloop.sample.config import SampleConfig, SamplePromptsConfig, SampleSamplingConfig
@@ -113,6 +114,9 @@ class BoNDistillConfig(Section):
     seed: int = Field(0, description="Seed of the sampling.")
     prompts: DistillPromptsConfig = Field(default_factory=DistillPromptsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    reward: RewardEstimatesConfig = Field(
+        default_factory=RewardEstimatesConfig,
+        description="How the reward model's estimates pick the best answer (reward.uncertainty, as in PPO).")
     data: SupervisedSplitConfig = Field(default_factory=SupervisedSplitConfig)
     train: DistillTrainConfig = Field(default_factory=DistillTrainConfig)
 

@@ -47,9 +47,8 @@ def write_distill_data(run: RunDir, cfg: BoNDistillConfig, number: int, policy: 
 
     from alignloop.evaluation.stage import write_samples
     from alignloop.models.causal_lm import load_causal_lm
-    from alignloop.reward.model import load_reward_model
     from alignloop.rl.bon import best_of_n
-    from alignloop.rl.rollout import RewardScorer
+    from alignloop.rl.rollout import open_reward_scorer
     from alignloop.tokenizer import load_tokenizer
     from alignloop.train.device import pick_device, precision_scope
 
@@ -60,6 +59,8 @@ def write_distill_data(run: RunDir, cfg: BoNDistillConfig, number: int, policy: 
     # the reward model and the prompts.
     settings = {"n": cfg.n, "seed": cfg.seed, "prompts": cfg.prompts.model_dump(mode="json"),
                 "sampling": cfg.sampling.model_dump(mode="json")}
+    if cfg.reward != type(cfg.reward)():  # only when set, so rounds written before the setting existed still resume
+        settings["reward"] = cfg.reward.model_dump(mode="json")
     inputs = StageInputs.of(settings, exclude=("prompts.path",))
     inputs.add_artifact("policy_start", policy, cache).add_artifact("reward_model", reward, cache)
     inputs.add_artifact("prompts", prompt_file, cache)
@@ -77,12 +78,13 @@ def write_distill_data(run: RunDir, cfg: BoNDistillConfig, number: int, policy: 
         with precision_scope(device, cfg.train.precision, "bon.train.precision"), torch.no_grad():
             tokenizer = load_tokenizer(policy)
             model = load_causal_lm(policy).to(device).eval()
-            scorer = RewardScorer(load_reward_model(reward, device), tokenizer, batch_size=cfg.sampling.batch_size)
+            scorer = open_reward_scorer(reward, device, tokenizer, cfg.reward, cfg.sampling.batch_size, DATA_STAGE,
+                                        log)
             log(f"{DATA_STAGE}: round {number}: best of {cfg.n} from {policy} by {reward} on {len(prompts):,} "
                 f"prompts from {prompt_file}")
             generator = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * number)
             chosen = best_of_n(model, tokenizer, scorer, prompts, cfg.n, cfg.sampling, cfg.prompts.max_tokens,
-                               generator)
+                               generator, cfg.reward)
         write_samples(target, chosen)
     record_finished(run, key, inputs, target, cache, pairs=sum(1 for _ in target.open(encoding="utf-8")))
     return target
