@@ -268,6 +268,28 @@ def test_lora_ppo_two_processes_match_one(rl_run, tmp_path, launcher):
     assert a1.keys() == a2.keys() and all(torch.allclose(a2[k], a1[k], atol=1e-5) for k in a1)
 
 
+@pytest.mark.slow
+def test_guard_under_torchrun_checks_once_and_every_rank_stops_together(rl_run):
+    # Both ranks sample each check; rank 0's figures decide the best policy and the stop, so neither waits for
+    # the other at the save or the stop, and each check is written once.
+    from test_guard import PPO_ARGS, guard_run
+
+    run = guard_run(rl_run)
+    result = launch("ppo", "-r", str(run), f"prompts.path={run / 'prompts.jsonl'}", *PPO_ARGS, *TINY_RL)
+    _ok(result)
+    stage = run / "rounds" / "001" / "ppo"
+    history = [json.loads(line) for line in (stage / "guard.jsonl").read_text().splitlines()]
+    stop = history[-1]
+    assert stop["stopped"] and [h["iteration"] for h in history] == list(range(1, stop["iteration"] + 1))
+    assert result.stderr.count(f"ppo guard it {stop['iteration']}:") == 1  # logged by rank 0 alone
+    entry = json.loads((run / "manifest.json").read_text())["stages"]["ppo:001"]
+    assert entry["status"] == "done" and entry["guard_stopped_at"] == stop["iteration"]
+    best = max(history, key=lambda h: h["heldout"])
+    final = load_file(str(run / "rounds" / "001" / "policy" / "final" / "model.safetensors"))
+    kept = load_file(str(stage / "guard" / f"best-{best['iteration']:06d}" / "model.safetensors"))
+    assert final.keys() == kept.keys() and all(torch.equal(final[k], kept[k]) for k in final)
+
+
 FSDP_HELPERS_SCRIPT = """
 import torch
 from torch.distributed.tensor import DTensor

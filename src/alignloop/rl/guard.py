@@ -237,6 +237,10 @@ class Guard:
         }
         if self.heldout is not None:
             record.update(self.heldout(self.prompts, responses))
+        # Under a launcher every rank samples the check (FSDP's forward needs them all), but rank 0's figures
+        # decide: a verdict that differed in the last bit between ranks would leave one rank waiting for the
+        # others at the best policy's save or at the stop.
+        record = distributed.broadcast_object(record)
         record["best"] = record.get("heldout") is not None and (
             self.best is None or record["heldout"] > self.best["heldout"])
         if record["best"]:
