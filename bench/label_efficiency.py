@@ -20,7 +20,9 @@ spent that teach nothing), and after each batch a reward ensemble is trained on 
 arms x several retrainings fit a shared CPU). random: the next batch is drawn uniformly from the
 unlabelled candidates. uncertain: the first batch is random (nothing to ask yet), then each batch is
 a quarter at random and the rest the unlabelled pairs the heads disagree on most, chosen by the
-same functions as `sample --select uncertain` (`alignloop.sample.select`).
+same functions as `sample --select uncertain` (`alignloop.sample.select`) with its default
+`select.score=information` (BALD). spread: the same with `select.score=spread` (the standard
+deviation of the heads' P(a preferred)).
 
 The figure is the ensemble's (mean reward's) agreement with the gold judge on the held-out pairs at
 each number of judgments: the mean over seeds, the seeds' range, and a 95% paired bootstrap interval
@@ -143,6 +145,7 @@ def judge(pool: list[dict], candidates: list[tuple[int, int, int]], seed: int) -
 
 def run_arm(arm: str, seed: int, x: torch.Tensor, offsets: list[int], candidates, verdicts, heldout, sizes,
             batch: int, heads: int) -> list[dict]:
+    # arm: random, uncertain (select.score=information) or spread (select.score=spread)
     """Buy judgments batch by batch; at each of `sizes`, the ensemble's held-out agreement with gold."""
     rng = random.Random(f"arm:{seed}")
     a = torch.tensor([offsets[r] + i for r, i, _ in candidates])
@@ -157,7 +160,7 @@ def run_arm(arm: str, seed: int, x: torch.Tensor, offsets: list[int], candidates
             take = [unlabelled[i] for i in random_share(len(unlabelled), want, 1.0, rng)]
         else:
             probabilities = pair_probabilities(x[a[unlabelled]] @ weights.T, x[b[unlabelled]] @ weights.T)
-            scores, _ = uncertainty(probabilities)
+            scores, _ = uncertainty(probabilities, "spread" if arm == "spread" else "information")
             drawn = random_share(len(unlabelled), want, RANDOM_FRACTION, rng)
             take = [unlabelled[i] for i in drawn + highest(scores, want - len(drawn), drawn)]
         labelled += take
@@ -208,6 +211,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--arms", default="random,uncertain,spread",
+                        help="Comma-separated: random, uncertain (select.score=information), spread.")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "label_efficiency.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -246,24 +251,27 @@ def main() -> None:
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         verdicts = judge(pool, candidates, seed)
-        for arm in ("random", "uncertain"):
+        for arm in args.arms.split(","):
             rows += run_arm(arm, seed, x, offsets, candidates, verdicts, heldout, sizes, args.batch, args.heads)
     table = summarise(rows, heldout)
     target = table[f"random@{max(sizes)}"]
-    reached = [s for s in sizes if table[f"uncertain@{s}"]["mean"] >= target["mean"]]
+    active = [arm for arm in args.arms.split(",") if arm != "random"]
+    reached = {arm: next((s for s in sizes if table[f"{arm}@{s}"]["mean"] >= target["mean"]), None)
+               for arm in active}
     gaps = {}
-    for size in sizes:
-        diff = [u - r for u, r in zip(table[f"uncertain@{size}"]["per_pair"], target["per_pair"])]
-        sums, counts = per_unit(diff, [h["prompt"] for h in heldout])
-        low, high = mean_interval([s / c for s, c in zip(sums, counts)])
-        gaps[f"uncertain@{size} - random@{max(sizes)}"] = {
-            "mean": sum(diff) / len(diff), "interval": [round(low, 4), round(high, 4)]}
+    for arm in active:
+        for size in sizes:
+            diff = [u - r for u, r in zip(table[f"{arm}@{size}"]["per_pair"], target["per_pair"])]
+            sums, counts = per_unit(diff, [h["prompt"] for h in heldout])
+            low, high = mean_interval([s / c for s, c in zip(sums, counts)])
+            gaps[f"{arm}@{size} - random@{max(sizes)}"] = {
+                "mean": sum(diff) / len(diff), "interval": [round(low, 4), round(high, 4)]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "right"}) + "\n" for r in rows))
     print(json.dumps({
         "agreement": {k: {kk: vv for kk, vv in v.items() if kk != "per_pair"} for k, v in table.items()},
-        "uncertain_minus_random_at_max": gaps,
-        "uncertain_reaches_random_max_at": reached[0] if reached else None,
+        "minus_random_at_max": gaps,
+        "reaches_random_max_at": reached,
         "pool_pairs": len(candidates), "heldout_pairs": len(heldout), "wall_s": round(time.monotonic() - started),
     }))
 

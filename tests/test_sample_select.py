@@ -33,7 +33,7 @@ def test_uncertain_takes_the_highest_variance_pairs_and_keeps_the_random_share()
     # pair 3: 0.1/0.9 twice -> 0.4; pair 4: 0.3/0.7 twice -> 0.2; pair 5: 0.9 x4 -> 0.
     p = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.2, 0.8, 0.2, 0.8], [0.4, 0.6, 0.4, 0.6],
                       [0.1, 0.9, 0.1, 0.9], [0.3, 0.7, 0.3, 0.7], [0.9, 0.9, 0.9, 0.9]])
-    scores, meaning = select.uncertainty(p)
+    scores, meaning = select.uncertainty(p, "spread")
     assert meaning == "disagreement"
     assert torch.allclose(scores, torch.tensor([0.0, 0.3, 0.1, 0.4, 0.2, 0.0]), atol=1e-6)
     assert select.highest(scores, 3) == [3, 1, 4]
@@ -50,6 +50,29 @@ def test_uncertain_takes_the_highest_variance_pairs_and_keeps_the_random_share()
     assert select.random_share(6, 4, 0.0, random.Random(0)) == []
     assert select.random_share(6, 4, 1.0, random.Random(0)) == sorted(select.random_share(6, 4, 1.0, random.Random(0)))
     assert len(select.random_share(3, 8, 1.0, random.Random(0))) == 3  # never more than the candidates
+
+
+def test_information_ranks_confident_contradictions_above_shared_coin_flips():
+    # BALD: H(mean p) - mean H(p), H(p) = -p ln p - (1-p) ln(1-p). Entropies worked by hand (nats):
+    # H(.5) = .693147, H(.2) = .500402, H(.1) = .325083, H(.4) = .673012, H(.7) = .610864,
+    # H(.75) = .562335, H(.55) = .688139, H(.95) = .198515.
+    p = torch.tensor([[0.5, 0.5, 0.5, 0.5],     # all call it a coin flip: 0
+                      [0.2, 0.8, 0.2, 0.8],     # .693147 - .500402 = .192745
+                      [0.4, 0.6, 0.4, 0.6],     # .693147 - .673012 = .020135
+                      [0.1, 0.9, 0.1, 0.9],     # .693147 - .325083 = .368064
+                      [0.5, 0.5, 0.9, 0.9],     # H(.7) - (2 H(.5) + 2 H(.9)) / 4 = .610864 - .509115 = .101749
+                      [0.55, 0.95, 0.55, 0.95],  # H(.75) - (H(.55) + H(.95)) / 2 = .562335 - .443327 = .119008
+                      [0.9, 0.9, 0.9, 0.9]])    # all agree: 0
+    scores, meaning = select.uncertainty(p)
+    assert meaning == "information"
+    expected = torch.tensor([0.0, 0.192745, 0.020135, 0.368064, 0.101749, 0.119008, 0.0])
+    assert torch.allclose(scores, expected, atol=2e-6)
+    assert select.highest(scores, 4) == [3, 1, 5, 4]
+    # The last two contradictions have the same spread (0.2) of P(a preferred); the one nearer a shared coin
+    # flip is worth less to ask, which the spread cannot tell apart.
+    spread, _ = select.uncertainty(p, "spread")
+    assert torch.allclose(spread[4], spread[5], atol=1e-6) and scores[5] > scores[4]
+    assert torch.equal(select.uncertainty(p[:, :1])[0], select.uncertainty(p[:, :1], "spread")[0])
 
 
 def test_one_estimate_asks_about_the_pairs_nearest_a_coin_flip():
@@ -146,7 +169,7 @@ def _items(run: Path) -> list[tuple[str, frozenset]]:
 
 @pytest.mark.slow
 def test_sample_select_uncertain_end_to_end_and_after_a_kill(ensemble_run, tmp_path):
-    from alignloop.reward.ensemble import load_ensemble
+    from alignloop.reward.ensemble import load_ensemble, mutual_information
 
     run = tmp_path / "run"
     shutil.copytree(ensemble_run, run)
@@ -166,20 +189,24 @@ def test_sample_select_uncertain_end_to_end_and_after_a_kill(ensemble_run, tmp_p
     chosen = [r for r in rows if r["selected"]]
     drawn = [r for r in chosen if r["share"] == "random"]
     assert len(chosen) == 16 and len(drawn) == 4  # the budget of 8 prompts x 2 pairs, a quarter at random
-    # The rest are the pairs the two heads disagree on most, by the ensemble's own figures computed here.
+    # The rest are the pairs the two heads disagree on most (select.score=information), by the ensemble's own
+    # figures computed here.
     ensemble = load_ensemble(run / "rounds" / "001" / "reward", device="cpu")
     assert ensemble.size == 2
     prompts = [records[r["prompt_index"]]["prompt"] for r in rows]
     a = [records[r["prompt_index"]]["responses"][r["pair"][0]] for r in rows]
     b = [records[r["prompt_index"]]["responses"][r["pair"][1]] for r in rows]
-    spread = ensemble.preference_probabilities(prompts, a, b).std(dim=1, unbiased=False)
+    probabilities = ensemble.preference_probabilities(prompts, a, b)
+    spread = probabilities.std(dim=1, unbiased=False)
+    information = mutual_information(probabilities)
     # Scored in other batches than the stage's: equal to float32 rounding of rewards of order 1.
     assert torch.allclose(spread, torch.tensor([r["disagreement"] for r in rows]), atol=1e-4)
-    assert float(spread.max()) > 1e-3  # the heads do disagree: the order below means something
+    assert torch.allclose(information, torch.tensor([r["information"] for r in rows]), atol=1e-4)
+    assert float(information.max()) > 1e-4  # the heads do disagree: the order below means something
     undrawn = [i for i, r in enumerate(rows) if r["share"] != "random"]
-    by_spread = sorted(undrawn, key=lambda i: -float(spread[i]))
+    by_information = sorted(undrawn, key=lambda i: -float(information[i]))
     picked = [i for i, r in enumerate(rows) if r["share"] == "uncertain"]
-    assert min(float(spread[i]) for i in picked) >= float(spread[by_spread[11]]) - 1e-4
+    assert min(float(information[i]) for i in picked) >= float(information[by_information[11]]) - 1e-4
     assert sorted(r["rank"] for r in chosen if r["share"] == "uncertain") == list(range(1, 13))
 
     # The store holds exactly the chosen pairs, as ordinary pair items, loaded once.

@@ -107,6 +107,24 @@ def disagreement(probabilities: torch.Tensor) -> torch.Tensor:
     return probabilities.std(dim=1, unbiased=False)
 
 
+def bernoulli_entropy(p: torch.Tensor) -> torch.Tensor:
+    """-p ln p - (1 - p) ln(1 - p), in nats (0 at p = 0 or 1)."""
+    p = p.clamp(0.0, 1.0)
+    return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+
+
+def mutual_information(probabilities: torch.Tensor) -> torch.Tensor:
+    """Per pair, the information a judgment would give about which estimate is right (BALD; Houlsby et al.
+    2011): H(mean over estimates of P(a preferred)) - mean of H(P(a preferred)), in nats, over dim 1.
+
+    0 when the estimates agree, whatever they say; large when each is confident and they contradict each
+    other. A pair every estimate calls a coin flip scores 0: its judgment would be noise to all of them."""
+    if probabilities.shape[1] < 2:
+        return torch.zeros(probabilities.shape[0])
+    information = bernoulli_entropy(probabilities.mean(dim=1)) - bernoulli_entropy(probabilities).mean(dim=1)
+    return information.clamp_min(0.0)  # >= 0 by concavity; the clamp removes rounding below it
+
+
 def most_uncertain(probabilities: torch.Tensor, k: int) -> list[int]:
     """Indices of the `k` pairs with the largest disagreement, most uncertain first (ties: lower index first)."""
     spread = disagreement(probabilities)

@@ -58,6 +58,10 @@ class SelectConfig(Section):
         None, description="With mode=uncertain: the reward model that judges the candidates, a rounds/NNN/reward "
                           "folder (every head of final/ and ensemble/member-*/final/) or one checkpoint. Unset: "
                           "the newest round before this one that has a reward model.")
+    score: Literal["information", "spread"] = Field(
+        "information", description="With mode=uncertain, what 'disagrees most' means: information, the mutual "
+                                   "information between a judgment and which estimate is right (BALD); spread, "
+                                   "the standard deviation of the estimates' P(a preferred).")
     batch_size: int = Field(32, ge=1, description="Responses scored at a time by the reward model.")
 
     @model_validator(mode="before")

@@ -9,9 +9,16 @@ on keep an unbiased sample of what the policy writes (actively chosen pairs
 alone over-represent the regions the model is unsure about; Settles 2009,
 section 6.1, on sampling bias). The rest is chosen by the mode:
 
-- uncertain: the largest spread across the ensemble's estimates of
-  P(a preferred) = sigmoid(r_a - r_b) (uncertainty sampling by committee
-  disagreement); with a single estimate there is no spread, and the pairs whose
+- uncertain: the pairs where the ensemble's estimates of
+  P(a preferred) = sigmoid(r_a - r_b) contradict each other most, by
+  `select.score`: `information` (default), the mutual information between the
+  judgment and which estimate is right (BALD, Houlsby et al. 2011), or
+  `spread`, their standard deviation (committee disagreement). Both are 0 when
+  the estimates agree; near P = 0.5 the spread of probabilities is largest for a
+  given spread of rewards, so `spread` leans to close calls, where a noisy
+  annotator is nearest a coin, while `information` discounts a pair that every
+  estimate calls a coin flip (BENCHMARKS.md, "Active feedback queries",
+  measured both). With a single estimate there is neither, and the pairs whose
   P(a preferred) is nearest 0.5 are taken instead (margin sampling).
 - diverse: greedy farthest-first (k-center; Sener & Savarese 2018) over the
   pair's direction of comparison phi(a) - phi(b), phi a hashed bag of words
@@ -31,7 +38,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from alignloop.reward.ensemble import disagreement
+from alignloop.reward.ensemble import disagreement, mutual_information
 
 Candidate = tuple[int, int, int]  # (record index, response i, response j), i < j
 FEATURE_DIM = 1024
@@ -62,10 +69,13 @@ def highest(scores: torch.Tensor, k: int, taken: Sequence[int] = ()) -> list[int
     return order[:k]
 
 
-def uncertainty(probabilities: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """(score per pair, higher = ask first; what the score is) from P(a preferred), shape [pairs, estimates]."""
+def uncertainty(probabilities: torch.Tensor, score: str = "information") -> tuple[torch.Tensor, str]:
+    """(score per pair, higher = ask first; what the score is) from P(a preferred), shape [pairs, estimates];
+    `score` information or spread (see the module docstring)."""
     if probabilities.shape[1] >= 2:
-        return disagreement(probabilities), "disagreement"
+        if score == "spread":
+            return disagreement(probabilities), "disagreement"
+        return mutual_information(probabilities), "information"
     # One estimate has no spread: the pair it is least sure about is the one nearest a coin flip.
     return 0.5 - (probabilities[:, 0] - 0.5).abs(), "nearness to 0.5"
 

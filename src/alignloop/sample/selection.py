@@ -5,7 +5,8 @@ selection.jsonl has one line per candidate pair, in candidate order:
 "random" (the uniform share), the mode ("uncertain", "diverse") for the pairs
 it chose, or null; the mode's picks carry their `rank` (1: chosen first), and
 with mode=uncertain every line has `p_a` (the estimates' mean P(a preferred)),
-`disagreement` (their standard deviation) and `estimates`. It is written before
+`disagreement` (their standard deviation), `information` (BALD's mutual
+information) and `estimates`; `select.score` says which of the last two chose. It is written before
 the items are loaded, so a rerun after a crash loads the same pairs.
 """
 
@@ -23,7 +24,13 @@ import torch
 from alignloop import atomic
 from alignloop.errors import DataError
 from alignloop.provenance import DigestCache, StageInputs, content_id, digest_json
-from alignloop.reward.ensemble import disagreement, ensemble_members, load_ensemble, pair_probabilities
+from alignloop.reward.ensemble import (
+    disagreement,
+    ensemble_members,
+    load_ensemble,
+    mutual_information,
+    pair_probabilities,
+)
 from alignloop.runs import RunDir
 from alignloop.sample.config import SampleConfig
 from alignloop.sample.select import (
@@ -111,12 +118,14 @@ def _uncertain_rows(records: list[dict], candidates: list[tuple[int, int, int]],
     a = torch.tensor([offsets[r] + i for r, i, _ in candidates], dtype=torch.long)
     b = torch.tensor([offsets[r] + j for r, _, j in candidates], dtype=torch.long)
     probabilities = pair_probabilities(rewards[a], rewards[b])
-    scores, _ = uncertainty(probabilities)
+    scores, _ = uncertainty(probabilities, cfg.select.score)
     if ensemble.size < 2:
         log(f"sample: the reward model in {selection.reward} has one estimate, so no disagreement: choosing the "
             f"pairs whose P(a preferred) is nearest 0.5 (train it with ensemble.heads=2 or more for disagreement)")
-    figures = [{"p_a": round(float(p), 6), "disagreement": round(float(s), 6), "estimates": ensemble.size}
-               for p, s in zip(probabilities.mean(dim=1), disagreement(probabilities))]
+    figures = [{"p_a": round(float(p), 6), "disagreement": round(float(s), 6), "information": round(float(i), 6),
+                "estimates": ensemble.size}
+               for p, s, i in zip(probabilities.mean(dim=1), disagreement(probabilities),
+                                  mutual_information(probabilities))]
     return scores, figures
 
 
@@ -150,12 +159,13 @@ def choose_pairs(records: list[dict], cfg: SampleConfig, selection: Selection,
         if index in rank:
             row["rank"] = rank[index]
         rows.append({**row, **figures[index]})
-    log(selection_line(selection, rows, len(every)))
+    log(selection_line(selection, rows, len(every), cfg.select.score))
     return rows
 
 
-def selection_line(selection: Selection, rows: list[dict], pool: int) -> str:
-    """One log line: what was chosen, from how many, and (uncertain) how much more disputed it is than the rest."""
+def selection_line(selection: Selection, rows: list[dict], pool: int, score: str = "information") -> str:
+    """One log line: what was chosen, from how many, and (uncertain) how much more disputed it is than the rest,
+    by `score` (information or spread)."""
     chosen = [r for r in rows if r["selected"]]
     drawn = sum(r["share"] == "random" for r in chosen)
     how = {"uncertain": "most disputed by the reward model", "diverse": "most different comparisons",
@@ -163,9 +173,9 @@ def selection_line(selection: Selection, rows: list[dict], pool: int) -> str:
     line = (f"sample: select={selection.asked}: {len(chosen):,} of {len(rows):,} candidate pairs "
             f"(of {pool:,}): {drawn:,} drawn at random, {len(chosen) - drawn:,} {how}")
     if selection.mode == "uncertain" and rows:
-        average = sum(r["disagreement"] for r in chosen) / max(len(chosen), 1)
-        line += (f"; mean disagreement {average:.4f} chosen, "
-                 f"{sum(r['disagreement'] for r in rows) / len(rows):.4f} all candidates")
+        key = "information" if score == "information" else "disagreement"
+        average = sum(r[key] for r in chosen) / max(len(chosen), 1)
+        line += (f"; mean {key} {average:.4f} chosen, {sum(r[key] for r in rows) / len(rows):.4f} all candidates")
     return line
 
 
