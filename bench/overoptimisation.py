@@ -11,12 +11,14 @@ adds to it, in rounds 101.. so that the run's own rounds are untouched:
    which records the gold win rate against the SFT model along the way: the Gao et al. 2022 curve;
    round 112: the same with the conservative reward mean - std (Coste et al. 2023);
    round 113: the same as 111 with the guard on as a user would run it: the held-out reward model of round 102
-   as its judge and `guard.stop=true`; its kept checkpoint is then judged by gold on the guard's prompts.
-3. A table: per run the gold win rate at each check and KL, the best, the KL where gold peaks, and for 113 the
+   as its judge and `guard.stop=true`; its kept checkpoint is then judged by gold on the guard's prompts;
+   round 114: the same as 113 with a KL budget as well (`guard.max_kl`, `--guard-max-kl`): it stops at the first
+   check past the budget and keeps the best held-out check within it.
+3. A table: per run the gold win rate at each check and KL, the best, the KL where gold peaks, and for 113 and 114 the
    checkpoint kept and its gold win rate.
 
 Usage: PYTHONPATH=src .venv/bin/python bench/overoptimisation.py --run runs/demo [--iterations 60] [--every 5]
-       [--kl-coef 0.01] [--threads 1] [--only 111,112,113]
+       [--kl-coef 0.01] [--threads 1] [--only 111,112,113,114] [--guard-max-kl 6]
 Results: bench/results/overoptimisation.json (with --only: overoptimisation_111_112.json, ...).
 """
 
@@ -31,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rl_builtin import RESULTS, alignloop  # noqa: E402
 
 PROXY, HELDOUT = 101, 102
-RUNS = {111: "mean", 112: "mean_minus_std", 113: "mean + guard (held-out RM, stop)"}
+RUNS = {111: "mean", 112: "mean_minus_std", 113: "mean + guard (held-out RM, stop)",
+        114: "mean + guard (held-out RM, max_kl, stop)"}
+GUARDED = (113, 114)
 
 
 def reward_models(run: Path, threads: int, log: Path) -> None:
@@ -50,9 +54,11 @@ def ppo(run: Path, number: int, args, log: Path) -> None:
                 "guard.prompts.limit=64"]
     if number == 112:
         settings.append("reward.uncertainty=mean_minus_std")
-    if number == 113:
+    if number in GUARDED:
         held = run / "rounds" / f"{HELDOUT:03d}" / "reward" / "final"
         settings += [f"guard.heldout={held}", "guard.stop=true", "guard.patience=2"]
+        if number == 114:
+            settings.append(f"guard.max_kl={args.guard_max_kl}")
     else:
         settings.append("guard.heldout=gold")
     alignloop("ppo", "--run", str(run), *settings, log=log)
@@ -63,13 +69,13 @@ def checks(run: Path, number: int) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def kept_gold(run: Path, args, log: Path) -> dict:
-    """The gold win rate of round 113's final policy on the guard's prompts, as `alignloop eval` measures it."""
+def kept_gold(run: Path, number: int, args, log: Path) -> dict:
+    """The gold win rate of a guarded round's final policy on the guard's prompts, as `alignloop eval` measures it."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:  # the figures are kept in the results, the samples are not
         out = Path(folder) / "eval.json"
-        alignloop("eval", "--run", str(run), "round=113", "prompts.limit=64", "sampling.max_new_tokens=96",
+        alignloop("eval", "--run", str(run), f"round={number}", "prompts.limit=64", "sampling.max_new_tokens=96",
                   f"models.baseline={run / 'sft' / 'final'}", "text.blocks=8", f"threads={args.threads}",
                   "--json", str(out), log=log)
         return json.loads(out.read_text())
@@ -82,7 +88,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--kl-coef", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", default="111,112,113", help="which PPO runs (rounds) to make")
+    parser.add_argument("--guard-max-kl", type=float, default=6.0,
+                        help="round 114's guard.max_kl: a KL budget in nats, the demo's bar by default")
+    parser.add_argument("--only", default="111,112,113,114", help="which PPO runs (rounds) to make")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / "overoptimisation.log"
@@ -101,11 +109,11 @@ def main() -> None:
             peak = max(golds, key=lambda c: c["heldout_win_rate"])
             row.update(best_gold=peak["heldout_win_rate"], kl_at_best=peak["kl"], iteration_at_best=peak["iteration"],
                        last_gold=golds[-1]["heldout_win_rate"], last_kl=golds[-1]["kl"])
-        if number == 113:
+        if number in GUARDED:
             stopped = [c for c in history if c.get("stopped")]
             row["stopped_at"] = stopped[0]["iteration"] if stopped else None
             row["kept"] = history[-1].get("kept") if history else None
-            evaluation = kept_gold(args.run, args, log)
+            evaluation = kept_gold(args.run, number, args, log)
             row["kept_gold_win_rate"] = evaluation.get("gold_win_rate")
             row["kept_gold_win_rate_ci"] = evaluation.get("gold_win_rate_ci")
             row["kept_kl"] = evaluation.get("kl")

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignloop.rl.config import GuardConfig
-from alignloop.rl.guard import diverging_checks, guard_verdict, read_history
+from alignloop.rl.guard import diverging_checks, guard_verdict, new_best, read_history
 from conftest import RL_PROMPTS, TINY_RL, run_cli
 
 
@@ -48,6 +48,25 @@ def test_thresholds():
                                                                            GuardConfig(every=1, max_length_ratio=2))
     both = guard_verdict(history, GuardConfig(every=1, max_kl=1, max_spread=0.1))
     assert "KL" in both and "spread" in both
+
+
+def test_the_kept_check_is_the_best_heldout_score_within_the_thresholds():
+    # kl 0.0, 0.1, 0.2, 0.3 (checks()); the held-out model likes the third check best, which is past max_kl.
+    history = checks([0.1, 0.2, 0.3, 0.4], [0.50, 0.55, 0.70, 0.60])
+    plain, capped = GuardConfig(every=1), GuardConfig(every=1, max_kl=0.15)
+
+    def kept(cfg):
+        best = None
+        for n in range(1, len(history) + 1):
+            best = history[n - 1] if new_best(history[:n], best, cfg) else best
+        return best["iteration"]
+
+    assert (kept(plain), kept(capped)) == (3, 2)
+    assert not new_best(checks([0.1], [None]), None, plain)  # no held-out score: nothing to keep by
+    assert new_best(checks([0.1, 0.2], [0.5, 0.5]), {"heldout": 0.5}, plain) is False  # a tie keeps the earlier
+    longer = checks([0.1, 0.2], [0.5, 0.9])
+    longer[-1]["length"] = 30.0
+    assert not new_best(longer, {"heldout": 0.5}, GuardConfig(every=1, max_length_ratio=2))
 
 
 def test_history_keeps_the_checks_up_to_the_resumed_iteration(tmp_path):

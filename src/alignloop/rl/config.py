@@ -222,7 +222,8 @@ class GuardConfig(Section):
         None, gt=0, description="Fire when a check's mean response length exceeds this many times the first "
                                 "check's.")
     stop: bool = Field(False, description="On firing, stop the run; the stage's final policy is then the best "
-                                          "check's by held-out score (guard/best-NNNNNN), not the last.")
+                                          "check's by held-out score among those within the max_* thresholds "
+                                          "(guard/best-NNNNNN), not the last.")
 
 
 class PretrainMixConfig(Section):

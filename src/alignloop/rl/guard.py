@@ -14,8 +14,8 @@ same held-out prompts with the same seed and records:
 
 One JSON line per check goes to `guard.jsonl` in the stage folder. `guard_verdict`
 (pure) fires when the proxy rose while the held-out score fell `patience`
-checks in a row, or a threshold is passed. Whenever a check beats every
-earlier one by held-out score its policy is saved to `guard/best-NNNNNN/`
+checks in a row, or a threshold is passed. Whenever a check within the
+thresholds beats every earlier one by held-out score its policy is saved to `guard/best-NNNNNN/`
 (NNNNNN: the iteration); with `guard.stop=true` a firing check stops the run
 and that policy becomes the stage's final one.
 
@@ -60,21 +60,12 @@ def diverging_checks(history: Sequence[dict[str, Any]]) -> int:
     return count
 
 
-def guard_verdict(history: Sequence[dict[str, Any]], cfg: GuardConfig) -> Optional[str]:
-    """Why the guard fires at the last check of `history` (oldest first), or None.
-
-    Fires when the proxy rose while the held-out score fell from each check to the next `cfg.patience` times in
-    a row, or when the last check passes a threshold (`max_kl`, `max_spread`, `max_ood_fraction`, or a mean
-    length above `max_length_ratio` times the first check's).
-    """
+def limits_passed(history: Sequence[dict[str, Any]], cfg: GuardConfig) -> list[str]:
+    """The thresholds the last check of `history` passes (`max_kl`, `max_spread`, `max_ood_fraction`, or a mean
+    length above `max_length_ratio` times the first check's), each as the sentence the warning gives."""
     if not history:
-        return None
-    last = history[-1]
-    reasons = []
-    streak = diverging_checks(history)
-    if streak >= cfg.patience:
-        reasons.append(f"the proxy rose while the held-out score fell {streak} checks in a row "
-                       f"(guard.patience={cfg.patience})")
+        return []
+    last, reasons = history[-1], []
     for key, limit, what in (("kl", cfg.max_kl, "KL"), ("spread", cfg.max_spread, "reward spread"),
                              ("ood_fraction", cfg.max_ood_fraction, "out-of-distribution share")):
         if limit is not None and last.get(key) is not None and last[key] > limit:
@@ -83,7 +74,34 @@ def guard_verdict(history: Sequence[dict[str, Any]], cfg: GuardConfig) -> Option
     if cfg.max_length_ratio is not None and first_length and last["length"] > cfg.max_length_ratio * first_length:
         reasons.append(f"mean length {last['length']:.1f} > guard.max_length_ratio {cfg.max_length_ratio:g} x "
                        f"the first check's {first_length:.1f}")
+    return reasons
+
+
+def guard_verdict(history: Sequence[dict[str, Any]], cfg: GuardConfig) -> Optional[str]:
+    """Why the guard fires at the last check of `history` (oldest first), or None.
+
+    Fires when the proxy rose while the held-out score fell from each check to the next `cfg.patience` times in
+    a row, or when the last check passes a threshold (`limits_passed`).
+    """
+    if not history:
+        return None
+    reasons = []
+    streak = diverging_checks(history)
+    if streak >= cfg.patience:
+        reasons.append(f"the proxy rose while the held-out score fell {streak} checks in a row "
+                       f"(guard.patience={cfg.patience})")
+    reasons += limits_passed(history, cfg)
     return "; ".join(reasons) or None
+
+
+def new_best(history: Sequence[dict[str, Any]], best: Optional[dict[str, Any]], cfg: GuardConfig) -> bool:
+    """Whether the last check of `history` becomes the policy to keep: it has a held-out score above the best
+    check's so far and passes none of the thresholds. A check past the KL, spread or length a user set is not
+    one they would keep, however a held-out reward model (fooled like the proxy) scores it."""
+    last = history[-1]
+    if last.get("heldout") is None or limits_passed(history, cfg):
+        return False
+    return best is None or last["heldout"] > best["heldout"]
 
 
 # ---------------------------------------------------------------------------
@@ -241,8 +259,7 @@ class Guard:
         # decide: a verdict that differed in the last bit between ranks would leave one rank waiting for the
         # others at the best policy's save or at the stop.
         record = distributed.broadcast_object(record)
-        record["best"] = record.get("heldout") is not None and (
-            self.best is None or record["heldout"] > self.best["heldout"])
+        record["best"] = new_best(self.history + [record], self.best, self.cfg)
         if record["best"]:
             from alignloop.train.checkpoints import save_final
 
