@@ -145,8 +145,9 @@ def judge(pool: list[dict], candidates: list[tuple[int, int, int]], seed: int) -
 
 def run_arm(arm: str, seed: int, x: torch.Tensor, offsets: list[int], candidates, verdicts, heldout, sizes,
             batch: int, heads: int) -> list[dict]:
-    # arm: random, uncertain (select.score=information) or spread (select.score=spread)
-    """Buy judgments batch by batch; at each of `sizes`, the ensemble's held-out agreement with gold."""
+    """Buy judgments batch by batch; at each of `sizes`, the ensemble's held-out agreement with gold.
+
+    `arm`: random, uncertain (select.score=information) or spread (select.score=spread)."""
     rng = random.Random(f"arm:{seed}")
     a = torch.tensor([offsets[r] + i for r, i, _ in candidates])
     b = torch.tensor([offsets[r] + j for r, _, j in candidates])
