@@ -13,13 +13,20 @@ adds to it, in rounds 101.. so that the run's own rounds are untouched:
    round 113: the same as 111 with the guard on as a user would run it: the held-out reward model of round 102
    as its judge and `guard.stop=true`; its kept checkpoint is then judged by gold on the guard's prompts;
    round 114: the same as 113 with a KL budget as well (`guard.max_kl`, `--guard-max-kl`): it stops at the first
-   check past the budget and keeps the best held-out check within it.
-3. A table: per run the gold win rate at each check and KL, the best, the KL where gold peaks, and for 113 and 114 the
+   check past the budget and keeps the best held-out check within it;
+   round 115: the same as 113 with a floor on the mean response length instead (`guard.min_length_ratio`,
+   `--guard-min-length-ratio`, against the first check's): a policy collapsing to short replies is stopped.
+3. A table: per run the gold win rate at each check and KL, the best, the KL where gold peaks, and for 113-115 the
    checkpoint kept and its gold win rate.
 
+`--seed N` sets every PPO run's seed (`run.seed`): another trajectory from the same models, for a second look at
+a setting chosen on the first; use a fresh copy of the run, since the rounds' numbers are the same.
+
 Usage: PYTHONPATH=src .venv/bin/python bench/overoptimisation.py --run runs/demo [--iterations 60] [--every 5]
-       [--kl-coef 0.01] [--threads 1] [--only 111,112,113,114] [--guard-max-kl 6]
-Results: bench/results/overoptimisation.json (with --only: overoptimisation_111_112.json, ...).
+       [--kl-coef 0.01] [--threads 1] [--only 111,112,113,114,115] [--guard-max-kl 6]
+       [--guard-min-length-ratio 0.5] [--seed 0]
+Results: bench/results/overoptimisation.json (with --only: overoptimisation_111_112.json, ...; with --seed N
+other than 0, _seedN before .json).
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from rl_builtin import RESULTS, alignloop  # noqa: E402
 
 PROXY, HELDOUT = 101, 102
 RUNS = {111: "mean", 112: "mean_minus_std", 113: "mean + guard (held-out RM, stop)",
-        114: "mean + guard (held-out RM, max_kl, stop)"}
-GUARDED = (113, 114)
+        114: "mean + guard (held-out RM, max_kl, stop)", 115: "mean + guard (held-out RM, min_length_ratio, stop)"}
+GUARDED = (113, 114, 115)
 
 
 def reward_models(run: Path, threads: int, log: Path) -> None:
@@ -51,7 +58,7 @@ def ppo(run: Path, number: int, args, log: Path) -> None:
                 "ppo.rollout_prompts=32", "ppo.epochs=2", "ppo.minibatches=2", "ppo.lr=1e-4",
                 "reward.adaptive_kl=false", f"reward.kl_coef={args.kl_coef}", "sampling.max_new_tokens=96",
                 "run.sample_table_every=0", f"run.threads={args.threads}", f"guard.every={args.every}",
-                "guard.prompts.limit=64"]
+                "guard.prompts.limit=64", f"run.seed={args.seed}"]
     if number == 112:
         settings.append("reward.uncertainty=mean_minus_std")
     if number in GUARDED:
@@ -59,6 +66,8 @@ def ppo(run: Path, number: int, args, log: Path) -> None:
         settings += [f"guard.heldout={held}", "guard.stop=true", "guard.patience=2"]
         if number == 114:
             settings.append(f"guard.max_kl={args.guard_max_kl}")
+        if number == 115:
+            settings.append(f"guard.min_length_ratio={args.guard_min_length_ratio}")
     else:
         settings.append("guard.heldout=gold")
     alignloop("ppo", "--run", str(run), *settings, log=log)
@@ -90,7 +99,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--guard-max-kl", type=float, default=6.0,
                         help="round 114's guard.max_kl: a KL budget in nats, the demo's bar by default")
-    parser.add_argument("--only", default="111,112,113,114", help="which PPO runs (rounds) to make")
+    parser.add_argument("--guard-min-length-ratio", type=float, default=0.5,
+                        help="round 115's guard.min_length_ratio: stop when replies fall below this share of the "
+                             "first check's length")
+    parser.add_argument("--seed", type=int, default=0, help="run.seed of every PPO run")
+    parser.add_argument("--only", default="111,112,113,114,115", help="which PPO runs (rounds) to make")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / "overoptimisation.log"
@@ -124,7 +137,8 @@ def main() -> None:
             print(f"  it {c['iteration']:>3}  kl {c['kl']:6.2f}  proxy {c['proxy']:+.3f}  held-out "
                   f"{c['heldout'] if c['heldout'] is None else round(c['heldout'], 4)}{gold}"
                   f"{'  FIRED' if c.get('fired') else ''}")
-    name = "overoptimisation.json" if wanted == sorted(RUNS) else f"overoptimisation_{'_'.join(map(str, wanted))}.json"
+    name = "overoptimisation" if wanted == sorted(RUNS) else f"overoptimisation_{'_'.join(map(str, wanted))}"
+    name += f"_seed{args.seed}.json" if args.seed else ".json"
     (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")
 
 

@@ -46,6 +46,11 @@ def test_thresholds():
     assert guard_verdict(history, GuardConfig(every=1, max_length_ratio=2.5)) is None  # 25 = 2.5 x 10
     assert "mean length 25.0 > guard.max_length_ratio 2" in guard_verdict(history,
                                                                            GuardConfig(every=1, max_length_ratio=2))
+    shorter = checks([0.1, 0.2, 0.3], [0.5, 0.6, 0.7])
+    shorter[1]["length"], shorter[2]["length"] = 5.0, 4.0
+    assert guard_verdict(shorter[:2], GuardConfig(every=1, min_length_ratio=0.5)) is None  # 5 = 0.5 x 10
+    assert guard_verdict(shorter, GuardConfig(every=1, min_length_ratio=0.5)) == \
+        "mean length 4.0 < guard.min_length_ratio 0.5 x the first check's 10.0"
     both = guard_verdict(history, GuardConfig(every=1, max_kl=1, max_spread=0.1))
     assert "KL" in both and "spread" in both
 
@@ -67,6 +72,9 @@ def test_the_kept_check_is_the_best_heldout_score_within_the_thresholds():
     longer = checks([0.1, 0.2], [0.5, 0.9])
     longer[-1]["length"] = 30.0
     assert not new_best(longer, {"heldout": 0.5}, GuardConfig(every=1, max_length_ratio=2))
+    longer[-1]["length"] = 4.0
+    assert not new_best(longer, {"heldout": 0.5}, GuardConfig(every=1, min_length_ratio=0.5))
+    assert new_best(longer, {"heldout": 0.5}, GuardConfig(every=1, min_length_ratio=0.4))
 
 
 def test_history_keeps_the_checks_up_to_the_resumed_iteration(tmp_path):

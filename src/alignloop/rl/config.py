@@ -221,8 +221,11 @@ class GuardConfig(Section):
     max_length_ratio: Optional[float] = Field(
         None, gt=0, description="Fire when a check's mean response length exceeds this many times the first "
                                 "check's.")
+    min_length_ratio: Optional[float] = Field(
+        None, gt=0, lt=1, description="Fire when a check's mean response length falls below this fraction of the "
+                                      "first check's (a policy collapsing to short replies the proxy likes).")
     stop: bool = Field(False, description="On firing, stop the run; the stage's final policy is then the best "
-                                          "check's by held-out score among those within the max_* thresholds "
+                                          "check's by held-out score among those within the thresholds "
                                           "(guard/best-NNNNNN), not the last.")
 
 

@@ -62,7 +62,8 @@ def diverging_checks(history: Sequence[dict[str, Any]]) -> int:
 
 def limits_passed(history: Sequence[dict[str, Any]], cfg: GuardConfig) -> list[str]:
     """The thresholds the last check of `history` passes (`max_kl`, `max_spread`, `max_ood_fraction`, or a mean
-    length above `max_length_ratio` times the first check's), each as the sentence the warning gives."""
+    length above `max_length_ratio` or below `min_length_ratio` times the first check's), each as the sentence
+    the warning gives."""
     if not history:
         return []
     last, reasons = history[-1], []
@@ -71,9 +72,12 @@ def limits_passed(history: Sequence[dict[str, Any]], cfg: GuardConfig) -> list[s
         if limit is not None and last.get(key) is not None and last[key] > limit:
             reasons.append(f"{what} {last[key]:.4g} > guard.max_{key} {limit:g}")
     first_length = history[0].get("length")
-    if cfg.max_length_ratio is not None and first_length and last["length"] > cfg.max_length_ratio * first_length:
-        reasons.append(f"mean length {last['length']:.1f} > guard.max_length_ratio {cfg.max_length_ratio:g} x "
-                       f"the first check's {first_length:.1f}")
+    if first_length:
+        for ratio, past, sign, name in ((cfg.max_length_ratio, lambda a, b: a > b, ">", "max"),
+                                        (cfg.min_length_ratio, lambda a, b: a < b, "<", "min")):
+            if ratio is not None and past(last["length"], ratio * first_length):
+                reasons.append(f"mean length {last['length']:.1f} {sign} guard.{name}_length_ratio {ratio:g} x "
+                               f"the first check's {first_length:.1f}")
     return reasons
 
 
