@@ -136,6 +136,22 @@ def assert_same_update(start: Path, one: Path, two: Path) -> None:
     assert moved > 0 and apart <= 0.01 * moved, f"weights moved up to {moved:.3g}; the runs differ by {apart:.3g}"
 
 
+def assert_same_weights(since: Path, one: Path, two: Path, share: float = 1e-2) -> None:
+    """Per tensor, the two runs' final weights are apart by at most `share` of how far the one-process run moved
+    them from `since` (a checkpoint or the starting model; a tensor it lacks, such as a new head: of its norm),
+    in L2 norm.
+
+    Not element by element: Adam divides each gradient element by its running RMS, so an element whose gradient
+    is near zero turns the float rounding of the two-process sum (~1e-7 relative) into an update difference of up
+    to the learning rate. A handful of such elements is expected (one in ~500,000 of the tiny model passed 1e-5);
+    a wrong split or normalisation moves whole tensors."""
+    w0, w1, w2 = (load_file(str(p / "model.safetensors")) for p in (since, one, two))
+    for name in w1:
+        moved = float((w1[name] - w0.get(name, torch.zeros_like(w1[name]))).norm())
+        apart = float((w2[name] - w1[name]).norm())
+        assert apart <= share * moved, f"{name}: moved {moved:.3g} since {since.name}; the runs differ by {apart:.3g}"
+
+
 def _ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -159,9 +175,8 @@ def test_pretrain_two_processes_match_one_and_resume(tmp_path, launcher):
     assert_sharded(resumed.stderr, launcher)
 
     assert_same_metrics(one / "pretrain" / "metrics.jsonl", two / "pretrain" / "metrics.jsonl", ["loss", "val_loss"])
-    w1, w2 = (load_file(str(r / "pretrain" / "final" / "model.safetensors")) for r in (one, two))
-    for name in w1:
-        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5, msg=name)
+    assert_same_weights(one / "pretrain" / "checkpoints" / "step-000003", one / "pretrain" / "final",
+                        two / "pretrain" / "final")
     assert json.loads((two / "manifest.json").read_text())["stages"]["pretrain"]["status"] == "done"
 
 
@@ -213,9 +228,7 @@ def test_reward_two_processes_match_one(tmp_path, launcher):
     stage = Path("rounds") / "001" / "reward"
     assert_same_metrics(one / stage / "metrics.jsonl", two / stage / "metrics.jsonl",
                         ["loss", "accuracy", "val_loss", "grad_norm"])
-    w1, w2 = (load_file(str(r / stage / "final" / "model.safetensors")) for r in (one, two))
-    for name in w1:
-        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5, msg=name)
+    assert_same_weights(backbone, one / stage / "final", two / stage / "final")
 
 
 def _ppo_both(rl_run: Path, tmp_path: Path, launcher: str, args: list[str], keys: list[str],
