@@ -12,9 +12,10 @@ $(BIN)/python:
 
 # torch first, pinned: the CPU wheel on disk. Anything installed after it then
 # finds torch satisfied instead of pulling a multi-GB CUDA build.
-$(STAMP): pyproject.toml | $(BIN)/python
+# constraints.txt: the dependency versions the suite last passed with.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
