@@ -128,9 +128,13 @@ def assert_same_metrics(one: Path, two: Path, keys: list[str], abs_tol: dict[str
             assert y == pytest.approx(x, rel=REL, abs=tolerance), f"{key} at step {step}: 1 process {x}, 2 processes {y}"
 
 
+def _weights(*folders: Path) -> list[dict[str, torch.Tensor]]:
+    return [load_file(str(folder / "model.safetensors")) for folder in folders]
+
+
 def assert_same_update(start: Path, one: Path, two: Path) -> None:
     """Both runs moved every weight the same way: |w2 - w1| <= 1% of the largest change from the start."""
-    w0, w1, w2 = (load_file(str(p / "model.safetensors")) for p in (start, one, two))
+    w0, w1, w2 = _weights(start, one, two)
     moved = max(float((w1[k] - w0[k]).abs().max()) for k in w1)
     apart = max(float((w2[k] - w1[k]).abs().max()) for k in w1)
     assert moved > 0 and apart <= 0.01 * moved, f"weights moved up to {moved:.3g}; the runs differ by {apart:.3g}"
@@ -145,7 +149,7 @@ def assert_same_weights(since: Path, one: Path, two: Path, share: float = 1e-2) 
     is near zero turns the float rounding of the two-process sum (~1e-7 relative) into an update difference of up
     to the learning rate. A handful of such elements is expected (one in ~500,000 of the tiny model passed 1e-5);
     a wrong split or normalisation moves whole tensors."""
-    w0, w1, w2 = (load_file(str(p / "model.safetensors")) for p in (since, one, two))
+    w0, w1, w2 = _weights(since, one, two)
     for name in w1:
         moved = float((w1[name] - w0.get(name, torch.zeros_like(w1[name]))).norm())
         apart = float((w2[name] - w1[name]).norm())
@@ -302,8 +306,8 @@ def test_guard_under_torchrun_checks_once_and_every_rank_stops_together(rl_run):
     assert entry["status"] == "done" and entry["guard_stopped_at"] == stop["iteration"]
     best = kept_by_hand(history, 0.9)
     assert best is not None and stop["kept"] == best["iteration"] and "guard.max_kl 0.9" in stop["fired"]
-    final = load_file(str(run / "rounds" / "001" / "policy" / "final" / "model.safetensors"))
-    kept = load_file(str(stage / "guard" / f"best-{best['iteration']:06d}" / "model.safetensors"))
+    final, kept = _weights(run / "rounds" / "001" / "policy" / "final",
+                           stage / "guard" / f"best-{best['iteration']:06d}")
     assert final.keys() == kept.keys() and all(torch.equal(final[k], kept[k]) for k in final)
 
 

@@ -28,6 +28,7 @@ made again. An older best policy is removed once a checkpoint covers a newer one
 from __future__ import annotations
 
 import json
+import operator
 import os
 import shutil
 from pathlib import Path
@@ -73,8 +74,8 @@ def limits_passed(history: Sequence[dict[str, Any]], cfg: GuardConfig) -> list[s
             reasons.append(f"{what} {last[key]:.4g} > guard.max_{key} {limit:g}")
     first_length = history[0].get("length")
     if first_length:
-        for ratio, past, sign, name in ((cfg.max_length_ratio, lambda a, b: a > b, ">", "max"),
-                                        (cfg.min_length_ratio, lambda a, b: a < b, "<", "min")):
+        for ratio, past, sign, name in ((cfg.max_length_ratio, operator.gt, ">", "max"),
+                                        (cfg.min_length_ratio, operator.lt, "<", "min")):
             if ratio is not None and past(last["length"], ratio * first_length):
                 reasons.append(f"mean length {last['length']:.1f} {sign} guard.{name}_length_ratio {ratio:g} x "
                                f"the first check's {first_length:.1f}")
