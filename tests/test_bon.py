@@ -41,6 +41,10 @@ def test_best_of_n_keeps_the_highest_scored_candidate(rl_run_template):
     # n = 1 is one plain sample.
     single = best_of_n(policy, tokenizer, scorer, RL_PROMPTS[:3], 1, cfg.sampling, 64, torch.Generator().manual_seed(0))
     assert all(c["score"] == c["mean_score"] for c in single)
+    # A pick cut at the length limit says so, for distillation to teach it without an end token.
+    cut_sampling = cfg.sampling.model_copy(update={"max_new_tokens": 1, "min_new_tokens": 1})
+    cut = best_of_n(policy, tokenizer, scorer, RL_PROMPTS[:3], 2, cut_sampling, 64, torch.Generator().manual_seed(0))
+    assert [c["ended"] for c in cut] == [False] * 3
 
 
 def test_run_bon_reports_win_rates_and_the_kl_bound(rl_run):

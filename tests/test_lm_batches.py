@@ -1,6 +1,10 @@
+import json
+
+import pytest
 import torch
 
-from alignloop.data.lm_batches import PackedBlocks, build_supervised_example, pack_blocks
+from alignloop.data.lm_batches import PackedBlocks, build_supervised_example, pack_blocks, read_supervised_records
+from alignloop.errors import DataError
 from alignloop.tokenizer import train_tokenizer
 
 
@@ -31,3 +35,18 @@ def test_supervised_example_masks_prompt_and_keeps_response():
     assert tokenizer.decode(ex.input_ids[n_prompt:], skip_special_tokens=True) == " Tom was happy."
     short = build_supervised_example(tokenizer, "Tom went home. " * 10, "Tom was happy.", max_len=12)
     assert len(short.input_ids) == 12 and short.input_ids[0] == tokenizer.bos_token_id
+
+
+def test_a_cut_response_is_taught_without_an_end_token(tmp_path):
+    tokenizer = train_tokenizer(["Tom went home. Tom was happy. The end."] * 20, vocab_size=300)
+    whole = build_supervised_example(tokenizer, "Tom went home.", "Tom was happy.", max_len=64)
+    cut = build_supervised_example(tokenizer, "Tom went home.", "Tom was happy.", max_len=64, ended=False)
+    assert cut.input_ids == whole.input_ids[:-1] and cut.labels == whole.labels[:-1]
+    assert tokenizer.eos_token_id not in cut.input_ids
+    data = tmp_path / "sft.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in [{"prompt": "a", "response": "b"},
+                                                       {"prompt": "c", "response": "d", "ended": False}]))
+    assert read_supervised_records(data) == [("a", "b", True), ("c", "d", False)]
+    data.write_text(json.dumps({"prompt": "a", "response": "b", "ended": "no"}))
+    with pytest.raises(DataError, match="line 1: 'ended' must be true or false"):
+        read_supervised_records(data)

@@ -91,10 +91,15 @@ class SupervisedExample:
     labels: list[int]
 
 
-def build_supervised_example(tokenizer, prompt: str, response: str, max_len: int) -> SupervisedExample:
-    """`<bos> prompt response <eos>` with labels only on the response (truncated from the left of the prompt)."""
+def build_supervised_example(tokenizer, prompt: str, response: str, max_len: int,
+                             ended: bool = True) -> SupervisedExample:
+    """`<bos> prompt response <eos>` with labels only on the response (truncated from the left of the prompt).
+
+    `ended=False` leaves the EOS out: the response was cut, and teaching an end there would teach the model to
+    stop mid-sentence.
+    """
     prompt_ids = encode_prompt(tokenizer, prompt)
-    response_ids = encode_response(tokenizer, prompt, response)
+    response_ids = encode_response(tokenizer, prompt, response, add_eos=ended)
     response_ids = response_ids[:max_len - 1]
     room = max_len - len(response_ids)
     if len(prompt_ids) > room:
@@ -132,21 +137,26 @@ def render_chat(messages: list[dict]) -> list[tuple[str, str]]:
     return pairs
 
 
-def read_supervised_records(path: Path) -> list[tuple[str, str]]:
-    """(prompt, response) pairs from JSONL `{"prompt","response"}` or chat `{"messages": [...]}` (gzip or not).
+def read_supervised_records(path: Path) -> list[tuple[str, str, bool]]:
+    """(prompt, response, ended) from JSONL `{"prompt","response"}` or chat `{"messages": [...]}` (gzip or not).
 
-    A line of any other shape is an error naming it; a record with an empty response is left out.
+    `ended` is the record's optional boolean `"ended"` (default true): false marks a response that was cut
+    (best-of-n distillation writes it), taught without EOS. A line of any other shape is an error naming it;
+    a record with an empty response is left out.
     """
     pairs = []
     for number, record in iter_jsonl(path, "SFT data"):
         if "messages" in record:
             try:
-                pairs.extend(render_chat(record["messages"]))
+                pairs.extend((prompt, reply, True) for prompt, reply in render_chat(record["messages"]))
             except DataError as exc:
                 raise DataError(f"{path} line {number}: {exc}") from None
         elif isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
+            ended = record.get("ended", True)
+            if not isinstance(ended, bool):
+                raise DataError(f"{path} line {number}: 'ended' must be true or false")
             if record["response"].strip():
-                pairs.append((record["prompt"], record["response"]))
+                pairs.append((record["prompt"], record["response"], ended))
         else:
             raise DataError(f"{path} line {number}: expected {{\"prompt\", \"response\"}} strings or "
                             f"{{\"messages\": [...]}}")

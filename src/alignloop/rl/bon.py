@@ -47,7 +47,8 @@ def best_of_n(policy, tokenizer, scorer: RewardScorer, prompts: list[str], n: in
               generator: torch.Generator, reward: Optional[RewardEstimatesConfig] = None) -> list[dict[str, Any]]:
     """For each prompt: the best of n sampled responses by the reward `reward.uncertainty` makes of the ensemble's
     estimates (default: their mean), with its raw score (`score`), that reward (`reward`), the spread of its
-    estimates (`spread`) and the mean raw score of the n."""
+    estimates (`spread`), whether it ended with EOS (`ended`: False when cut at `max_new_tokens`) and the mean
+    raw score of the n."""
     reward = reward or RewardEstimatesConfig()
     prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_tokens)
     sampler = make_sampler(sampling, tokenizer)
@@ -65,11 +66,12 @@ def best_of_n(policy, tokenizer, scorer: RewardScorer, prompts: list[str], n: in
         rewards = assessed.combined.cpu().view(len(group_prompts), n)
         spread = estimate_spread(assessed.estimates).cpu().view(len(group_prompts), n)
         best = rewards.argmax(-1)
+        ended = batch.ended_with_eos.cpu().view(len(group_prompts), n)
         for g, prompt in enumerate(group_prompts):
             k = int(best[g])
             chosen.append({"prompt": prompt, "response": responses[g * n + k], "score": float(scores[g, k]),
                            "reward": float(rewards[g, k]), "spread": float(spread[g, k]),
-                           "mean_score": float(scores[g].mean()), "n": n})
+                           "ended": bool(ended[g, k]), "mean_score": float(scores[g].mean()), "n": n})
     return chosen
 
 

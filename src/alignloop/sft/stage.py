@@ -82,7 +82,8 @@ def fine_tune(run: RunDir, cfg: SFTConfig, *, key: str, stage_dir: Path, final: 
     state = load_training_state(checkpoint) if checkpoint else None
 
     train_ids, val_ids = split_indices(len(pairs), cfg.data.val_fraction, cfg.data.seed)
-    examples = [build_supervised_example(tokenizer, *pair, cfg.data.max_len) for pair in pairs]
+    examples = [build_supervised_example(tokenizer, prompt, response, cfg.data.max_len, ended)
+                for prompt, response, ended in pairs]
     data = SupervisedPairs([examples[i] for i in train_ids], [examples[i] for i in val_ids], cfg.train.batch_size,
                            tokenizer.pad_token_id, cfg.train.seed)
     stage = key.split(":")[0]
@@ -91,7 +92,7 @@ def fine_tune(run: RunDir, cfg: SFTConfig, *, key: str, stage_dir: Path, final: 
 
     run.record_config(stage, cfg)
     record_started(run, key, inputs)
-    prompts = [p for p, _ in pairs[: cfg.train.samples]] or None
+    prompts = [p for p, *_ in pairs[: cfg.train.samples]] or None
     result = train_language_model(
         stage=stage, stage_dir=stage_dir, model=model, tokenizer=tokenizer, data=data, cfg=cfg.train,
         resume_state=state, sample_fn=sample_fn_for(run, tokenizer, cfg.train, prompts), log=log, final_dir=final)
