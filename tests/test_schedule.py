@@ -31,3 +31,13 @@ def test_warmup_is_capped_at_a_fifth_of_a_short_run():
     assert capped_warmup(100, 30) == 6  # a long run's setting on a 30-step run
     assert capped_warmup(100, 2000) == 100  # untouched where the run is long enough
     assert capped_warmup(20, 4) == 0  # four steps: no warmup at all, the peak from step 0
+
+
+def test_a_capped_warmup_is_announced_once_and_only_when_capped():
+    from alignloop.train.schedule import capped_warmup_logged
+
+    said: list[str] = []
+    assert capped_warmup_logged(10, 30, "dpo", "dpo.warmup_steps", said.append) == 6
+    assert said == ["dpo: warmup of 6 steps instead of dpo.warmup_steps=10: at most a fifth of the 30-step run"]
+    assert capped_warmup_logged(10, 100, "dpo", "dpo.warmup_steps", said.append) == 10
+    assert len(said) == 1

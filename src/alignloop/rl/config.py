@@ -325,7 +325,7 @@ class DPOAlgorithmConfig(Section):
     batch_size: int = Field(16, ge=1, description="Pairs per optimizer step.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: LearningRate = Field(5e-5, description="Peak learning rate (AdamW, warmup then cosine).")
-    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps (at most a fifth of the run).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 disables).")
 

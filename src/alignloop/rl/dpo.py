@@ -60,7 +60,7 @@ from alignloop.train.crash import crash_point
 from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import StepTimer
-from alignloop.train.schedule import learning_rate
+from alignloop.train.schedule import capped_warmup_logged, learning_rate
 
 STAGE = "dpo"
 
@@ -281,8 +281,9 @@ def _train(run: RunDir, cfg: DPOConfig, round_number: int, paths, pairs: list[tu
     started = time.monotonic()
     timer = StepTimer(steps, start)
     stats: dict[str, float] = {}
+    warmup = capped_warmup_logged(cfg.dpo.warmup_steps, steps, STAGE, "dpo.warmup_steps", log)
     for step in range(start, steps):
-        lr = learning_rate(step, steps, cfg.dpo.lr, cfg.dpo.warmup_steps, 0.1)
+        lr = learning_rate(step, steps, cfg.dpo.lr, warmup, 0.1)
         for group in optimizer.param_groups:
             group["lr"] = lr
         rows = distributed.shard_list(batch_rows(step, cfg.dpo.batch_size, len(train), cfg.run.seed),

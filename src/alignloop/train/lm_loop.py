@@ -31,7 +31,7 @@ from alignloop.train.crash import crash_point
 from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import StepTimer, training_progress
-from alignloop.train.schedule import capped_warmup, learning_rate
+from alignloop.train.schedule import capped_warmup_logged, learning_rate
 
 
 class BatchSource(Protocol):
@@ -180,10 +180,7 @@ def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, 
         torch.manual_seed(cfg.seed)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start_step if resume_state else None)
 
-    warmup = capped_warmup(cfg.warmup_steps, cfg.max_steps)
-    if warmup < cfg.warmup_steps:
-        log(f"{stage}: warmup of {warmup} steps instead of train.warmup_steps={cfg.warmup_steps}: "
-            f"at most a fifth of the {cfg.max_steps}-step run")
+    warmup = capped_warmup_logged(cfg.warmup_steps, cfg.max_steps, stage, "train.warmup_steps", log)
     started = time.monotonic()
     tokens_seen, val_loss, step = 0, None, start_step
     window_tokens, window_start = 0, time.monotonic()

@@ -26,3 +26,12 @@ def capped_warmup(warmup_steps: int, max_steps: int) -> int:
     warming up and never train at the peak rate.
     """
     return min(warmup_steps, max_steps // 5)
+
+
+def capped_warmup_logged(warmup_steps: int, max_steps: int, stage: str, setting: str, log) -> int:
+    """`capped_warmup`, saying so through `log` when the cap shortens the configured `setting`."""
+    warmup = capped_warmup(warmup_steps, max_steps)
+    if warmup < warmup_steps:
+        log(f"{stage}: warmup of {warmup} steps instead of {setting}={warmup_steps}: "
+            f"at most a fifth of the {max_steps}-step run")
+    return warmup
