@@ -99,8 +99,8 @@ def main() -> None:
         walls["sft"] = alignloop("sft", "--run", run, "train.max_steps=400", f"train.max_minutes={args.sft_minutes}",
                                  "train.samples=0", threads)
     if not (args.run / "rounds" / "001" / "samples.jsonl").exists():
-        walls["sample"] = alignloop("sample", "--run", run, "--checkpoint", str(sft), f"n_prompts={args.prompts}",
-                                    f"k={args.responses}", "item_kind=pair", f"max_new_tokens={NEW_TOKENS}",
+        walls["sample"] = alignloop("sample", "--run", run, "--checkpoint", str(sft), f"prompts.limit={args.prompts}",
+                                    f"k={args.responses}", "item_kind=pair", f"sampling.max_new_tokens={NEW_TOKENS}",
                                     "round=1", "seed=0")
     walls["annotate"] = alignloop("annotate", "--run", run, "--simulated", "personas=4",
                                   f"overlap={args.judgments}", "seed=0")

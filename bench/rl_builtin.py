@@ -82,8 +82,8 @@ def main() -> None:
                                     "train.save_every=200", "train.samples=0", f"train.threads={threads}", log=log)
     seconds["sft"] = alignloop("sft", "--run", str(run), f"train.max_minutes={args.sft_minutes}", "train.samples=0",
                                f"train.threads={threads}", log=log)
-    seconds["sample"] = alignloop("sample", "--run", str(run), "round=1", "k=4", "n_prompts=334",
-                                  f"max_new_tokens={NEW_TOKENS}", "overlap=1", log=log)
+    seconds["sample"] = alignloop("sample", "--run", str(run), "round=1", "k=4", "prompts.limit=334",
+                                  f"sampling.max_new_tokens={NEW_TOKENS}", "overlap=1", log=log)
     if not (run / "bench_annotated").exists():
         seconds["annotate"] = alignloop("annotate", "--run", str(run), "--simulated", "max_judgments=2000", "overlap=1",
                                         log=log)
