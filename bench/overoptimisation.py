@@ -24,9 +24,9 @@ a setting chosen on the first; use a fresh copy of the run, since the rounds' nu
 
 Usage: PYTHONPATH=src .venv/bin/python bench/overoptimisation.py --run runs/demo [--iterations 60] [--every 5]
        [--kl-coef 0.01] [--threads 1] [--only 111,112,113,114,115] [--guard-max-kl 6]
-       [--guard-min-length-ratio 0.5] [--seed 0]
-Results: bench/results/overoptimisation.json (with --only: overoptimisation_111_112.json, ...; with --seed N
-other than 0, _seedN before .json).
+       [--guard-min-length-ratio 0.5] [--seed 0] [--check-prompts 64]
+Results: bench/results/overoptimisation.json (with --only: overoptimisation_111_112.json, ...; with
+--check-prompts N other than 64, _promptsN; with --seed N other than 0, _seedN before .json).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def ppo(run: Path, number: int, args, log: Path) -> None:
                 "ppo.rollout_prompts=32", "ppo.epochs=2", "ppo.minibatches=2", "ppo.lr=1e-4",
                 "reward.adaptive_kl=false", f"reward.kl_coef={args.kl_coef}", "sampling.max_new_tokens=96",
                 "run.sample_table_every=0", f"run.threads={args.threads}", f"guard.every={args.every}",
-                "guard.prompts.limit=64", f"run.seed={args.seed}"]
+                f"guard.prompts.limit={args.check_prompts}", f"run.seed={args.seed}"]
     if number == 112:
         settings.append("reward.uncertainty=mean_minus_std")
     if number in GUARDED:
@@ -84,7 +84,8 @@ def kept_gold(run: Path, number: int, args, log: Path) -> dict:
 
     with tempfile.TemporaryDirectory() as folder:  # the figures are kept in the results, the samples are not
         out = Path(folder) / "eval.json"
-        alignloop("eval", "--run", str(run), f"round={number}", "prompts.limit=64", "sampling.max_new_tokens=96",
+        alignloop("eval", "--run", str(run), f"round={number}", f"prompts.limit={args.check_prompts}",
+                  "sampling.max_new_tokens=96",
                   f"models.baseline={run / 'sft' / 'final'}", "text.blocks=8", f"threads={args.threads}",
                   "--json", str(out), log=log)
         return json.loads(out.read_text())
@@ -103,6 +104,10 @@ def main() -> None:
                         help="round 115's guard.min_length_ratio: stop when replies fall below this share of the "
                              "first check's length")
     parser.add_argument("--seed", type=int, default=0, help="run.seed of every PPO run")
+    parser.add_argument("--check-prompts", type=int, default=64,
+                        help="held-out prompts per guard check (guard.prompts.limit) and for judging a guarded "
+                             "round's kept policy: more narrow the gold figures' intervals and steady the held-out "
+                             "score, at the cost of a longer check")
     parser.add_argument("--only", default="111,112,113,114,115", help="which PPO runs (rounds) to make")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -138,6 +143,7 @@ def main() -> None:
                   f"{c['heldout'] if c['heldout'] is None else round(c['heldout'], 4)}{gold}"
                   f"{'  FIRED' if c.get('fired') else ''}")
     name = "overoptimisation" if wanted == sorted(RUNS) else f"overoptimisation_{'_'.join(map(str, wanted))}"
+    name += f"_prompts{args.check_prompts}" if args.check_prompts != 64 else ""
     name += f"_seed{args.seed}.json" if args.seed else ".json"
     (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")
 
