@@ -301,17 +301,19 @@ def test_recomputed_old_logprobs_keep_the_ratio_at_one(parts, rl_run_template):
         assert stats["logprob_gap_max"] < 1e-5 and 0 <= stats["logprob_gap_kl"] <= stats["logprob_gap_max"] ** 2
 
 
-def test_reward_clip_fraction_by_hand(rl_run_template):
-    from alignloop.rl.rollout import clip_fraction, shape_scores
+def test_reward_clip_share_and_shaping_by_hand(rl_run_template):
+    from alignloop.rl.rollout import clipped_share, shape_rewards
 
     reward_model = load_reward_model(rl_run_template / "rounds" / "001" / "reward" / "final", "cpu")
     assert (reward_model.stats.mean, reward_model.stats.std) == (0.1, 2.0)
-    cfg = PPOConfig().reward  # normalised, clip 5
+    cfg = PPOConfig().reward  # normalised, clip 5, missing-EOS penalty 1
     # normalised: (s - 0.1) / 2 = [0, 5.05, -5.0, 5.45]: the second and the last lie beyond the clip
     scores = torch.tensor([0.1, 10.2, -9.9, 11.0])
-    assert clip_fraction(scores, reward_model, cfg) == 0.5
-    shaped = shape_scores(scores, torch.ones(4, dtype=torch.bool), reward_model, cfg)
-    assert shaped.tolist() == pytest.approx([0.0, 5.0, -5.0, 5.0])
-    assert clip_fraction(scores, reward_model, cfg.model_copy(update={"clip": None})) == 0.0
-    # unnormalised: the raw scores against the clip, 10.2, -9.9 and 11.0 beyond it
-    assert clip_fraction(scores, reward_model, cfg.model_copy(update={"normalise": False})) == 0.75
+    normalised = reward_model.normalise(scores)
+    assert clipped_share(normalised, cfg) == 0.5
+    ended = torch.tensor([True, True, True, False])
+    # clipped, then the last (cut without EOS) loses the penalty: below the clip boundary
+    assert shape_rewards(normalised, ended, cfg).tolist() == pytest.approx([0.0, 5.0, -5.0, 4.0])
+    assert clipped_share(normalised, cfg.model_copy(update={"clip": None})) == 0.0
+    # raw scores against the clip: 10.2, -9.9 and 11.0 beyond it
+    assert clipped_share(scores, cfg) == 0.75

@@ -204,21 +204,11 @@ def open_reward_scorer(path, device: torch.device, policy_tokenizer, shaping: Re
     return scorer
 
 
-def normalised_scores(scores: Tensor, reward_model, cfg: RewardShapingConfig) -> Tensor:
-    """(score - mean) / std with the reward model's statistics when `reward.normalise`, else the raw scores."""
-    return reward_model.normalise(scores) if cfg.normalise else scores.clone()
-
-
 def clipped_share(rewards: Tensor, cfg: RewardShapingConfig) -> float:
     """Share of (normalised, combined) rewards outside [-clip, clip], i.e. that `shape_rewards` clips."""
     if cfg.clip is None or not len(rewards):
         return 0.0
     return float((rewards.abs() > cfg.clip).float().mean())
-
-
-def clip_fraction(scores: Tensor, reward_model, cfg: RewardShapingConfig) -> float:
-    """Share of responses whose (normalised) score lies outside [-clip, clip], i.e. that `shape_scores` clips."""
-    return clipped_share(normalised_scores(scores, reward_model, cfg), cfg)
 
 
 def shape_rewards(rewards: Tensor, ended_with_eos: Tensor, cfg: RewardShapingConfig) -> Tensor:
@@ -231,11 +221,6 @@ def shape_rewards(rewards: Tensor, ended_with_eos: Tensor, cfg: RewardShapingCon
     if cfg.clip is not None:
         rewards = rewards.clamp(-cfg.clip, cfg.clip)
     return rewards - cfg.missing_eos_penalty * (~ended_with_eos.bool()).to(rewards.dtype)
-
-
-def shape_scores(scores: Tensor, ended_with_eos: Tensor, reward_model, cfg: RewardShapingConfig) -> Tensor:
-    """`shape_rewards` of one raw score per response: normalise, clip, then the no-EOS penalty."""
-    return shape_rewards(normalised_scores(scores, reward_model, cfg), ended_with_eos, cfg)
 
 
 def reward_figures(exp: "Experience", scorer: RewardScorer, cfg: RewardShapingConfig) -> dict[str, float]:
