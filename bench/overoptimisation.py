@@ -26,7 +26,8 @@ Usage: PYTHONPATH=src .venv/bin/python bench/overoptimisation.py --run runs/demo
        [--kl-coef 0.01] [--threads 1] [--only 111,112,113,114,115] [--guard-max-kl 6]
        [--guard-min-length-ratio 0.5] [--seed 0] [--check-prompts 64]
 Results: bench/results/overoptimisation.json (with --only: overoptimisation_111_112.json, ...; with
---check-prompts N other than 64, _promptsN; with --seed N other than 0, _seedN before .json).
+--check-prompts N other than 64, _promptsN; with round 115 and --guard-min-length-ratio R other than 0.5, _floorR;
+with --seed N other than 0, _seedN before .json).
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def main() -> None:
                   f"{'  FIRED' if c.get('fired') else ''}")
     name = "overoptimisation" if wanted == sorted(RUNS) else f"overoptimisation_{'_'.join(map(str, wanted))}"
     name += f"_prompts{args.check_prompts}" if args.check_prompts != 64 else ""
+    name += f"_floor{args.guard_min_length_ratio:g}" if 115 in wanted and args.guard_min_length_ratio != 0.5 else ""
     name += f"_seed{args.seed}.json" if args.seed else ".json"
     (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")
 
