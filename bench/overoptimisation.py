@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rl_builtin import RESULTS, alignloop  # noqa: E402
+from rl_builtin import NEW_TOKENS, RESULTS, alignloop  # noqa: E402
 
 PROXY, HELDOUT = 101, 102
 RUNS = {111: "mean", 112: "mean_minus_std", 113: "mean + guard (held-out RM, stop)",
@@ -57,7 +57,7 @@ def ppo(run: Path, number: int, args, log: Path) -> None:
     settings = [f"run.round={number}", f"models.reward={final}", f"models.policy={run / 'sft' / 'final'}",
                 f"models.reference={run / 'sft' / 'final'}", f"ppo.iterations={args.iterations}",
                 "ppo.rollout_prompts=32", "ppo.epochs=2", "ppo.minibatches=2", "ppo.lr=1e-4",
-                "reward.adaptive_kl=false", f"reward.kl_coef={args.kl_coef}", "sampling.max_new_tokens=96",
+                "reward.adaptive_kl=false", f"reward.kl_coef={args.kl_coef}", f"sampling.max_new_tokens={NEW_TOKENS}",
                 "run.sample_table_every=0", f"run.threads={args.threads}", f"guard.every={args.every}",
                 f"guard.prompts.limit={args.check_prompts}", f"run.seed={args.seed}"]
     if number == 112:
@@ -86,9 +86,8 @@ def kept_gold(run: Path, number: int, args, log: Path) -> dict:
     with tempfile.TemporaryDirectory() as folder:  # the figures are kept in the results, the samples are not
         out = Path(folder) / "eval.json"
         alignloop("eval", "--run", str(run), f"round={number}", f"prompts.limit={args.check_prompts}",
-                  "sampling.max_new_tokens=96",
-                  f"models.baseline={run / 'sft' / 'final'}", "text.blocks=8", f"threads={args.threads}",
-                  "--json", str(out), log=log)
+                  f"sampling.max_new_tokens={NEW_TOKENS}", f"models.baseline={run / 'sft' / 'final'}", "text.blocks=8",
+                  f"threads={args.threads}", "--json", str(out), log=log)
         return json.loads(out.read_text())
 
 
