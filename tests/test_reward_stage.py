@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,11 @@ def test_cli_train_then_eval_json_with_skipped_records(backbone, tmp_path):
     path.write_bytes(good + bad)
     run = tmp_path / "run"
     trained = run_cli("reward", "--run", str(run), f"data.path={path}", f"model.path={backbone}",
-                      "train.epochs=3", *FAST)
+                      "train.epochs=3", *FAST, "train.warmup_steps=50")
     assert trained.returncode == 0, trained.stderr
     assert "skipped 3 records" in trained.stderr and "Traceback" not in trained.stderr
+    # a long run's warmup on a ~20-step run: capped at a fifth, and said so
+    assert re.search(r"reward: warmup of [1-5] steps instead of train.warmup_steps=50", trained.stderr)
     final = run / "rounds" / "001" / "reward" / "final"
     assert (final / "config.json").exists() and (final / "model.safetensors").exists()
     stats = json.loads((final / "reward_stats.json").read_text())

@@ -37,7 +37,7 @@ from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.lm_loop import backward_checked, make_optimizer
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import StepTimer, training_progress
-from alignloop.train.schedule import capped_warmup, learning_rate
+from alignloop.train.schedule import capped_warmup_logged, learning_rate
 
 
 @dataclass
@@ -212,7 +212,8 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
         log(f"{stage}: resuming from step {start_step}")
     else:
         torch.manual_seed(cfg.seed)
-    warmup = capped_warmup(cfg.warmup_steps, max_steps)  # epochs set the run's length, not the warmup
+    # Epochs set the run's length, not the warmup.
+    warmup = capped_warmup_logged(cfg.warmup_steps, max_steps, stage, "train.warmup_steps", log)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start_step if resume_state else None)
     best_dir = stage_dir / "best"
     final_dir = final_dir or stage_dir / "final"
