@@ -15,8 +15,10 @@ splits pooled (accuracies weighted by pairs). Usage, one configuration and seed 
     PYTHONPATH=src python bench/reward_length.py plain --seed 0
     PYTHONPATH=src python bench/reward_length.py odin --seed 0 [override ...]
 
-`--keep-response start|end|both` instead scores an already trained model (`--model DIR`) with another rule
-for replies too long to fit, at `--max-length`: which part of a cut reply carries the preference.
+`--model DIR [DIR ...]` scores already trained models instead of training one: several (e.g. one method's
+seeds) are scored together, by the mean of their normalised rewards. With `--keep-response start|end|both`
+it reads replies too long to fit by another rule, at `--max-length`: which part of a cut reply carries the
+preference.
 `--cut-table` trains nothing: it prints the share of replies (and of whole inputs) that the MiniLM backbone
 would read cut at several max_length values, per file. `--summarise FILE...` reads the JSON lines of earlier
 runs and prints a markdown table, one row per method: the mean over its seeds (min-max).
@@ -55,6 +57,7 @@ METHODS = {
     "covariate_x1.5": ["loss.length.covariate=true", "loss.length.covariate_scale=1.5"],
     "covariate_x2": ["loss.length.covariate=true", "loss.length.covariate_scale=2"],
     "covariate_balance": ["loss.length.covariate=true", "loss.length.balance=4"],
+    "balance_covariate_x0.5": ["loss.length.balance=4", "loss.length.covariate=true", "loss.length.covariate_scale=0.5"],
 }
 
 
@@ -145,18 +148,62 @@ def split_lines(lines: str | None, limit: int | None) -> str | None:
     return f"{first}-{min(last, int(lines.split('-')[1])) if lines else last}"
 
 
-def evaluate(model: Path, keep_response: str | None = None, max_length: int | None = None,
+class SeedMean:
+    """Several trained reward models scored as one: the mean of their normalised rewards.
+
+    Each model's reward is put on its own scale with its `reward_stats.json` (as RL does with an ensemble),
+    so a model trained to a larger spread does not outvote the others. Every model must read the same
+    tokens (one backbone, one `max_length`): the batches are the first model's encodings.
+    """
+
+    def __init__(self, models: list):
+        from alignloop.reward.ensemble import stacked_head_stats
+
+        self.models = models
+        self.means, self.stds = stacked_head_stats(models)
+
+    def __getattr__(self, name: str):
+        return getattr(self.models[0], name)  # tokenizer, encode, max_length, device: the shared reading
+
+    @property
+    def training(self) -> bool:
+        return self.models[0].training
+
+    def eval(self) -> None:
+        for model in self.models:
+            model.eval()
+
+    def train(self, mode: bool = True) -> None:
+        for model in self.models:
+            model.train(mode)
+
+    def __call__(self, **inputs):
+        import torch
+
+        from alignloop.reward.uncertainty import normalise_estimates
+
+        with torch.no_grad():
+            raw = torch.stack([model(**inputs).float() for model in self.models], dim=1)
+        return normalise_estimates(raw, self.means, self.stds).mean(dim=1)
+
+
+def evaluate(models: list[Path], keep_response: str | None = None, max_length: int | None = None,
              limit: int | None = None, splits: list[str] | None = None) -> dict:
-    """Score `model` once on every split (`alignloop.reward.evaluate.preference_report`)."""
+    """Score `models` once on every split (`alignloop.reward.evaluate.preference_report`); several models
+    are scored by the mean of their normalised rewards (`SeedMean`)."""
     from alignloop.reward.data import encode_groups, group_by_prompt, read_preference_file
     from alignloop.reward.evaluate import preference_report
     from alignloop.reward.model import load_reward_model
 
-    reward = load_reward_model(model, device="cpu")
-    if keep_response is not None:
-        reward.keep_response = keep_response
-    if max_length is not None:
-        reward.max_length = max_length
+    loaded = [load_reward_model(model, device="cpu") for model in models]
+    for reward in loaded:
+        if keep_response is not None:
+            reward.keep_response = keep_response
+        if max_length is not None:
+            reward.max_length = max_length
+    if len({(m.max_length, len(m.tokenizer)) for m in loaded}) > 1:
+        raise SystemExit("--model: the models read their inputs differently (max_length or tokenizer)")
+    reward = loaded[0] if len(loaded) == 1 else SeedMean(loaded)
     out = {}
     for name in splits or SPLITS:
         path, lines = SPLITS[name]
@@ -201,7 +248,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="train.seed (head initialisation, batch order).")
     parser.add_argument("--runs", type=Path, help="Where the run directory goes (default: a temporary folder).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (training and scoring).")
-    parser.add_argument("--model", type=Path, help="Score this trained model instead of training one.")
+    parser.add_argument("--model", type=Path, nargs="+", metavar="DIR",
+                        help="Score this trained model instead of training one; several: the mean of their "
+                             "normalised rewards (e.g. one method's seeds).")
     parser.add_argument("--keep-response", choices=("start", "end", "both"),
                         help="With --model: the part of a too-long reply to read.")
     parser.add_argument("--max-length", type=int, help="With --model: read at this max_length.")
@@ -227,15 +276,16 @@ def main() -> None:
     root = args.runs or Path(tempfile.mkdtemp(prefix="reward-length-"))
     out = {"method": args.method, "seed": args.seed}
     if args.model:
-        model = args.model
-        out.update(model=str(model), keep_response=args.keep_response, max_length=args.max_length)
+        models = args.model
+        out.update(model=[str(m) for m in models], keep_response=args.keep_response, max_length=args.max_length)
     else:
         threads = [f"train.threads={args.threads}"] if args.threads else []
         model, info = train(args.method, args.seed, root / f"{args.method}-{args.seed}", [*threads, *args.overrides])
+        models = [model]
         out.update(info)
     if args.limit:
         out["limit"] = args.limit
-    out.update(evaluate(model, args.keep_response, args.max_length, args.limit, args.splits))
+    out.update(evaluate(models, args.keep_response, args.max_length, args.limit, args.splits))
     print(json.dumps(out))
 
 
