@@ -274,7 +274,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = args.runs or Path(tempfile.mkdtemp(prefix="reward-length-"))
-    out = {"method": args.method, "seed": args.seed}
+    out = {"method": args.method} if args.model else {"method": args.method, "seed": args.seed}
     if args.model:
         models = args.model
         out.update(model=[str(m) for m in models], keep_response=args.keep_response, max_length=args.max_length)
