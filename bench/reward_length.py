@@ -182,8 +182,8 @@ class SeedMean:
 
         from alignloop.reward.uncertainty import normalise_estimates
 
-        with torch.no_grad():
-            raw = torch.stack([model(**inputs).float() for model in self.models], dim=1)
+        # called by score_responses, which already runs without gradients
+        raw = torch.stack([model(**inputs).float() for model in self.models], dim=1)
         return normalise_estimates(raw, self.means, self.stds).mean(dim=1)
 
 
@@ -273,12 +273,13 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = args.runs or Path(tempfile.mkdtemp(prefix="reward-length-"))
-    out = {"method": args.method} if args.model else {"method": args.method, "seed": args.seed}
+    out = {"method": args.method}
     if args.model:
         models = args.model
         out.update(model=[str(m) for m in models], keep_response=args.keep_response, max_length=args.max_length)
     else:
+        out["seed"] = args.seed
+        root = args.runs or Path(tempfile.mkdtemp(prefix="reward-length-"))
         threads = [f"train.threads={args.threads}"] if args.threads else []
         model, info = train(args.method, args.seed, root / f"{args.method}-{args.seed}", [*threads, *args.overrides])
         models = [model]
