@@ -148,50 +148,13 @@ def split_lines(lines: str | None, limit: int | None) -> str | None:
     return f"{first}-{min(last, int(lines.split('-')[1])) if lines else last}"
 
 
-class SeedMean:
-    """Several trained reward models scored as one: the mean of their normalised rewards.
-
-    Each model's reward is put on its own scale with its `reward_stats.json` (as RL does with an ensemble),
-    so a model trained to a larger spread does not outvote the others. Every model must read the same
-    tokens (one backbone, one `max_length`): the batches are the first model's encodings.
-    """
-
-    def __init__(self, models: list):
-        from alignloop.reward.ensemble import stacked_head_stats
-
-        self.models = models
-        self.means, self.stds = stacked_head_stats(models)
-
-    def __getattr__(self, name: str):
-        return getattr(self.models[0], name)  # tokenizer, encode, max_length, device: the shared reading
-
-    @property
-    def training(self) -> bool:
-        return self.models[0].training
-
-    def eval(self) -> None:
-        for model in self.models:
-            model.eval()
-
-    def train(self, mode: bool = True) -> None:
-        for model in self.models:
-            model.train(mode)
-
-    def __call__(self, **inputs):
-        import torch
-
-        from alignloop.reward.uncertainty import normalise_estimates
-
-        # called by score_responses, which already runs without gradients
-        raw = torch.stack([model(**inputs).float() for model in self.models], dim=1)
-        return normalise_estimates(raw, self.means, self.stds).mean(dim=1)
-
-
 def evaluate(models: list[Path], keep_response: str | None = None, max_length: int | None = None,
              limit: int | None = None, splits: list[str] | None = None) -> dict:
     """Score `models` once on every split (`alignloop.reward.evaluate.preference_report`); several models
-    are scored by the mean of their normalised rewards (`SeedMean`)."""
+    are scored by the mean of their normalised rewards (`RewardEnsemble`, the reward RL optimises)."""
+    from alignloop.errors import CheckpointError
     from alignloop.reward.data import encode_groups, group_by_prompt, read_preference_file
+    from alignloop.reward.ensemble import RewardEnsemble
     from alignloop.reward.evaluate import preference_report
     from alignloop.reward.model import load_reward_model
 
@@ -201,9 +164,11 @@ def evaluate(models: list[Path], keep_response: str | None = None, max_length: i
             reward.keep_response = keep_response
         if max_length is not None:
             reward.max_length = max_length
-    if len({(m.max_length, len(m.tokenizer)) for m in loaded}) > 1:
-        raise SystemExit("--model: the models read their inputs differently (max_length or tokenizer)")
-    reward = loaded[0] if len(loaded) == 1 else SeedMean(loaded)
+    reward = loaded[0] if len(loaded) == 1 else RewardEnsemble(loaded)
+    try:
+        reward.encode  # noqa: B018 -- an ensemble checks here that its members read replies alike
+    except CheckpointError as e:
+        raise SystemExit(f"--model: {e}")
     out = {}
     for name in splits or SPLITS:
         path, lines = SPLITS[name]

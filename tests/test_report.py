@@ -1,6 +1,7 @@
 """`alignloop report` writes a self-contained report.html; rendered in headless Chromium it shows plots and tables."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,10 @@ REWARD_EVAL = {
                "longer_wins_accuracy": 0.575, "model_prefers_longer": 0.73, "reward_length_spearman": 0.49},
     "truncation": {"max_length": 128, "cut": {"n": 5, "accuracy": 0.4}, "whole": {"n": 35, "accuracy": 0.63}},
     "gold_omitted": "the gold judge scores the built-in story task only",
+    "ensemble_estimates": {"models": 2, "estimates": 4},
+    "ensemble": {"n": 40, "accuracy": 0.625, "accuracy_ci": [0.47, 0.77], "loss": 0.65, "ece": 0.04,
+                 "length": {"unit": "characters", "chosen_shorter": {"n": 17, "accuracy": 0.53},
+                            "reward_length_spearman": 0.12}},
 }
 
 
@@ -88,7 +93,12 @@ def test_report_renders_plots_tables_and_escapes_samples(finished_run, browser):
     assert "60.0%" in text  # round 1 has no interval: the rate alone
     reward = page.locator("#round-001 table.reward-eval").inner_text()
     assert "60.0% [45.0%, 74.0%]" in reward
-    length = page.locator("#round-001 table.length").inner_text()
+    # The reward RL optimises, when it is an ensemble: its own row and its own length table.
+    assert re.search(r"preferences, ensemble \(val split\)\s+40\s+62.5% \[47.0%, 77.0%\]", reward)
+    assert "the mean of 4 normalised estimates (2 model(s))" in page.inner_text("#round-001")
+    assert page.locator("#round-001 table.length").count() == 2
+    assert "53.0%" in page.locator("#round-001 table.length").nth(1).inner_text()
+    length = page.locator("#round-001 table.length").first.inner_text()
     assert "people chose the shorter reply" in length and "41.0% [20.0%, 65.0%]" in length
     assert "a reply cut at max_length 128" in length
     assert "'The longer reply wins' scores 57.5%" in page.inner_text("#round-001")

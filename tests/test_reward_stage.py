@@ -148,6 +148,9 @@ def test_store_rounds_gold_eval_and_ensemble(backbone, tmp_path):
     assert "gold" in figures and figures["gold"]["n"] + figures["gold"]["gold_ties_skipped"] == 6
     assert (reward_dir / "eval.json").exists()
     assert figures["gold_ensemble"]["n"] == figures["gold"]["n"]  # two models: the ensemble is scored too
+    # ... and on the people's pairs, as RL scores it: every head of both models, each on its own scale.
+    assert figures["ensemble_estimates"] == {"models": 2, "estimates": 4}
+    assert figures["ensemble"]["n"] == figures["n"] and "length" in figures["ensemble"]
     # The sampled pairs are kept, and judging them again from the file gives the same figures.
     pairs_file = reward_dir / "gold_pairs.jsonl"
     assert len(pairs_file.read_text().splitlines()) == 6
@@ -168,6 +171,19 @@ def test_store_rounds_gold_eval_and_ensemble(backbone, tmp_path):
 
     ensemble = load_ensemble(reward_dir, device="cpu")
     assert ensemble.size == 4
+    # The ensemble's reward by hand: each member's raw heads, less that head's mean, over its std, averaged.
+    texts = ([r["prompt"] for r in records[:5]], [r["chosen"] for r in records[:5]])
+    by_hand = []
+    for member, folder in zip(ensemble.members, [reward_dir / "final", reward_dir / "ensemble" / "member-02" / "final"]):
+        member_stats = json.loads((folder / "reward_stats.json").read_text())
+        by_hand.append((member.score_texts(*texts, all_heads=True) - torch.tensor(member_stats["head_mean"]))
+                       / torch.tensor(member_stats["head_std"]))
+    expected = torch.cat(by_hand, dim=1).mean(dim=1)
+    assert torch.allclose(ensemble.mean_scores(*texts), expected, rtol=1e-5, atol=1e-5)
+    # One padded batch (the evaluation's reading) against one text at a time: float32 sums in another order.
+    batch = ensemble.reader.collate([ensemble.encode(p, r) for p, r in zip(*texts)])
+    with torch.no_grad():
+        assert torch.allclose(ensemble(**batch), expected, rtol=1e-4, atol=1e-4)
     probabilities = ensemble.preference_probabilities([r["prompt"] for r in records[:5]],
                                                       [r["chosen"] for r in records[:5]],
                                                       [r["rejected"] for r in records[:5]])

@@ -321,21 +321,26 @@ def _reward_html(run: RunDir, folder: Path) -> str:
 
 
 def _reward_eval_html(figures: dict[str, Any]) -> str:
-    rows = []
-    if figures.get("n"):
-        rows.append(["preferences" + (f" ({html.escape(str(figures.get('split')))} split)" if figures.get("split")
-                                      else ""),
-                     _fmt(figures.get("n")), _share(figures.get("accuracy"), figures.get("accuracy_ci")),
-                     _fmt(figures.get("loss")), _fmt(figures.get("ece"))])
-    gold = figures.get("gold")
-    if isinstance(gold, dict):
-        rows.append(["gold judge", _fmt(gold.get("n")), _share(gold.get("accuracy"), gold.get("accuracy_ci")),
-                     _fmt(gold.get("loss")), _fmt(gold.get("ece"))])
+    sources = [("preferences", "people", figures if figures.get("n") else {})]
+    sources += [(name, chooser, figures[key] if isinstance(figures.get(key), dict) else {})
+                for key, name, chooser in (("gold", "gold judge", "the gold judge"),
+                                           ("ensemble", "preferences, ensemble", "people"),
+                                           ("gold_ensemble", "gold judge, ensemble", "the gold judge"))]
+    rows = [[name + (f" ({html.escape(str(figures.get('split')))} split)" if chooser == "people"
+                     and figures.get("split") else ""),
+             _fmt(source.get("n")), _share(source.get("accuracy"), source.get("accuracy_ci")),
+             _fmt(source.get("loss")), _fmt(source.get("ece"))] for name, chooser, source in sources if source]
     parts = [_table(["pairs", "n", "accuracy [95%]", "loss", "ECE"], rows, css="figures reward-eval")] if rows else []
-    if figures.get("gold_omitted"):
-        parts.append(f"<p class='note'>Gold judge left out: {html.escape(str(figures['gold_omitted']))}</p>")
-    for name, chooser, source in (("preferences", "people", figures),
-                                  ("gold judge", "the gold judge", gold if isinstance(gold, dict) else {})):
+    estimates = figures.get("ensemble_estimates")
+    if isinstance(estimates, dict):
+        parts.append(f"<p class='note'>Ensemble: the mean of {_fmt(estimates.get('estimates'))} normalised "
+                     f"estimates ({_fmt(estimates.get('models'))} model(s)), the reward RL optimises with "
+                     f"<code>reward.uncertainty=mean</code>; the other rows are <code>final/</code>'s.</p>")
+    for key in ("gold_omitted", "ensemble_omitted"):
+        if figures.get(key):
+            what = "Gold judge" if key == "gold_omitted" else "Ensemble"
+            parts.append(f"<p class='note'>{what} left out: {html.escape(str(figures[key]))}</p>")
+    for name, chooser, source in sources:
         if isinstance(source.get("length"), dict):
             parts.append(_length_table(name, chooser, source["length"], source.get("truncation")))
     return "".join(parts)

@@ -12,6 +12,7 @@ the most uncertain pairs first is uncertainty sampling for active learning
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
@@ -55,13 +56,72 @@ class RewardEnsemble:
         return spread_q95(self.normalised_scores(prompts, responses, batch_size))
 
     def mean_scores(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
-        """The ensemble's reward of each response: the mean over every estimate, shape [B]."""
-        return self.score_texts(prompts, responses, batch_size).mean(dim=1)
+        """The ensemble's reward of each response, shape [B]: the mean of the normalised estimates, what RL
+        optimises with `reward.uncertainty=mean`."""
+        return self.normalised_scores(prompts, responses, batch_size).mean(dim=1)
 
     def preference_probabilities(self, prompts: list[str], a: list[str], b: list[str],
                                  batch_size: int = 32) -> torch.Tensor:
         """sigmoid(r_a - r_b) for each pair and each estimate, shape [B, size]."""
         return pair_probabilities(self.score_texts(prompts, a, batch_size), self.score_texts(prompts, b, batch_size))
+
+    # The reading below lets `alignloop.reward.evaluate` score the ensemble on batches the first member encodes,
+    # as it scores one model; that is right only when every member reads a reply the same way.
+
+    @cached_property
+    def reader(self) -> RewardModel:
+        """The member whose encoding every member shares; a one-line error when they read replies differently."""
+        first = self.members[0]
+        for member in self.members[1:]:
+            if reading(member) != reading(first) or member.tokenizer.get_vocab() != first.tokenizer.get_vocab():
+                raise CheckpointError(f"the ensemble's members read replies differently ({reading(first)} against "
+                                      f"{reading(member)}, or another vocabulary): score them one at a time")
+        return first
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The ensemble's reward of each sequence of a batch encoded by `reader`, shape [B] (`mean_scores`)."""
+        from alignloop.reward.uncertainty import normalise_estimates
+
+        raw = torch.cat([m.heads(input_ids, attention_mask, token_type_ids).float() for m in self.members], dim=1)
+        return normalise_estimates(raw, *self.head_stats()).mean(dim=1)
+
+    def encode(self, prompt: str, response: str) -> dict[str, list[int]]:
+        """Token ids of one (prompt, response), as every member reads it."""
+        return self.reader.encode(prompt, response)
+
+    @property
+    def tokenizer(self):
+        return self.reader.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.reader.max_length
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.reader.is_decoder
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    @property
+    def training(self) -> bool:
+        return any(m.training for m in self.members)
+
+    def eval(self) -> "RewardEnsemble":
+        return self.train(False)
+
+    def train(self, mode: bool = True) -> "RewardEnsemble":
+        for member in self.members:
+            member.train(mode)
+        return self
+
+
+def reading(model: RewardModel) -> tuple:
+    """What decides the ids a model reads for a (prompt, reply): kind, length limit, which end it keeps."""
+    return ("decoder" if model.is_decoder else "encoder", model.max_length, model.keep_response)
 
 
 def stacked_head_stats(models) -> tuple[list[float], list[float]]:

@@ -37,7 +37,7 @@ from alignloop.reward.data import (
     read_store,
     split_groups,
 )
-from alignloop.reward.ensemble import ensemble_members, load_ensemble
+from alignloop.reward.ensemble import RewardEnsemble, ensemble_members, load_ensemble
 from alignloop.reward.model import RewardModel, build_reward_model, build_scratch_reward_model, load_reward_model
 from alignloop.reward.train import RewardTrainResult, train_reward_model
 from alignloop.runs import RunDir, read_record
@@ -390,6 +390,8 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
         record_started(run, key, inputs)
     reward = load_reward_model(path, device=None if cfg.device == "auto" else cfg.device)
     result: dict[str, Any] = {"model": str(path)}
+    ensemble = _scored_ensemble(reward, [] if cfg.model or round_number is None else
+                                ensemble_members(reward_dir(run, round_number)), result, log)
 
     data = _eval_data_config(run, cfg, explicit or set())
     has_store = "://" in store_location(run, db) or Path(store_location(run, db)).exists()
@@ -404,7 +406,8 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
         split = cfg.split if cfg.split != "auto" else ("all" if cfg.data.path else "val")
         if split == "val":
             _, groups = split_groups(groups, data.val_fraction, data.seed)
-        figures = preference_report(reward, encode_groups(groups, reward.encode), cfg.batch_size, cfg.bins)
+        encoded = encode_groups(groups, reward.encode)
+        figures = preference_report(reward, encoded, cfg.batch_size, cfg.bins)
         result.update(figures)
         result["data"] = prefs.source
         result["split"] = split
@@ -412,6 +415,10 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
         if figures["n"]:
             log(f"{STAGE} eval: {accuracy_line(figures)} on {figures['n']} pairs ({split} split of {prefs.source})")
             log(f"{STAGE} eval: {length_line(figures)}")
+            if ensemble is not None:  # the members read alike (`_scored_ensemble`), so the same ids serve
+                result["ensemble"] = preference_report(ensemble, encoded, cfg.batch_size, cfg.bins)
+                log(f"{STAGE} eval: the {ensemble_words(ensemble)}: {accuracy_line(result['ensemble'])}")
+                log(f"{STAGE} eval: the {ensemble_words(ensemble)}: {length_line(result['ensemble'])}")
 
     save_to = reward_dir(run, round_number) / "gold_pairs.jsonl" if keep_record else None
     pairs, gold_omitted = _gold_pairs(run, cfg, log, save_to)
@@ -426,12 +433,10 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
             f"({gold['gold_ties_skipped']} gold ties left out)")
         if "accuracy" not in result:
             result.update({k: gold[k] for k in ("accuracy", "loss", "ece", "n")})
-        members = [] if cfg.model or round_number is None else ensemble_members(reward_dir(run, round_number))
-        if len(members) > 1:
-            ensemble = load_ensemble(reward_dir(run, round_number), device=reward.device)
+        if ensemble is not None:
             result["gold_ensemble"] = gold_agreement(ensemble, *pairs, batch_size=cfg.batch_size, bins=cfg.bins)
-            log(f"{STAGE} eval: agreement of the ensemble ({len(members)} models, {ensemble.size} estimates, "
-                f"mean reward) with the gold judge: {accuracy_line(result['gold_ensemble'])}")
+            log(f"{STAGE} eval: agreement of the {ensemble_words(ensemble)} with the gold judge: "
+                f"{accuracy_line(result['gold_ensemble'])}")
     if "accuracy" not in result:
         raise DataError("nothing to evaluate on: give data.path=FILE, or collect feedback in the run's store"
                         + (f" (no gold check: {gold_omitted})" if gold_omitted else ""))
@@ -439,6 +444,30 @@ def run_reward_eval(run: RunDir, cfg: RewardEvalConfig, log: Log = _stderr, db: 
         atomic.write_json(record, result)
         record_finished(run, key, inputs, record, cache, accuracy=result.get("accuracy"))
     return result
+
+
+def _scored_ensemble(reward: RewardModel, members: list[Path], result: dict[str, Any], log: Log
+                     ) -> Optional[RewardEnsemble]:
+    """The reward RL optimises by default, when it is more than `reward` alone: every head of `reward` and of
+    the round's other ensemble `members` (`final/` first), as `RewardEnsemble` scores them. None when there is
+    one estimate, or (said in `result["ensemble_omitted"]`) when the members read replies differently."""
+    if len(members) < 2 and reward.num_heads < 2:
+        return None
+    ensemble = RewardEnsemble([reward, *(load_reward_model(p, reward.device) for p in members[1:])])
+    try:
+        ensemble.reader  # noqa: B018 -- the check that the members read alike
+    except CheckpointError as e:
+        result["ensemble_omitted"] = str(e)
+        log(f"{STAGE} eval: no figures for the ensemble: {e}")
+        return None
+    result["ensemble_estimates"] = {"models": len(ensemble.members), "estimates": ensemble.size}
+    return ensemble
+
+
+def ensemble_words(ensemble: RewardEnsemble) -> str:
+    """How the logs name an ensemble's reward: what it is made of."""
+    return (f"ensemble's mean normalised reward ({len(ensemble.members)} model(s), {ensemble.size} estimates, "
+            f"what RL optimises with reward.uncertainty=mean)")
 
 
 def accuracy_line(figures: dict[str, Any]) -> str:
