@@ -211,7 +211,8 @@ def main() -> None:
     parser.add_argument("--summarise", nargs="+", type=Path, metavar="FILE",
                         help="Print a table of earlier runs' JSON lines, and exit.")
     parser.add_argument("--seed", type=int, default=0, help="train.seed (head initialisation, batch order).")
-    parser.add_argument("--runs", type=Path, help="Where the run directory goes (default: a temporary folder).")
+    parser.add_argument("--runs", type=Path, help="Where the run directory goes (default: a temporary folder, "
+                                                  "named on stderr and in the result's `model`).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (training and scoring).")
     parser.add_argument("--model", type=Path, nargs="+", metavar="DIR",
                         help="Score this trained model instead of training one; several: the mean of their "
@@ -248,7 +249,8 @@ def main() -> None:
         threads = [f"train.threads={args.threads}"] if args.threads else []
         model, info = train(args.method, args.seed, root / f"{args.method}-{args.seed}", [*threads, *args.overrides])
         models = [model]
-        out.update(info)
+        out.update(info, model=[str(model)])
+        print(f"trained model kept in {model} (score it again with --model)", file=sys.stderr, flush=True)
     if args.limit:
         out["limit"] = args.limit
     out.update(evaluate(models, args.keep_response, args.max_length, args.limit, args.splits))

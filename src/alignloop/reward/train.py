@@ -37,7 +37,7 @@ from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.lm_loop import backward_checked, make_optimizer
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import StepTimer, training_progress
-from alignloop.train.schedule import capped_warmup_logged, learning_rate
+from alignloop.train.schedule import capped_warmup, capped_warmup_logged, learning_rate
 
 
 @dataclass
@@ -212,8 +212,9 @@ def _train(*, stage: str, stage_dir: Path, reward: RewardModel, data: Preference
         log(f"{stage}: resuming from step {start_step}")
     else:
         torch.manual_seed(cfg.seed)
-    # Epochs set the run's length, not the warmup.
-    warmup = capped_warmup_logged(cfg.warmup_steps, max_steps, stage, "train.warmup_steps", log)
+    # Epochs set the run's length, not the warmup. A resume with no step left to run says nothing of it.
+    warmup = capped_warmup_logged(cfg.warmup_steps, max_steps, stage, "train.warmup_steps", log) \
+        if start_step < max_steps else capped_warmup(cfg.warmup_steps, max_steps)
     metrics = MetricsLog(stage_dir / "metrics.jsonl", resume_step=start_step if resume_state else None)
     best_dir = stage_dir / "best"
     final_dir = final_dir or stage_dir / "final"
