@@ -25,7 +25,8 @@ METHOD = {
             "dpo.data.val_fraction=0", "dpo.run.save_every=1"],
     "bon": ["bon.n=2", "bon.prompts.limit=4", "bon.sampling.max_new_tokens=12", "bon.train.max_steps=2",
             "bon.train.batch_size=2", "bon.train.save_every=1", "bon.train.log_every=1", "bon.train.eval_batches=1",
-            "bon.data.max_len=64", "reward.ensemble.heads=2", "bon.reward.uncertainty=min"],
+            "bon.data.max_len=64", "reward.ensemble.heads=2", "bon.reward.uncertainty=min", "bon.ptx.coef=0.5",
+            "bon.ptx.seq_len=16", "bon.ptx.batch_size=2"],
 }
 for _name in ("grpo", "rloo"):
     METHOD[_name] = [f"{_name}.grpo.iterations=2", f"{_name}.grpo.rollout_prompts=2", f"{_name}.grpo.group_size=2",
@@ -96,6 +97,11 @@ def test_two_rounds_killed_mid_training_and_rerun(sft_run, tmp_path, algorithm):
         page = build_report(RunDir(run))
         assert "<td>1</td><td>bon</td>" in page and "<h3>RL (bon)</h3>" in page
         assert "rounds/002/distill curves" in page
+        # Pretraining text joined every distillation step (bon.ptx), in the killed round's resume too.
+        for number in (1, 2):
+            steps = [json.loads(line) for line in (run / "rounds" / f"{number:03d}" / "distill" / "metrics.jsonl").open()]
+            assert all(s["ptx_loss"] > 0 for s in steps if "loss" in s) and any("loss" in s for s in steps)
+        assert "ptx: " in result.stderr and after["distill:002"]["config"]["ptx.coef"] == 0.5
     if algorithm == "dpo":  # online: each round trains on its own judgments only
         assert after["dpo:001"]["config"]["data.feedback_round"] == 1
         assert after["dpo:002"]["config"]["data.feedback_round"] == 2

@@ -15,7 +15,7 @@ from alignloop.evaluation.perplexity import pretraining_split
 from alignloop.models.causal_lm import load_causal_lm
 from alignloop.rl.config import PPOConfig
 from alignloop.rl.ppo import run_ppo
-from alignloop.rl.ptx import PretrainMix, lm_loss
+from alignloop.train.ptx import PretrainMix, lm_loss
 from alignloop.runs import RunDir
 from conftest import TINY_RL, run_cli
 
@@ -89,3 +89,32 @@ def test_missing_ptx_corpus_is_one_line(rl_run):
                      "ptx.coef=0.5", "ptx.path=/nonexistent/corpus.txt", *TINY_RL)
     assert result.returncode == 2
     assert "ptx.path /nonexistent/corpus.txt does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mix_backward_adds_the_weighted_text_loss_and_refuses_nan():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignloop.errors import TrainingError
+    from alignloop.train.ptx import mix_backward
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    mix = PretrainMix(torch.randint(0, 50, (6, 8)), batch_size=2, source="test")
+    torch.manual_seed(3)
+    loss = mix_backward(model, mix, 0.25, torch.device("cpu"), "sft step 1")
+    accumulated = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch.manual_seed(3)  # the same blocks, by hand
+    expected = lm_loss(model, mix.batch())
+    expected.backward()
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-6)
+    for got, full in zip(accumulated, (p.grad for p in model.parameters())):
+        assert torch.allclose(got, 0.25 * full, rtol=1e-5, atol=1e-7)  # float32 products, the same graph
+
+    model.zero_grad()
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"^sft step 1: the loss on pretraining text \(ptx\) became nan"):
+        mix_backward(model, mix, 0.25, torch.device("cpu"), "sft step 1")
+    assert all(p.grad is None for p in model.parameters())  # refused before anything reached the gradients

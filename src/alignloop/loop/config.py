@@ -23,6 +23,7 @@ from alignloop.rl.config import (
 )
 from alignloop.sample.config import SampleConfig, SamplePromptsConfig, SampleSamplingConfig
 from alignloop.sft.config import SFTTrainConfig, SupervisedSplitConfig
+from alignloop.train.config import PretrainMixConfig
 
 
 # A round's sampling defaults are subclasses, not a default instance, so that overriding one key
@@ -119,6 +120,10 @@ class BoNDistillConfig(Section):
         description="How the reward model's estimates pick the best answer (reward.uncertainty, as in PPO).")
     data: SupervisedSplitConfig = Field(default_factory=SupervisedSplitConfig)
     train: DistillTrainConfig = Field(default_factory=DistillTrainConfig)
+    ptx: PretrainMixConfig = Field(
+        default_factory=PretrainMixConfig,
+        description="Pretraining text's next-token loss added to every distillation step (ptx.coef > 0): "
+                    "fine-tuning on the policy's own best answers narrows it, and this holds its perplexity.")
 
 
 Algorithm = Literal["ppo", "grpo", "rloo", "dpo", "bon"]

@@ -98,7 +98,7 @@ def run_distill(run: RunDir, cfg: BoNDistillConfig, number: int, policy: Path, f
     data = write_distill_data(run, cfg, number, policy, log, force)
     sft_cfg = SFTConfig(model=StartConfig(path=str(policy)),
                         data=SupervisedDataConfig(path=str(data), **cfg.data.model_dump()),
-                        train=cfg.train.model_dump())
+                        train=cfg.train.model_dump(), ptx=cfg.ptx)
     return fine_tune(run, sft_cfg, key=round_stage_key(TRAIN_STAGE, number),
                      stage_dir=run.round_dir(number) / TRAIN_STAGE, final=final, start=policy, data_path=data,
                      new_run_hint=NEW_RUN_HINT, log=log, force=force)

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from alignloop.config.base import LearningRate, PrecisionSetting, Section
 from alignloop.models.lora import LoraSettings
+from alignloop.train.config import PretrainMixConfig
 
 
 class RLModelsConfig(Section):
@@ -227,19 +228,6 @@ class GuardConfig(Section):
     stop: bool = Field(False, description="On firing, stop the run; the stage's final policy is then the best "
                                           "check's by held-out score among those within the thresholds "
                                           "(guard/best-NNNNNN), not the last.")
-
-
-class PretrainMixConfig(Section):
-    """PPO-ptx (Ouyang et al. 2022, eq. 2): pretraining text's next-token loss added to every PPO step."""
-
-    coef: float = Field(0.0, ge=0, description="Weight gamma of the pretraining loss in each PPO step (0: off). "
-                                               "Holds the held-out perplexity while the policy moves.")
-    path: Optional[str] = Field(None, description="Corpus file (text or JSONL). Unset: the train side of the "
-                                                  "run's pretraining split (eval's perplexity uses the other side).")
-    text_field: str = Field("text", description="Field holding the text in JSONL records.")
-    batch_size: int = Field(8, ge=1, description="Blocks of text per PPO optimizer step.")
-    seq_len: int = Field(128, ge=8, description="Tokens per block.")
-    max_blocks: int = Field(4096, ge=1, description="Blocks read from the corpus (its first documents).")
 
 
 class PPOConfig(Section):

@@ -72,7 +72,7 @@ from alignloop.rl.rollout import (
     recompute_old_logprobs,
     reward_figures,
 )
-from alignloop.rl.ptx import PretrainMix, lm_loss, open_pretrain_mix
+from alignloop.train.ptx import PretrainMix, mix_backward, open_pretrain_mix
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.train import distributed
@@ -214,11 +214,7 @@ def ppo_update(state: RLState, exp: Experience, cfg: PPOConfig, first_values: Op
                     step[name] = step.get(name, 0.0) + float(value.detach()) * weight
             step = sum_across(step)  # the same on every process, so all of them stop early together
             if mix is not None:
-                with autocast(device):
-                    ptx_loss = lm_loss(state.policy, mix.batch().to(device))
-                # Each process its own blocks; the gradient averaging makes it the mean over processes.
-                distributed.backward(cfg.ptx.coef * ptx_loss)
-                step["ptx_loss"] = distributed.all_reduce_sum([float(ptx_loss.detach())])[0] / distributed.world_size()
+                step["ptx_loss"] = mix_backward(state.policy, mix, cfg.ptx.coef, device, STAGE)
             step["policy_grad_norm"] = clip_gradients(state.policy, algo.grad_clip)
             step["value_grad_norm"] = clip_gradients(state.critic, algo.grad_clip)
             state.policy_optimizer.step()

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from alignloop.config.base import Section
 from alignloop.models.lora import LoraSettings
-from alignloop.train.config import TrainConfig
+from alignloop.train.config import PretrainMixConfig, TrainConfig
 
 
 class StartConfig(Section):
@@ -51,3 +51,7 @@ class SFTConfig(Section):
     model: StartConfig = Field(default_factory=StartConfig)
     data: SupervisedDataConfig = Field(default_factory=SupervisedDataConfig)
     train: SFTTrainConfig = Field(default_factory=SFTTrainConfig)
+    ptx: PretrainMixConfig = Field(
+        default_factory=PretrainMixConfig,
+        description="Pretraining text's next-token loss added to every step (ptx.coef > 0): keeps the model's "
+                    "plain-text perplexity while it fine-tunes.")

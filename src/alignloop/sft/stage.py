@@ -19,6 +19,7 @@ from alignloop.tokenizer import load_tokenizer
 from alignloop.train import distributed
 from alignloop.train.checkpoints import latest_checkpoint, load_training_state
 from alignloop.train.lm_loop import LoopResult, train_language_model
+from alignloop.train.ptx import open_pretrain_mix
 
 STAGE = "sft"
 
@@ -93,9 +94,11 @@ def fine_tune(run: RunDir, cfg: SFTConfig, *, key: str, stage_dir: Path, final: 
     run.record_config(stage, cfg)
     record_started(run, key, inputs)
     prompts = [p for p, *_ in pairs[: cfg.train.samples]] or None
+    mix = open_pretrain_mix(run, cfg.ptx, tokenizer, log)
     result = train_language_model(
         stage=stage, stage_dir=stage_dir, model=model, tokenizer=tokenizer, data=data, cfg=cfg.train,
-        resume_state=state, sample_fn=sample_fn_for(run, tokenizer, cfg.train, prompts), log=log, final_dir=final)
+        resume_state=state, sample_fn=sample_fn_for(run, tokenizer, cfg.train, prompts), log=log, final_dir=final,
+        mix=mix, mix_coef=cfg.ptx.coef)
     record_finished(run, key, inputs, result.final_dir, cache, final=str(result.final_dir), val_loss=result.val_loss)
     log(f"{stage}: done in {result.wall_s:.0f}s; checkpoint in {result.final_dir}")
     return result

@@ -39,3 +39,18 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass instead of keeping them (less memory, "
                            "about a third more compute).")
+
+
+class PretrainMixConfig(Section):
+    """Pretraining text's next-token loss added to every optimizer step (PPO-ptx, Ouyang et al. 2022, eq. 2).
+
+    PPO, SFT and best-of-n distillation take it alike."""
+
+    coef: float = Field(0.0, ge=0, description="Weight gamma of the pretraining loss in each optimizer step "
+                                               "(0: off). Holds the held-out perplexity while the policy moves.")
+    path: Optional[str] = Field(None, description="Corpus file (text or JSONL). Unset: the train side of the "
+                                                  "run's pretraining split (eval's perplexity uses the other side).")
+    text_field: str = Field("text", description="Field holding the text in JSONL records.")
+    batch_size: int = Field(8, ge=1, description="Blocks of text per optimizer step.")
+    seq_len: int = Field(128, ge=8, description="Tokens per block.")
+    max_blocks: int = Field(4096, ge=1, description="Blocks read from the corpus (its first documents).")

@@ -28,6 +28,7 @@ from alignloop.train import distributed
 from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.config import TrainConfig
 from alignloop.train.crash import crash_point
+from alignloop.train.ptx import PretrainMix, mix_backward
 from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import StepTimer, training_progress
@@ -142,23 +143,26 @@ def train_language_model(*, stage: str, stage_dir: Path, model, tokenizer, data:
                          resume_state: dict[str, Any] | None = None,
                          sample_fn: Callable[[Any], list[str]] | None = None,
                          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-                         final_dir: Path | None = None) -> LoopResult:
+                         final_dir: Path | None = None, mix: PretrainMix | None = None,
+                         mix_coef: float = 0.0) -> LoopResult:
     """Train `model` on `data` for `cfg.max_steps`, checkpointing into `stage_dir`; write `final/`
     (`stage_dir/final`, or `final_dir`).
 
     `model` may carry LoRA adapters (`alignloop.models.lora`): then only they train, checkpoints hold
-    them alone, and `final/` is the merged model.
+    them alone, and `final/` is the merged model. `mix`: pretraining text whose next-token loss, times
+    `mix_coef`, joins every micro-batch's (`alignloop.train.ptx`).
     """
     device = distributed.start(cfg.device)
     with precision_scope(device, cfg.precision):
         return _train(stage=stage, stage_dir=stage_dir, model=model, tokenizer=tokenizer, data=data, cfg=cfg,
                       device=device, resume_state=resume_state, sample_fn=sample_fn, log=log,
-                      final_dir=final_dir or stage_dir / "final")
+                      final_dir=final_dir or stage_dir / "final", mix=mix if mix_coef > 0 else None,
+                      mix_coef=mix_coef)
 
 
 def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, cfg: TrainConfig,
-           device: torch.device, resume_state: dict[str, Any] | None, sample_fn, log, final_dir: Path
-           ) -> LoopResult:
+           device: torch.device, resume_state: dict[str, Any] | None, sample_fn, log, final_dir: Path,
+           mix: PretrainMix | None, mix_coef: float) -> LoopResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model.to(device)
@@ -192,12 +196,14 @@ def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, 
             lr = learning_rate(step, cfg.max_steps, cfg.lr, warmup, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_loss = 0.0
+            step_loss, ptx_loss = 0.0, 0.0
             for micro in range(cfg.grad_accum):
                 batch = data.train_batch(step * cfg.grad_accum + micro)
                 batch = _to(distributed.shard_batch(batch, "train.batch_size"), device)
                 loss = micro_batch_loss(model, batch, device) / cfg.grad_accum
                 step_loss += backward_checked(loss, stage, step, stage_dir)
+                if mix is not None:
+                    ptx_loss += mix_backward(model, mix, mix_coef / cfg.grad_accum, device, f"{stage} step {step + 1}")
                 window_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch \
                     else batch["input_ids"].numel()
             grad_norm = distributed.clip_grad_norm(model, cfg.grad_clip)
@@ -211,7 +217,8 @@ def _train(*, stage: str, stage_dir: Path, model, tokenizer, data: BatchSource, 
                 tokens_per_s = distributed.all_reduce_sum([window_tokens / elapsed])[0]
                 tokens_seen += window_tokens
                 window_tokens, window_start = 0, time.monotonic()
-                metrics.log(done, loss=step_loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s)
+                extra = {"ptx_loss": ptx_loss / cfg.grad_accum} if mix is not None else {}
+                metrics.log(done, loss=step_loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s, **extra)
                 progress.update(task, status=_status(step_loss, lr, tokens_per_s))
                 if not interactive and timer.line_due(done, cfg.log_every * 10):
                     log(f"{stage} step {done}/{cfg.max_steps}  {_status(step_loss, lr, tokens_per_s)}  "

@@ -1,19 +1,23 @@
-"""PPO-ptx: pretraining gradients mixed into the PPO update, so the policy keeps modelling plain text.
+"""Pretraining text mixed into fine-tuning, so the policy keeps modelling plain text.
 
 RL towards a reward model costs language-modelling quality (the held-out
 perplexity `alignloop eval` reports rises with the KL). InstructGPT's fix
 (Ouyang et al. 2022, section 3.5, eq. 2) adds gamma * E_pretrain[log pi(x)] to
 the PPO objective: every PPO optimizer step also takes the next-token loss on a
-batch of pretraining text, weighted by `ptx.coef`.
+batch of pretraining text, weighted by `ptx.coef`. SFT and best-of-n
+distillation (`alignloop.train.lm_loop`) take the same term: fine-tuning on a
+policy's own best replies narrows it as RL does.
 
 The text is the train side of the run's pretraining split by default (the
 validation side stays held out for `eval`'s perplexity), or any corpus file.
-Batches are drawn with torch's global generator, which PPO checkpoints save
-and restore, so a resumed run draws the same batches as an uninterrupted one.
+Batches are drawn with torch's global generator, which the checkpoints of PPO
+and of the training loop save and restore, so a resumed run draws the same
+batches as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -21,10 +25,12 @@ import torch
 
 from alignloop.data.corpus import read_corpus
 from alignloop.data.lm_batches import pack_blocks, tokenize_documents
-from alignloop.errors import DataError
+from alignloop.errors import DataError, TrainingError
 from alignloop.evaluation.perplexity import pretraining_split
-from alignloop.rl.config import PretrainMixConfig
+from alignloop.train.config import PretrainMixConfig
 from alignloop.runs import RunDir
+from alignloop.train import distributed
+from alignloop.train.device import autocast
 
 
 class PretrainMix:
@@ -46,9 +52,23 @@ def lm_loss(model, blocks: torch.Tensor) -> torch.Tensor:
     return model(input_ids=blocks, attention_mask=torch.ones_like(blocks), labels=blocks).loss
 
 
+def mix_backward(model, mix: PretrainMix, weight: float, device: torch.device, where: str) -> float:
+    """Backpropagate `weight` times `model`'s next-token loss on one batch of `mix`; returns that loss averaged
+    over processes. A loss that is not finite is a one-line error before it reaches the weights."""
+    with autocast(device):
+        loss = lm_loss(model, mix.batch().to(device))
+    value = distributed.all_reduce_sum([float(loss.detach())])[0] / distributed.world_size()
+    if not math.isfinite(value):
+        raise TrainingError(f"{where}: the loss on pretraining text (ptx) became {value}; lower the learning rate "
+                            f"or ptx.coef")
+    # Each process its own blocks; the gradient averaging makes it the mean over processes.
+    distributed.backward(weight * loss)
+    return value
+
+
 def open_pretrain_mix(run: RunDir, cfg: PretrainMixConfig, tokenizer,
                       log: Callable[[str], None]) -> Optional[PretrainMix]:
-    """The pretraining text of PPO-ptx as packed blocks, or None when `ptx.coef` is 0."""
+    """The pretraining text of a `ptx` section as packed blocks, or None when `ptx.coef` is 0."""
     if cfg.coef <= 0:
         return None
     if cfg.path:
