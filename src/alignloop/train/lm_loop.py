@@ -28,10 +28,10 @@ from alignloop.train import distributed
 from alignloop.train.checkpoints import restore_rng_state, save_final, save_training_checkpoint
 from alignloop.train.config import TrainConfig
 from alignloop.train.crash import crash_point
-from alignloop.train.ptx import PretrainMix, mix_backward
 from alignloop.train.device import autocast, precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import StepTimer, training_progress
+from alignloop.train.ptx import PretrainMix, mix_backward
 from alignloop.train.schedule import capped_warmup_logged, learning_rate
 
 
