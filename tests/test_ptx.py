@@ -15,8 +15,8 @@ from alignloop.evaluation.perplexity import pretraining_split
 from alignloop.models.causal_lm import load_causal_lm
 from alignloop.rl.config import PPOConfig
 from alignloop.rl.ppo import run_ppo
-from alignloop.train.ptx import PretrainMix, lm_loss
 from alignloop.runs import RunDir
+from alignloop.train.ptx import PretrainMix, lm_loss
 from conftest import TINY_RL, run_cli
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -72,11 +72,11 @@ from alignloop.rl.rollout import (
     recompute_old_logprobs,
     reward_figures,
 )
-from alignloop.train.ptx import PretrainMix, mix_backward, open_pretrain_mix
 from alignloop.rl.state import LoopResult, RLState, new_state, restore_checkpoint, run_rl_stage
 from alignloop.runs import RunDir, round_stage_key
 from alignloop.train import distributed
 from alignloop.train.device import active_precision, autocast
+from alignloop.train.ptx import PretrainMix, mix_backward, open_pretrain_mix
 
 STAGE = "ppo"
 

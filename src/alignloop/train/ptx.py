@@ -27,9 +27,9 @@ from alignloop.data.corpus import read_corpus
 from alignloop.data.lm_batches import pack_blocks, tokenize_documents
 from alignloop.errors import DataError, TrainingError
 from alignloop.evaluation.perplexity import pretraining_split
-from alignloop.train.config import PretrainMixConfig
 from alignloop.runs import RunDir
 from alignloop.train import distributed
+from alignloop.train.config import PretrainMixConfig
 from alignloop.train.device import autocast
 
 
