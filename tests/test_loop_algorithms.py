@@ -99,7 +99,8 @@ def test_two_rounds_killed_mid_training_and_rerun(sft_run, tmp_path, algorithm):
         assert "rounds/002/distill curves" in page
         # Pretraining text joined every distillation step (bon.ptx), in the killed round's resume too.
         for number in (1, 2):
-            steps = [json.loads(line) for line in (run / "rounds" / f"{number:03d}" / "distill" / "metrics.jsonl").open()]
+            metrics = run / "rounds" / f"{number:03d}" / "distill" / "metrics.jsonl"
+            steps = [json.loads(line) for line in metrics.open()]
             assert all(s["ptx_loss"] > 0 for s in steps if "loss" in s) and any("loss" in s for s in steps)
         assert "ptx: " in result.stderr and after["distill:002"]["config"]["ptx.coef"] == 0.5
     if algorithm == "dpo":  # online: each round trains on its own judgments only

@@ -174,13 +174,15 @@ def test_store_rounds_gold_eval_and_ensemble(backbone, tmp_path):
     # The ensemble's reward by hand: each member's raw heads, less that head's mean, over its std, averaged.
     texts = ([r["prompt"] for r in records[:5]], [r["chosen"] for r in records[:5]])
     by_hand = []
-    for member, folder in zip(ensemble.members, [reward_dir / "final", reward_dir / "ensemble" / "member-02" / "final"]):
+    folders = [reward_dir / "final", reward_dir / "ensemble" / "member-02" / "final"]
+    for member, folder in zip(ensemble.members, folders):
         member_stats = json.loads((folder / "reward_stats.json").read_text())
         by_hand.append((member.score_texts(*texts, all_heads=True) - torch.tensor(member_stats["head_mean"]))
                        / torch.tensor(member_stats["head_std"]))
     expected = torch.cat(by_hand, dim=1).mean(dim=1)
     assert torch.allclose(ensemble.mean_scores(*texts), expected, rtol=1e-5, atol=1e-5)
-    # One padded batch (the evaluation's reading) against one text at a time: float32 sums in another order.
+    # One padded batch (the evaluation's reading) against score_texts' length-sorted batches: float32 sums in
+    # another order and over other padding.
     batch = ensemble.reader.collate([ensemble.encode(p, r) for p, r in zip(*texts)])
     with torch.no_grad():
         assert torch.allclose(ensemble(**batch), expected, rtol=1e-4, atol=1e-4)
