@@ -165,10 +165,11 @@ def evaluate(models: list[Path], keep_response: str | None = None, max_length: i
         if max_length is not None:
             reward.max_length = max_length
     reward = loaded[0] if len(loaded) == 1 else RewardEnsemble(loaded)
-    try:
-        reward.encode  # noqa: B018 -- an ensemble checks here that its members read replies alike
-    except CheckpointError as e:
-        raise SystemExit(f"--model: {e}")
+    if isinstance(reward, RewardEnsemble):
+        try:
+            reward.reader  # noqa: B018 -- the check that the members read replies alike
+        except CheckpointError as e:
+            raise SystemExit(f"--model: {e}")
     out = {}
     for name in splits or SPLITS:
         path, lines = SPLITS[name]

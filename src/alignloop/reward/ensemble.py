@@ -58,7 +58,12 @@ class RewardEnsemble:
     def mean_scores(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
         """The ensemble's reward of each response, shape [B]: the mean of the normalised estimates, what RL
         optimises with `reward.uncertainty=mean`."""
-        return self.normalised_scores(prompts, responses, batch_size).mean(dim=1)
+        return self._mean_normalised(self.score_texts(prompts, responses, batch_size))
+
+    def _mean_normalised(self, raw: torch.Tensor) -> torch.Tensor:
+        from alignloop.reward.uncertainty import normalise_estimates
+
+        return normalise_estimates(raw, *self.head_stats()).mean(dim=1)
 
     def preference_probabilities(self, prompts: list[str], a: list[str], b: list[str],
                                  batch_size: int = 32) -> torch.Tensor:
@@ -81,10 +86,8 @@ class RewardEnsemble:
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The ensemble's reward of each sequence of a batch encoded by `reader`, shape [B] (`mean_scores`)."""
-        from alignloop.reward.uncertainty import normalise_estimates
-
-        raw = torch.cat([m.heads(input_ids, attention_mask, token_type_ids).float() for m in self.members], dim=1)
-        return normalise_estimates(raw, *self.head_stats()).mean(dim=1)
+        return self._mean_normalised(
+            torch.cat([m.heads(input_ids, attention_mask, token_type_ids).float() for m in self.members], dim=1))
 
     def encode(self, prompt: str, response: str) -> dict[str, list[int]]:
         """Token ids of one (prompt, response), as every member reads it."""
