@@ -152,7 +152,6 @@ def evaluate(models: list[Path], keep_response: str | None = None, max_length: i
              limit: int | None = None, splits: list[str] | None = None) -> dict:
     """Score `models` once on every split (`alignloop.reward.evaluate.preference_report`); several models
     are scored by the mean of their normalised rewards (`RewardEnsemble`, the reward RL optimises)."""
-    from alignloop.errors import CheckpointError
     from alignloop.reward.data import encode_groups, group_by_prompt, read_preference_file
     from alignloop.reward.ensemble import RewardEnsemble
     from alignloop.reward.evaluate import preference_report
@@ -165,11 +164,8 @@ def evaluate(models: list[Path], keep_response: str | None = None, max_length: i
         if max_length is not None:
             reward.max_length = max_length
     reward = loaded[0] if len(loaded) == 1 else RewardEnsemble(loaded)
-    if isinstance(reward, RewardEnsemble):
-        try:
-            reward.reader  # noqa: B018 -- the check that the members read replies alike
-        except CheckpointError as e:
-            raise SystemExit(f"--model: {e}")
+    if isinstance(reward, RewardEnsemble) and reward.reading_problem():
+        raise SystemExit(f"--model: {reward.reading_problem()}")
     out = {}
     for name in splits or SPLITS:
         path, lines = SPLITS[name]

@@ -226,6 +226,21 @@ def test_decoder_cuts_the_prompt_after_bos_and_keeps_a_reply_that_fits(decoder_d
     assert group_prompt + group_reply == [tok.bos_token_id] + prompt_ids[-7:] + reply_ids
 
 
+def test_an_ensemble_scores_as_one_model_only_when_its_members_read_alike(decoder_dir, encoder_dir):
+    from alignloop.errors import CheckpointError
+    from alignloop.reward.ensemble import RewardEnsemble
+
+    alike = RewardEnsemble([build_reward_model(decoder_dir, max_length=32) for _ in range(2)])
+    assert alike.reading_problem() is None
+    pair = ("Tom found a cat.", "He was happy.")
+    assert alike.encode(*pair) == alike.members[1].encode(*pair)
+    for other in (build_reward_model(decoder_dir, max_length=48), build_reward_model(encoder_dir, max_length=32)):
+        mixed = RewardEnsemble([build_reward_model(decoder_dir, max_length=32), other])
+        assert "read replies differently" in mixed.reading_problem()
+        with pytest.raises(CheckpointError, match="score them one at a time"):
+            mixed.encode(*pair)
+
+
 # ---- a model trained with a method scores with it, after reload too ---------------------------------------------
 
 def _length_pairs(n: int) -> list[dict]:

@@ -83,6 +83,14 @@ class RewardEnsemble:
                                       f"{reading(member)}, or another vocabulary): score them one at a time")
         return first
 
+    def reading_problem(self) -> Optional[str]:
+        """Why the ensemble cannot be scored as one model (its members read replies differently), or None."""
+        try:
+            self.reader  # noqa: B018 -- the check that the members read alike
+        except CheckpointError as e:
+            return str(e)
+        return None
+
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The ensemble's reward of each sequence of a batch encoded by `reader`, shape [B] (`mean_scores`)."""

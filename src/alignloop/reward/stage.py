@@ -454,11 +454,10 @@ def _scored_ensemble(reward: RewardModel, members: list[Path], result: dict[str,
     if len(members) < 2 and reward.num_heads < 2:
         return None
     ensemble = RewardEnsemble([reward, *(load_reward_model(p, reward.device) for p in members[1:])])
-    try:
-        ensemble.reader  # noqa: B018 -- the check that the members read alike
-    except CheckpointError as e:
-        result["ensemble_omitted"] = str(e)
-        log(f"{STAGE} eval: no figures for the ensemble: {e}")
+    problem = ensemble.reading_problem()
+    if problem:
+        result["ensemble_omitted"] = problem
+        log(f"{STAGE} eval: no figures for the ensemble: {problem}")
         return None
     result["ensemble_estimates"] = {"models": len(ensemble.members), "estimates": ensemble.size}
     return ensemble
