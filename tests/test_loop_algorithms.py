@@ -118,6 +118,12 @@ def test_two_rounds_killed_mid_training_and_rerun(sft_run, tmp_path, algorithm):
         assert "--run" in message and "Traceback" not in refused.stderr
         assert _stages(run) == after
         assert {p: p.read_bytes() for p in (run / "rounds" / "002" / "policy" / "final").iterdir()} == made
+        # A per-round list is read round by round: round 1's entry agrees with the run, round 2's does not.
+        refused = run_cli("loop", "--run", str(run), "algorithm=[ppo,dpo]", *ROUNDS, *METHOD["ppo"])
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert refused.stderr.strip().splitlines()[-1].startswith(
+            "error: round 2 was trained with algorithm=ppo, not dpo"), refused.stderr[-2000:]
+        assert _stages(run) == after
 
 
 def _run_with(tmp_path: Path, stages: dict) -> RunDir:
@@ -169,6 +175,19 @@ def test_rloo_takes_rloos_defaults_and_refuses_the_grpo_estimator():
         load_config(LoopConfig, None, ["rloo.grpo.estimator=grpo"])
     with pytest.raises(ConfigError, match="algorithm"):
         load_config(LoopConfig, None, ["algorithm=sac"])
+
+
+def test_a_list_names_each_rounds_algorithm_and_its_last_entry_repeats():
+    from alignloop.config.base import load_config
+    from alignloop.loop.config import LoopConfig
+
+    cfg = load_config(LoopConfig, None, ["algorithm=[bon,bon,ppo]"])
+    assert [cfg.algorithm_of(n) for n in (1, 2, 3, 4, 7)] == ["bon", "bon", "ppo", "ppo", "ppo"]
+    assert [load_config(LoopConfig, None, ["algorithm=dpo"]).algorithm_of(n) for n in (1, 5)] == ["dpo", "dpo"]
+    with pytest.raises(ConfigError, match="algorithm"):
+        load_config(LoopConfig, None, ["algorithm=[]"])
+    with pytest.raises(ConfigError, match="algorithm"):
+        load_config(LoopConfig, None, ["algorithm=[bon,sac]"])
 
 
 def test_the_loops_prompt_file_reaches_every_method_that_samples():

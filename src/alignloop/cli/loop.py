@@ -32,10 +32,11 @@ def loop(
 
     The RL step is `algorithm=`: ppo (default), grpo, rloo, dpo (online DPO on
     the round's own judgments) or bon (best-of-n distillation: fine-tune on the
-    reward model's best of n samples). Needs a run with an SFT (or pretrained)
-    model. Rerun the same command after an interruption: finished steps are
-    skipped, no judgment is lost. Ends with a table of the rounds and the
-    report's path.
+    reward model's best of n samples), or a list with one per round,
+    `algorithm=\\[bon,bon,ppo]`, the last repeating. Needs a run with an SFT
+    (or pretrained) model. Rerun the same command after an interruption:
+    finished steps are skipped, no judgment is lost. Ends with a table of the
+    rounds and the report's path.
     """
     with reporting_errors(), writing_run(run) as run_dir:
         import time

@@ -135,7 +135,8 @@ STAGE_HELP: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
          "alignloop loop --run runs/bon --rounds 3 algorithm=bon bon.n=8 bon.train.max_steps=48"],
         [("prompts=FILE", "one prompt file for sample, the RL step and eval (each may name its own)"),
          ("rounds", "rounds in all (the same as --rounds)"),
-         ("algorithm", "ppo | grpo | rloo | dpo | bon: each round's RL step (its settings: section of that name)"),
+         ("algorithm", "ppo | grpo | rloo | dpo | bon: each round's RL step (its settings: section of that name); "
+                       "or one per round, [bon,bon,ppo], the last repeating"),
          ("reference", "sft | previous: the frozen reference of the RL step (default sft)"),
          ("sample.k", "responses per prompt for annotation"),
          ("feedback.personas", "simulated annotators"),

@@ -20,6 +20,9 @@ The frozen reference (KL leash, DPO's reference) is the SFT model, as in
 Ouyang et al. 2022 and Xiong et al. 2024's main runs; `loop.reference=previous`
 takes the previous round's policy instead (a trust region per round).
 
+`loop.algorithm` may also be a list, one per round with the last repeating
+(`[bon,bon,ppo]`): cheap best-of-n rounds first, PPO after.
+
 A round keeps the algorithm it was started with: the loop records it in the
 manifest (`algorithm:NNN`) before step 4 starts, and a rerun of that round
 with another algorithm is refused in one line (or, with `--force`, the old
@@ -72,8 +75,8 @@ def claim_round(run: RunDir, number: int, algorithm: str, force: bool, log: Log)
 
 def train_policy(run: RunDir, cfg: LoopConfig, number: int, policy: Path, sft: Path, log: Log,
                  force: bool = False) -> str:
-    """Step 4 of round `number` from `policy` with `cfg.algorithm`, into rounds/NNN/policy/final; the algorithm."""
-    algorithm = cfg.algorithm
+    """Step 4 of round `number` from `policy` with the round's algorithm, into rounds/NNN/policy/final; the algorithm."""
+    algorithm = cfg.algorithm_of(number)
     claim_round(run, number, algorithm, force, log)
     final = run.round_dir(number) / "policy" / "final"
     reference = sft if cfg.reference == "sft" else policy

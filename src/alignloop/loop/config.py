@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union, get_args
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignloop.config.base import Section
 from alignloop.evaluation.config import EvalConfig
@@ -142,10 +142,11 @@ class LoopConfig(Section):
     reward_eval: RewardEvalConfig = Field(
         default_factory=_round_reward_eval, description="The round's reward model checked on its validation "
                                                         "judgments (accuracy, calibration, length) for the report.")
-    algorithm: Algorithm = Field(
+    algorithm: Union[Algorithm, list[Algorithm]] = Field(
         "ppo", description="Step 4 of every round: ppo (section ppo), grpo (section grpo), rloo (section rloo), "
                            "dpo (online DPO on the round's judgments, section dpo) or bon (best-of-n distillation, "
-                           "section bon). A round keeps the algorithm it was started with.")
+                           "section bon); or one per round, e.g. [bon,bon,ppo], the last repeating for later "
+                           "rounds. A round keeps the algorithm it was started with.")
     reference: Literal["sft", "previous"] = Field(
         "sft", description="The frozen reference of step 4 (the KL leash of ppo, grpo and rloo, DPO's reference): "
                            "the SFT model every round, or the previous round's policy. Evaluation always "
@@ -157,6 +158,25 @@ class LoopConfig(Section):
     bon: BoNDistillConfig = Field(default_factory=BoNDistillConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report: bool = Field(True, description="Write report.html after every round.")
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _known_algorithms(cls, value):
+        # Checked here so that a bad entry reads as one line, not as each branch of the union failing.
+        names = value if isinstance(value, list) else [value]
+        if not names:
+            raise ValueError("an empty list names no algorithm: name one (algorithm=ppo) or one per round "
+                             "(algorithm=[bon,ppo])")
+        unknown = [name for name in names if name not in get_args(Algorithm)]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not one of {', '.join(get_args(Algorithm))}")
+        return value
+
+    def algorithm_of(self, number: int) -> str:
+        """The algorithm of round `number` (1-based): the one named, or its entry in the per-round list."""
+        if isinstance(self.algorithm, str):
+            return self.algorithm
+        return self.algorithm[min(number, len(self.algorithm)) - 1]
 
     @model_validator(mode="after")
     def _shared_prompts(self):
