@@ -75,7 +75,8 @@ def claim_round(run: RunDir, number: int, algorithm: str, force: bool, log: Log)
 
 def train_policy(run: RunDir, cfg: LoopConfig, number: int, policy: Path, sft: Path, log: Log,
                  force: bool = False) -> str:
-    """Step 4 of round `number` from `policy` with the round's algorithm, into rounds/NNN/policy/final; the algorithm."""
+    """Step 4 of round `number` from `policy` with that round's algorithm (`LoopConfig.algorithm_of`), into
+    rounds/NNN/policy/final; returns the algorithm."""
     algorithm = cfg.algorithm_of(number)
     claim_round(run, number, algorithm, force, log)
     final = run.round_dir(number) / "policy" / "final"
