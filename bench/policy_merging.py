@@ -28,14 +28,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from alignloop.runs import RunDir  # noqa: E402
+
 
 def merge(models: list[Path], weights: list[float], out: Path) -> None:
     """Save sum_i weights[i] * models[i] (every parameter) to `out`, with the first model's config and tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    merged = AutoModelForCausalLM.from_pretrained(models[0])
-    others = [AutoModelForCausalLM.from_pretrained(path).state_dict() for path in models[1:]]
+    from alignloop.models.causal_lm import load_causal_lm
+
+    merged = load_causal_lm(models[0])
+    others = [load_causal_lm(path).state_dict() for path in models[1:]]
     with torch.no_grad():
         # Parameters, not the state dict: tied weights (embedding and output layer) appear once, so they are
         # combined once.
@@ -58,13 +61,22 @@ def demo_eval_settings() -> list[str]:
     return [item[len("eval."):] for item in DEMO_LOOP if item.startswith("eval.")]
 
 
+def checked(path: Path, number: int) -> Path:
+    """`path`, checked to be a checkpoint (a one-line exit otherwise)."""
+    from alignloop.errors import CheckpointError
+    from alignloop.models.causal_lm import check_checkpoint_dir
+
+    try:
+        return check_checkpoint_dir(path)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}; run the loop to round {number} first")
+
+
 def plans(args, policy: Path, sft: Path) -> list[tuple[str, dict, list[Path], list[float]]]:
     """(folder name, what the row records, models, weights) of each merged model the arguments ask for."""
     if args.soup:
-        members = [policy] + [run / "rounds" / f"{args.round:03d}" / "policy" / "final" for run in args.soup]
-        for path in members:
-            if not (path / "config.json").exists():
-                sys.exit(f"error: {path} holds no model")
+        members = [policy] + [checked(RunDir(run).round_dir(args.round) / "policy" / "final", args.round)
+                              for run in args.soup]
         label = {"merge": "soup", "members": [str(path) for path in members]}
         return [(f"round{args.round:03d}-soup-{len(members)}", label, members, [1 / len(members)] * len(members))]
     return [(f"round{args.round:03d}-alpha-{alpha:g}", {"merge": "interpolate", "alpha": alpha}, [policy, sft],
@@ -83,21 +95,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the evaluations")
     args = parser.parse_args()
 
-    folder = args.run / "rounds" / f"{args.round:03d}"
-    policy, sft, reward = folder / "policy" / "final", args.run / "sft" / "final", folder / "reward" / "final"
-    for path in (policy, sft, reward):
-        if not (path / "config.json").exists():
-            sys.exit(f"error: {path} holds no model; run the loop to round {args.round} first")
+    from alignloop.evaluation.stage import summary_line
+
+    folder = RunDir(args.run).round_dir(args.round)
+    policy, sft, reward = (checked(path, args.round) for path in (folder / "policy" / "final",
+                                                                   args.run / "sft" / "final",
+                                                                   folder / "reward" / "final"))
     work = args.work or args.run / "bench-merging"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+    settings = demo_eval_settings()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     for name, label, models, weights in plans(args, policy, sft):
         merge(models, weights, work / name / "model")
         for seed in args.seeds:
             out = work / name / f"eval-seed{seed}.json"
             done = subprocess.run([sys.executable, "-m", "alignloop", "eval", "--run", str(args.run), "--checkpoint",
-                                   str(work / name / "model"), "--json", str(out), *demo_eval_settings(),
+                                   str(work / name / "model"), "--json", str(out), *settings,
                                    f"models.reward={reward}", f"seed={seed}"], env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 sys.exit(f"error: eval of {name} failed: {done.stderr.strip().splitlines()[-1]}")
@@ -106,12 +122,8 @@ def main() -> None:
                    "gold_win_rate_ci": result["gold_win_rate_ci"], "gold_lc_win_rate": result["gold_lc_win_rate"],
                    "rm_win_rate": result["rm_win_rate"], "kl": result["kl"], "kl_se": result["kl_se"],
                    "ppl_change": result["ppl_change"], "run": str(args.run)}
-            low, high = row["gold_win_rate_ci"]
-            print(f"{name} seed {seed}: gold {100 * row['gold_win_rate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]  "
-                  f"RM {100 * row['rm_win_rate']:.1f}%  KL {row['kl']:.2f} +- {row['kl_se']:.2f}  "
-                  f"ppl {100 * row['ppl_change']:+.1f}%", flush=True)
+            print(f"{name} seed {seed}: {summary_line(result)}", flush=True)
             if args.out:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
                 with args.out.open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(row) + "\n")
 
