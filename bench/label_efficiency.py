@@ -1,7 +1,7 @@
 """Label efficiency of `sample --select uncertain` against random pairs, on the built-in story task.
 
     .venv/bin/python bench/label_efficiency.py --sft runs/demo/sft/final [--work runs/bench-select]
-        [--prompts 600] [--k 4] [--sizes 500,1000,2000] [--batch 250] [--seeds 0,1,2] [--heads 4] [--threads 1]
+        [--prompts 600] [--k 4] [--sizes 500,1000,2000] [--batch 250] [--seeds 0,1,2] [--heads 4] [--threads 1] [--margin 0]
 
 The simulated annotators are the people and the gold judge is the truth. Once, from the SFT model
 (a demo-size one: `alignloop demo` leaves runs/demo/sft/final):
@@ -23,6 +23,8 @@ a quarter at random and the rest the unlabelled pairs the heads disagree on most
 same functions as `sample --select uncertain` (`alignloop.sample.select`) with its default
 `select.score=information` (BALD). spread: the same with `select.score=spread` (the standard
 deviation of the heads' P(a preferred)).
+With `--margin M` the heads train as `reward loss.margin=M` trains a reward model: the
+persona's strength (1 slightly, 2 clearly, 3 much better) asks for a reward gap of 0, M/2 or M.
 
 The figure is the ensemble's (mean reward's) agreement with the gold judge on the held-out pairs at
 each number of judgments: the mean over seeds, the seeds' range, and a 95% paired bootstrap interval
@@ -51,6 +53,7 @@ from alignloop.feedback.simulate import item_rng  # noqa: E402
 from alignloop.judges.gold import gold_preference  # noqa: E402
 from alignloop.judges.personas import default_personas  # noqa: E402
 from alignloop.reward.ensemble import pair_probabilities  # noqa: E402
+from alignloop.reward.data import strength_margin  # noqa: E402
 from alignloop.reward.losses import bradley_terry_loss  # noqa: E402
 from alignloop.sample.select import candidate_pairs, highest, random_share, uncertainty  # noqa: E402
 
@@ -111,26 +114,32 @@ def features(sft: Path, records: list[dict], path: Path) -> torch.Tensor:
     return stacked
 
 
-def train_heads(x: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor, heads: int, seed: int) -> torch.Tensor:
-    """[heads, dim] linear Bradley-Terry heads, each fit to its own bootstrap share of the labelled pairs."""
+def train_heads(x: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor, heads: int, seed: int,
+                margin: torch.Tensor | None = None) -> torch.Tensor:
+    """[heads, dim] linear Bradley-Terry heads, each fit to its own bootstrap share of the labelled pairs.
+
+    `margin`: [pairs] Llama 2 margins (from the annotators' strength), or None."""
     generator = torch.Generator().manual_seed(seed)
     weights = []
     for _ in range(heads):
         share = torch.randperm(len(chosen), generator=generator)[: max(1, round(BOOTSTRAP * len(chosen)))]
         diff_c, diff_r = x[chosen[share]], x[rejected[share]]
+        m = None if margin is None else margin[share]
         w = torch.zeros(x.shape[1], requires_grad=True)
         optimizer = torch.optim.Adam([w], lr=0.05)
         for _ in range(STEPS):
             optimizer.zero_grad()
-            loss = bradley_terry_loss(diff_c @ w, diff_r @ w) + WEIGHT_DECAY * (w * w).sum()
+            loss = bradley_terry_loss(diff_c @ w, diff_r @ w, m) + WEIGHT_DECAY * (w * w).sum()
             loss.backward()
             optimizer.step()
         weights.append(w.detach())
     return torch.stack(weights)
 
 
-def judge(pool: list[dict], candidates: list[tuple[int, int, int]], seed: int) -> list[str]:
-    """One simulated annotator's verdict ("a", "b", "tie", "both_bad") on each candidate, a persona per pair."""
+def judge(pool: list[dict], candidates: list[tuple[int, int, int]], seed: int) -> list[tuple[str, int]]:
+    """One simulated annotator's (verdict, strength 1-3) on each candidate, a persona per pair.
+
+    Verdicts are "a", "b", "tie" or "both_bad"."""
     personas = default_personas(4, seed=0)
     pick = random.Random(f"label-efficiency:{seed}")
     verdicts = []
@@ -139,15 +148,16 @@ def judge(pool: list[dict], candidates: list[tuple[int, int, int]], seed: int) -
         record = pool[r]
         verdict = personas[persona].judge_pair(record["prompt"], record["responses"][i], record["responses"][j],
                                                item_rng(seed, persona, index))
-        verdicts.append(verdict.choice)
+        verdicts.append((verdict.choice, verdict.strength))
     return verdicts
 
 
 def run_arm(arm: str, seed: int, x: torch.Tensor, offsets: list[int], candidates, verdicts, heldout, sizes,
-            batch: int, heads: int) -> list[dict]:
+            batch: int, heads: int, margin: float = 0.0) -> list[dict]:
     """Buy judgments batch by batch; at each of `sizes`, the ensemble's held-out agreement with gold.
 
-    `arm`: random, uncertain (select.score=information) or spread (select.score=spread)."""
+    `arm`: random, uncertain (select.score=information) or spread (select.score=spread); `margin`:
+    `reward loss.margin`, the margin a strength-3 judgment asks for (0: strength unused)."""
     rng = random.Random(f"arm:{seed}")
     a = torch.tensor([offsets[r] + i for r, i, _ in candidates])
     b = torch.tensor([offsets[r] + j for r, _, j in candidates])
@@ -169,10 +179,11 @@ def run_arm(arm: str, seed: int, x: torch.Tensor, offsets: list[int], candidates
         unlabelled = [c for c in unlabelled if c not in taken]
         if arm == "random" and len(labelled) not in sizes:
             continue  # random never asks the model: train only where the figure is taken
-        usable = [c for c in labelled if verdicts[c] in ("a", "b")]
-        chosen = torch.tensor([a[c] if verdicts[c] == "a" else b[c] for c in usable])
-        rejected = torch.tensor([b[c] if verdicts[c] == "a" else a[c] for c in usable])
-        weights = train_heads(x, chosen, rejected, heads, seed * 1000 + len(labelled))
+        usable = [c for c in labelled if verdicts[c][0] in ("a", "b")]
+        chosen = torch.tensor([a[c] if verdicts[c][0] == "a" else b[c] for c in usable])
+        rejected = torch.tensor([b[c] if verdicts[c][0] == "a" else a[c] for c in usable])
+        margins = strength_margin(torch.tensor([float(verdicts[c][1]) for c in usable]), margin) if margin else None
+        weights = train_heads(x, chosen, rejected, heads, seed * 1000 + len(labelled), margins)
         if len(labelled) in sizes:
             mean = weights.mean(dim=0)
             right = [float(((x[h["a"]] - x[h["b"]]) @ mean > 0) == (h["gold"] == 1.0)) for h in heldout]
@@ -214,6 +225,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--arms", default="random,uncertain,spread",
                         help="Comma-separated: random, uncertain (select.score=information), spread.")
+    parser.add_argument("--margin", type=float, default=0.0,
+                        help="Train with `reward loss.margin` M: a strength-3 judgment asks for margin M, strength 2 "
+                             "for M/2 (0: the annotators' strength unused).")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "label_efficiency.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -253,7 +267,8 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         verdicts = judge(pool, candidates, seed)
         for arm in args.arms.split(","):
-            rows += run_arm(arm, seed, x, offsets, candidates, verdicts, heldout, sizes, args.batch, args.heads)
+            rows += run_arm(arm, seed, x, offsets, candidates, verdicts, heldout, sizes, args.batch, args.heads,
+                            args.margin)
     table = summarise(rows, heldout)
     target = table[f"random@{max(sizes)}"]
     active = [arm for arm in args.arms.split(",") if arm != "random"]
@@ -273,7 +288,8 @@ def main() -> None:
         "agreement": {k: {kk: vv for kk, vv in v.items() if kk != "per_pair"} for k, v in table.items()},
         "minus_random_at_max": gaps,
         "reaches_random_max_at": reached,
-        "pool_pairs": len(candidates), "heldout_pairs": len(heldout), "wall_s": round(time.monotonic() - started),
+        "margin": args.margin, "batch": args.batch, "pool_pairs": len(candidates), "heldout_pairs": len(heldout),
+        "wall_s": round(time.monotonic() - started),
     }))
 
 
