@@ -1,7 +1,8 @@
 """Label efficiency of `sample --select uncertain` against random pairs, on the built-in story task.
 
     .venv/bin/python bench/label_efficiency.py --sft runs/demo/sft/final [--work runs/bench-select]
-        [--prompts 600] [--k 4] [--sizes 500,1000,2000] [--batch 250] [--seeds 0,1,2] [--heads 4] [--threads 1] [--margin 0]
+        [--prompts 600] [--k 4] [--sizes 500,1000,2000] [--batch 250] [--seeds 0,1,2] [--heads 4] [--threads 1]
+        [--margin 0] [--random-fraction 0.25]
 
 The simulated annotators are the people and the gold judge is the truth. Once, from the SFT model
 (a demo-size one: `alignloop demo` leaves runs/demo/sft/final):
@@ -19,7 +20,7 @@ spent that teach nothing), and after each batch a reward ensemble is trained on 
 `reward ensemble.heads` trains heads on one backbone, with the backbone frozen so that the 3 x 2
 arms x several retrainings fit a shared CPU). random: the next batch is drawn uniformly from the
 unlabelled candidates. uncertain: the first batch is random (nothing to ask yet), then each batch is
-a quarter at random and the rest the unlabelled pairs the heads disagree on most, chosen by the
+a quarter (`--random-fraction`) at random and the rest the unlabelled pairs the heads disagree on most, chosen by the
 same functions as `sample --select uncertain` (`alignloop.sample.select`) with its default
 `select.score=information` (BALD). spread: the same with `select.score=spread` (the standard
 deviation of the heads' P(a preferred)).
@@ -59,7 +60,6 @@ from alignloop.sample.select import candidate_pairs, highest, random_share, unce
 
 NEW_TOKENS = 64
 HELDOUT_K = 3
-RANDOM_FRACTION = 0.25  # select.random_fraction's default
 BOOTSTRAP = 0.8  # reward ensemble.bootstrap's default
 WEIGHT_DECAY = 1e-2
 STEPS = 300
@@ -153,11 +153,12 @@ def judge(pool: list[dict], candidates: list[tuple[int, int, int]], seed: int) -
 
 
 def run_arm(arm: str, seed: int, x: torch.Tensor, offsets: list[int], candidates, verdicts, heldout, sizes,
-            batch: int, heads: int, margin: float = 0.0) -> list[dict]:
+            batch: int, heads: int, margin: float = 0.0, random_fraction: float = 0.25) -> list[dict]:
     """Buy judgments batch by batch; at each of `sizes`, the ensemble's held-out agreement with gold.
 
     `arm`: random, uncertain (select.score=information) or spread (select.score=spread); `margin`:
-    `reward loss.margin`, the margin a strength-3 judgment asks for (0: strength unused)."""
+    `reward loss.margin`, the margin a strength-3 judgment asks for (0: strength unused); `random_fraction`:
+    `select.random_fraction`, the share of each active batch drawn at random."""
     rng = random.Random(f"arm:{seed}")
     a = torch.tensor([offsets[r] + i for r, i, _ in candidates])
     b = torch.tensor([offsets[r] + j for r, _, j in candidates])
@@ -172,7 +173,7 @@ def run_arm(arm: str, seed: int, x: torch.Tensor, offsets: list[int], candidates
         else:
             probabilities = pair_probabilities(x[a[unlabelled]] @ weights.T, x[b[unlabelled]] @ weights.T)
             scores, _ = uncertainty(probabilities, "spread" if arm == "spread" else "information")
-            drawn = random_share(len(unlabelled), want, RANDOM_FRACTION, rng)
+            drawn = random_share(len(unlabelled), want, random_fraction, rng)
             take = [unlabelled[i] for i in drawn + highest(scores, want - len(drawn), drawn)]
         labelled += take
         taken = set(take)
@@ -228,6 +229,9 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.0,
                         help="Train with `reward loss.margin` M: a strength-3 judgment asks for margin M, strength 2 "
                              "for M/2 (0: the annotators' strength unused).")
+    parser.add_argument("--random-fraction", type=float, default=0.25,
+                        help="select.random_fraction: the share of each active batch drawn at random (default 0.25, "
+                             "the option's default).")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "label_efficiency.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -268,7 +272,7 @@ def main() -> None:
         verdicts = judge(pool, candidates, seed)
         for arm in args.arms.split(","):
             rows += run_arm(arm, seed, x, offsets, candidates, verdicts, heldout, sizes, args.batch, args.heads,
-                            args.margin)
+                            args.margin, args.random_fraction)
     table = summarise(rows, heldout)
     target = table[f"random@{max(sizes)}"]
     active = [arm for arm in args.arms.split(",") if arm != "random"]
@@ -288,7 +292,8 @@ def main() -> None:
         "agreement": {k: {kk: vv for kk, vv in v.items() if kk != "per_pair"} for k, v in table.items()},
         "minus_random_at_max": gaps,
         "reaches_random_max_at": reached,
-        "margin": args.margin, "batch": args.batch, "pool_pairs": len(candidates), "heldout_pairs": len(heldout),
+        "margin": args.margin, "random_fraction": args.random_fraction, "batch": args.batch,
+        "pool_pairs": len(candidates), "heldout_pairs": len(heldout),
         "wall_s": round(time.monotonic() - started),
     }))
 
