@@ -67,8 +67,10 @@ def test_the_baseline_against_itself_ties_everywhere(rl_run, tmp_path):
     assert {"prompt", "sft_response", "policy_response", "rm_sft"} <= set(rows[0]) and "gold_sft" not in rows[0]
 
 
-def test_a_round_policy_is_evaluated_into_its_round(rl_run):
-    """The default checkpoint is the newest round's policy; results go to rounds/NNN/eval.json."""
+def test_a_round_policy_is_evaluated_into_its_round(rl_run, tmp_path):
+    """The default checkpoint is the newest round's policy; results go to rounds/NNN/eval.json.
+
+    With samples_per_prompt=2, every prompt is asked twice and its pairs count as one unit."""
     start = rl_run / "pretrain" / "final"
     policy = load_causal_lm(start)
     torch.manual_seed(1)
@@ -100,6 +102,22 @@ def test_a_round_policy_is_evaluated_into_its_round(rl_run):
     assert report["ppl_after"] != report["ppl_before"]
     lines = (rl_run / "rounds" / "001" / "eval_samples.jsonl").read_text().splitlines()
     assert len(lines) == report["n"]
+
+    # Two samples a prompt: the prompts repeated whole, so the first pass is the one-sample evaluation's.
+    twice = run_eval(RunDir(rl_run), load_config(EvalConfig, None, EVAL_ARGS + ["samples_per_prompt=2"]),
+                     json_out=tmp_path / "twice.json", log=lambda message: None)
+    rows = [json.loads(line) for line in (tmp_path / "twice_samples.jsonl").read_text().splitlines()]
+    once = [json.loads(line) for line in samples]
+    n = report["n"]
+    assert twice["n"] == n and twice["samples_per_prompt"] == 2 and len(rows) == 2 * n
+    assert [r["policy_response"] for r in rows[:n]] == [r["policy_response"] for r in once]
+    assert [r["prompt"] for r in rows[n:]] == [r["prompt"] for r in once]
+    assert [r["sample"] for r in rows] == [0] * n + [1] * n
+    # KL: the mean over every sample; its standard error over the prompts' means (rows rounded to 4 decimals).
+    kls = [r["kl"] for r in rows]
+    assert twice["kl"] == pytest.approx(sum(kls) / len(kls), abs=1e-4)
+    means = [(a + b) / 2 for a, b in zip(kls[:n], kls[n:])]
+    assert twice["kl_se"] == pytest.approx(statistics.standard_error(means), abs=1e-4)
 
 
 def test_the_gold_judge_scores_only_the_builtin_task(tmp_path: Path):

@@ -59,6 +59,35 @@ def test_share_interval_resamples_prompts_not_comparisons():
     assert statistics.mean_interval(values)[0] > 0.0
 
 
+def test_unit_bootstrap_draws_a_prompts_samples_together():
+    """Units a, b with two items each (positions 0, 2 and 1, 3): a draw of units (b, a) brings items 1, 3, 0, 2.
+
+    Every item copied k times as one unit gives back the single items' intervals: each drawn unit's share is
+    its item's value, so the resampled means are the same numbers. The length-controlled fit on k copies
+    differs from the fit on one only by its ridge term (1e-6 against a curvature of about n k / 4; no draw of
+    these 60 outcomes separates the data, where the ridge would hold the fit)."""
+    drawn = statistics.bootstrap_indices(2, 5, seed=1)
+    expected = np.array([[0, 2], [1, 3]])[drawn].reshape(5, 4)
+    assert (statistics.unit_bootstrap_indices(["a", "b", "a", "b"], 5, seed=1) == expected).all()
+    assert (statistics.unit_bootstrap_indices(list(range(7)), 50, seed=3)
+            == statistics.bootstrap_indices(7, 50, seed=3)).all()
+    with pytest.raises(ValueError, match="same number of items"):
+        statistics.unit_bootstrap_indices(["a", "a", "b"])
+
+    wins, length_a, length_b = _two_length_groups((32, 40), (10, 20))
+    n, copies = len(wins), 3
+    units = list(range(n)) * copies
+    assert statistics.share_interval(wins * copies, units) == statistics.mean_interval(wins)
+    alone = statistics.length_controlled_win_rate(wins, length_a, length_b)
+    together = statistics.length_controlled_win_rate(wins * copies, length_a * copies, length_b * copies,
+                                                     units=units)
+    assert together["win_rate"] == pytest.approx(alone["win_rate"], abs=FIT_TOLERANCE)
+    assert together["interval"] == pytest.approx(alone["interval"], abs=FIT_TOLERANCE)
+    # The copies resampled as if independent would claim three times the evidence: a narrower interval.
+    loose = statistics.length_controlled_win_rate(wins * copies, length_a * copies, length_b * copies)
+    assert loose["interval"][1] - loose["interval"][0] < 0.8 * (together["interval"][1] - together["interval"][0])
+
+
 def test_win_indicators_and_standard_error():
     assert statistics.win_indicators([1.0, 0.0, 0.5], [0.0, 1.0, 0.5 + 1e-9]) == [1.0, 0.0, 0.5]
     with pytest.raises(ValueError):

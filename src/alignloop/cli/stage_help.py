@@ -124,6 +124,9 @@ STAGE_HELP: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ["alignloop eval --run runs/mine prompts=held_out.jsonl prompts.limit=100 --json eval.json"],
         [("prompts=FILE", "held-out prompts (default: the built-in evaluation openings)"),
          ("prompts.limit", "evaluate on at most this many prompts (default 200)"),
+         ("samples_per_prompt", "responses per prompt from each model, compared in pairs: less sampling noise "
+                                "(default 1)"),
+         ("seed", "sampling seed (the policy and the baseline share it)"),
          ("sampling.max_new_tokens", "longest response in tokens"),
          ("models.baseline=DIR", "compared against (default: the run's sft/final)"),
          ("models.reward=DIR", "reward model of the reward-model win rate"),

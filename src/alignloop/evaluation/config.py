@@ -59,6 +59,10 @@ class EvalConfig(Section):
     style: StyleJudgeConfig = Field(default_factory=StyleJudgeConfig)
     round: Optional[int] = Field(None, ge=1, description="Round whose policy is evaluated. Unset: the newest round "
                                                          "with a policy (ignored with --checkpoint).")
+    samples_per_prompt: int = Field(1, ge=1, le=64, description="Responses the policy and the baseline each "
+                                    "sample per prompt, compared in pairs: the win rates' sampling noise shrinks "
+                                    "(about 1/sqrt of this), the intervals still resample prompts, and the time "
+                                    "grows with it.")
     seed: int = Field(0, description="Sampling seed (the policy and the baseline use the same one).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     precision: PrecisionSetting = "auto"

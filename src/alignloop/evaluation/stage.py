@@ -1,19 +1,23 @@
 """`alignloop eval`: a policy against its baseline on held-out prompts.
 
 For each held-out prompt, the policy and the baseline (the SFT model) each
-sample one response with the same settings and seed. Reported:
+sample one response with the same settings and seed (`samples_per_prompt`
+responses each, compared in pairs, where one draw per prompt is too noisy a
+figure). Reported:
 
 - `gold_win_rate`: share of prompts where the gold judge (the built-in task's
   noiseless preference) prefers the policy's response; ties count half. Only
   on the built-in task's prompts: elsewhere it is None and `gold_omitted`
   says why;
 - `rm_win_rate`: the same with the reward model as judge;
-- for both, a 95% interval (paired bootstrap over prompts) and a
+- for both, a 95% interval (paired bootstrap over prompts: a prompt's samples
+  are drawn together) and a
   length-controlled win rate (the length difference regressed out), see
   `alignloop.evaluation.statistics`;
 - `kl`: mean over prompts of sum_t log pi(y_t) - log pi_ref(y_t) on the
   policy's own samples: an unbiased estimate of KL(policy || reference) per
-  response, in nats, with its standard error `kl_se`;
+  response, in nats, with its standard error `kl_se` (over the prompts'
+  means);
 - `ppl_before`, `ppl_after`: perplexity of the baseline and of the policy on
   held-out pretraining text (the forgetting check).
 
@@ -61,18 +65,20 @@ WIN_RATE_FIELDS = ("win_rate", "win_rate_ci", "lc_win_rate", "lc_win_rate_ci", "
 
 
 def win_rate_figures(judge: str, scores_policy: Optional[list[float]], scores_baseline: Optional[list[float]],
-                     length_policy: list[float], length_baseline: list[float]) -> dict[str, Any]:
+                     length_policy: list[float], length_baseline: list[float],
+                     units: Optional[list[int]] = None) -> dict[str, Any]:
     """`<judge>_win_rate` with its bootstrap interval, the length-controlled win rate with its interval, and
     the fit's length slope (all None without scores).
 
-    One unit per prompt, so resampling prompts keeps each policy response with the baseline response it
-    was compared with.
+    Each pair keeps the baseline response it was compared with. `units` (each pair's prompt; default: a
+    prompt per pair) are what the bootstrap resamples, so a prompt's several pairs are drawn together.
     """
     if scores_policy is None or scores_baseline is None:
         return {f"{judge}_{field}": None for field in WIN_RATE_FIELDS}
     wins = statistics.win_indicators(scores_policy, scores_baseline)
-    controlled = statistics.length_controlled_win_rate(wins, length_policy, length_baseline)
-    values = (sum(wins) / len(wins), list(statistics.mean_interval(wins)), controlled["win_rate"],
+    units = list(range(len(wins))) if units is None else units
+    controlled = statistics.length_controlled_win_rate(wins, length_policy, length_baseline, units=units)
+    values = (sum(wins) / len(wins), list(statistics.share_interval(wins, units)), controlled["win_rate"],
               list(controlled["interval"]), controlled["slope"])
     return {f"{judge}_{field}": value for field, value in zip(WIN_RATE_FIELDS, values)}
 
@@ -114,14 +120,15 @@ def sample_responses(model, tokenizer, prompts: list[str], sampling, max_prompt_
 
 
 def judge_pairs(prompts: list[str], policy_responses: list[str], baseline_responses: list[str], reward_model,
-                batch_size: int = 32, include_gold: bool = True, style_judge=None
-                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                batch_size: int = 32, include_gold: bool = True, style_judge=None,
+                units: Optional[list[int]] = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Win rates of the policy's responses over the baseline's by the gold judge and (if given) the reward model
     and the style judge (`alignloop.judges.style`; its figures are left out without one).
 
     Returns the summary (`gold_win_rate`, `rm_win_rate`, their intervals and length-controlled versions,
     mean scores, mean lengths in characters) and one row per prompt (`prompt`, `sft_response`,
     `policy_response` and their scores). `include_gold=False` leaves the gold judge out (its figures None).
+    `prompts` holds one entry per pair; `units` says which pairs share a prompt (`win_rate_figures`).
     """
     n = len(prompts)
     length_policy = [float(len(r)) for r in policy_responses]
@@ -137,10 +144,11 @@ def judge_pairs(prompts: list[str], policy_responses: list[str], baseline_respon
     if style_judge is not None:
         style_policy = [style_judge.score(r) for r in policy_responses]
         style_baseline = [style_judge.score(r) for r in baseline_responses]
-    summary = {**win_rate_figures("gold", gold_policy, gold_baseline, length_policy, length_baseline),
-               **win_rate_figures("rm", rm_policy, rm_baseline, length_policy, length_baseline)}
+    summary = {**win_rate_figures("gold", gold_policy, gold_baseline, length_policy, length_baseline, units),
+               **win_rate_figures("rm", rm_policy, rm_baseline, length_policy, length_baseline, units)}
     if style_judge is not None:
-        summary.update(win_rate_figures("style", style_policy, style_baseline, length_policy, length_baseline),
+        summary.update(win_rate_figures("style", style_policy, style_baseline, length_policy, length_baseline,
+                                        units),
                        style_score_policy=sum(style_policy) / n, style_score_baseline=sum(style_baseline) / n)
     summary.update({
         "gold_score_policy": sum(gold_policy) / n if gold_policy is not None else None,
@@ -243,12 +251,16 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
     baseline_tokenizer = load_tokenizer(baseline_path)
     policy = load_causal_lm(checkpoint).to(device).eval()
     baseline = load_causal_lm(baseline_path).to(device).eval()
-    log(f"eval: {checkpoint} against {baseline_path} on {len(prompts)} prompts from {prompt_file}")
+    each = f", {cfg.samples_per_prompt} samples each" if cfg.samples_per_prompt > 1 else ""
+    log(f"eval: {checkpoint} against {baseline_path} on {len(prompts)} prompts from {prompt_file}{each}")
 
+    # The prompts repeated whole, so the first len(prompts) pairs hold one sample of every prompt.
+    n, copies = len(prompts), cfg.samples_per_prompt
+    asked, units = prompts * copies, list(range(n)) * copies
     with precision_scope(device, cfg.precision, "precision"):
-        policy_batch, policy_responses = sample_responses(policy, tokenizer, prompts, cfg.sampling,
+        policy_batch, policy_responses = sample_responses(policy, tokenizer, asked, cfg.sampling,
                                                           cfg.prompts.max_tokens, cfg.seed)
-        _, baseline_responses = sample_responses(baseline, baseline_tokenizer, prompts, cfg.sampling,
+        _, baseline_responses = sample_responses(baseline, baseline_tokenizer, asked, cfg.sampling,
                                                  cfg.prompts.max_tokens, cfg.seed)
         reference = (baseline if reference_path == baseline_path
                      else load_causal_lm(reference_path).to(device).eval())
@@ -260,22 +272,23 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
         gold_omitted = gold_omission(run, prompts, prompt_file)
         if gold_omitted:
             log(f"eval: gold_win_rate is left out: {gold_omitted}")
-        judged, rows = judge_pairs(prompts, policy_responses, baseline_responses, reward_model,
+        judged, rows = judge_pairs(asked, policy_responses, baseline_responses, reward_model,
                                    cfg.sampling.batch_size, include_gold=gold_omitted is None,
-                                   style_judge=style_judge)
+                                   style_judge=style_judge, units=units)
 
         documents, text_source = held_out_documents(run, cfg.text.path, cfg.text.text_field)
         ppl_before = perplexity(baseline, text_blocks(baseline_tokenizer, documents, cfg.text.seq_len,
                                                       cfg.text.blocks))
         ppl_after = perplexity(policy, text_blocks(tokenizer, documents, cfg.text.seq_len, cfg.text.blocks))
 
-    n = len(prompts)
+    kl_sums, kl_counts = statistics.per_unit(kls, units)
     result: dict[str, Any] = {
         "n": n,
+        "samples_per_prompt": copies,
         "gold_win_rate": judged["gold_win_rate"],
         "rm_win_rate": judged["rm_win_rate"],
-        "kl": sum(kls) / n,
-        "kl_se": statistics.standard_error(kls),
+        "kl": sum(kls) / len(kls),
+        "kl_se": statistics.standard_error([s / c for s, c in zip(kl_sums, kl_counts)]),
         "ppl_before": ppl_before,
         "ppl_after": ppl_after,
         "ppl_change": ppl_after / ppl_before - 1.0,
@@ -294,8 +307,10 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
         "seed": cfg.seed,
         "seconds": round(time.monotonic() - started, 1),
     }
-    for row, kl in zip(rows, kls):
+    for index, (row, kl) in enumerate(zip(rows, kls)):
         row["kl"] = round(kl, 4)
+        if copies > 1:
+            row["sample"] = index // n
     if json_out is not None:
         json_out = Path(json_out)
         written = json_out

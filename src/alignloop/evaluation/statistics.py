@@ -40,6 +40,19 @@ def bootstrap_indices(n: int, resamples: int = RESAMPLES, seed: int = SEED) -> n
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
+def unit_bootstrap_indices(units: Sequence[object], resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
+    """[resamples, n] indices of items, drawn as whole units: each draw of a unit brings all its items.
+
+    Every unit must hold the same number of items (an evaluation's samples per prompt), so that each draw
+    has n items. With one item per unit this is `bootstrap_indices(n)`, item for unit.
+    """
+    members = unit_members(units)
+    if len({len(m) for m in members}) > 1:
+        raise ValueError("every unit must hold the same number of items to be resampled whole")
+    drawn = bootstrap_indices(len(members), resamples, seed)
+    return np.asarray(members, dtype=np.int64)[drawn].reshape(resamples, -1)
+
+
 def percentile_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
     """The central `level` interval of `values`: their (1-level)/2 and (1+level)/2 quantiles, linear interpolation."""
     array = np.asarray(values, dtype=np.float64)
@@ -75,19 +88,23 @@ def mean_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: int
     return ratio_interval(values, np.ones(len(values)), resamples, seed, level)
 
 
+def unit_members(units: Sequence[object]) -> list[list[int]]:
+    """The positions of each unit's items, units in order of first appearance."""
+    position: dict[object, int] = {}
+    members: list[list[int]] = []
+    for item, unit in enumerate(units):
+        if unit not in position:
+            position[unit] = len(members)
+            members.append([])
+        members[position[unit]].append(item)
+    return members
+
+
 def per_unit(values: Sequence[float], units: Sequence[object]) -> tuple[list[float], list[int]]:
     """(sum, count) of `values` per unit (prompt), units in order of first appearance."""
-    position: dict[object, int] = {}
-    sums: list[float] = []
-    counts: list[int] = []
-    for value, unit in zip(values, units):
-        if unit not in position:
-            position[unit] = len(sums)
-            sums.append(0.0)
-            counts.append(0)
-        sums[position[unit]] += float(value)
-        counts[position[unit]] += 1
-    return sums, counts
+    values = list(values)[:len(units)]
+    members = unit_members(list(units)[:len(values)])
+    return [sum(float(values[i]) for i in m) for m in members], [len(m) for m in members]
 
 
 def share_interval(values: Sequence[float], units: Sequence[object], resamples: int = RESAMPLES, seed: int = SEED,
@@ -168,21 +185,23 @@ def length_feature(length_difference: Sequence[float]) -> np.ndarray:
 
 
 def length_controlled_win_rate(wins: Sequence[float], length_a: Sequence[float], length_b: Sequence[float],
-                               resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
-                               ) -> dict[str, object]:
+                               resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
+                               units: Optional[Sequence[object]] = None) -> dict[str, object]:
     """The win rate of a over b with the length difference regressed out, and its bootstrap interval.
 
     Fits P(a wins) = sigmoid(alpha + beta * tanh((len a - len b) / sd)) to the per-prompt outcomes `wins`
     (1, 0, or 1/2 for a tie) and reports sigmoid(alpha): the predicted win rate of a response exactly as long
     as the one it is compared with. With no length difference anywhere it is the plain win rate's fit,
-    sigmoid(logit(mean win)). `slope` is beta: above 0 when the longer response tends to win.
+    sigmoid(logit(mean win)). `slope` is beta: above 0 when the longer response tends to win. `units`
+    (the prompt of each outcome; default: each outcome its own) are what the bootstrap resamples.
     """
     y = np.asarray(wins, dtype=np.float64)
     if y.size == 0 or y.size != len(length_a) or y.size != len(length_b):
         raise ValueError("need one outcome and two lengths per prompt")
     x = length_feature(np.asarray(length_a, dtype=np.float64) - np.asarray(length_b, dtype=np.float64))
     alpha, beta = fit_logistic(x, y)
-    indices = bootstrap_indices(y.size, resamples, seed)
+    indices = (bootstrap_indices(y.size, resamples, seed) if units is None
+               else unit_bootstrap_indices(units, resamples, seed))
     boot_alpha, _ = fit_logistic(x[indices], y[indices])
     return {"win_rate": _sigmoid(float(alpha[0])), "slope": float(beta[0]),
             "interval": percentile_interval(1.0 / (1.0 + np.exp(-boot_alpha)), level)}
