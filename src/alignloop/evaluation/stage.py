@@ -5,7 +5,7 @@ sample one response with the same settings and seed (`samples_per_prompt`
 responses each, compared in pairs, where one draw per prompt is too noisy a
 figure). Reported:
 
-- `gold_win_rate`: share of prompts where the gold judge (the built-in task's
+- `gold_win_rate`: share of pairs where the gold judge (the built-in task's
   noiseless preference) prefers the policy's response; ties count half. Only
   on the built-in task's prompts: elsewhere it is None and `gold_omitted`
   says why;
@@ -126,7 +126,7 @@ def judge_pairs(prompts: list[str], policy_responses: list[str], baseline_respon
     and the style judge (`alignloop.judges.style`; its figures are left out without one).
 
     Returns the summary (`gold_win_rate`, `rm_win_rate`, their intervals and length-controlled versions,
-    mean scores, mean lengths in characters) and one row per prompt (`prompt`, `sft_response`,
+    mean scores, mean lengths in characters) and one row per pair (`prompt`, `sft_response`,
     `policy_response` and their scores). `include_gold=False` leaves the gold judge out (its figures None).
     `prompts` holds one entry per pair; `units` says which pairs share a prompt (`win_rate_figures`).
     """
