@@ -251,11 +251,11 @@ def run_eval(run: RunDir, cfg: EvalConfig, checkpoint: Optional[Path] = None, js
     baseline_tokenizer = load_tokenizer(baseline_path)
     policy = load_causal_lm(checkpoint).to(device).eval()
     baseline = load_causal_lm(baseline_path).to(device).eval()
-    each = f", {cfg.samples_per_prompt} samples each" if cfg.samples_per_prompt > 1 else ""
-    log(f"eval: {checkpoint} against {baseline_path} on {len(prompts)} prompts from {prompt_file}{each}")
-
-    # The prompts repeated whole, so the first len(prompts) pairs hold one sample of every prompt.
     n, copies = len(prompts), cfg.samples_per_prompt
+    log(f"eval: {checkpoint} against {baseline_path} on {n} prompts from {prompt_file}"
+        + (f", {copies} samples each" if copies > 1 else ""))
+
+    # The prompts repeated whole, so the first n pairs hold one sample of every prompt.
     asked, units = prompts * copies, list(range(n)) * copies
     with precision_scope(device, cfg.precision, "precision"):
         policy_batch, policy_responses = sample_responses(policy, tokenizer, asked, cfg.sampling,

@@ -102,8 +102,8 @@ def unit_members(units: Sequence[object]) -> list[list[int]]:
 
 def per_unit(values: Sequence[float], units: Sequence[object]) -> tuple[list[float], list[int]]:
     """(sum, count) of `values` per unit (prompt), units in order of first appearance."""
-    values = list(values)[:len(units)]
-    members = unit_members(list(units)[:len(values)])
+    values = list(values)
+    members = unit_members(units)
     return [sum(float(values[i]) for i in m) for m in members], [len(m) for m in members]
 
 
