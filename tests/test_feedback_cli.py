@@ -63,16 +63,15 @@ def test_import_export_round_trip_and_a_bad_line(tmp_path):
     assert bad_flag.exit_code == 2
 
 
-def test_annotate_simulated_goes_through_the_api_and_respects_overlap(tmp_path):
-    pytest.importorskip("alignloop.judges.personas")
-    run = tmp_path / "run"
-    source = tmp_path / "samples.jsonl"
+def _annotate_simulated(run, *settings):
+    """A fresh run holding STORIES as pair items plus one ranking, annotated by three simulated personas."""
+    source = run.parent / f"{run.name}-samples.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in STORIES))
     assert invoke("feedback", "import", str(source), "--run", str(run), "--kind", "pair").exit_code == 0
     [item] = open_store(run / "feedback.db").add_items([{"prompt": STORIES[0]["prompt"],
                                                          "responses": STORIES[0]["responses"][:3]}])
     result = invoke("annotate", "--run", str(run), "--simulated", "personas=3", "overlap=2", "careless=0.34",
-                    "critique_share=1.0")
+                    "critique_share=1.0", *settings)
     assert result.exit_code == 0, result.output
     with open_store(run / "feedback.db") as store:
         rows = store.judgment_rows()
@@ -87,4 +86,16 @@ def test_annotate_simulated_goes_through_the_api_and_respects_overlap(tmp_path):
     assert all(len(names) == 2 for names in per_item.values())
     ranking = [r for r in rows if r["item_id"] == item]
     assert all(sorted(r["ranking"]) == sorted(x["id"] for x in r["responses"]) for r in ranking)
+    return sorted((r["item_id"], r["annotator"], r["choice"], r["strength"], str(r["ranking"]), r["critique"])
+                  for r in rows)
+
+
+def test_annotate_simulated_goes_through_the_api_and_respects_overlap(tmp_path):
+    pytest.importorskip("alignloop.judges.personas")
+    run = tmp_path / "run"
+    first = _annotate_simulated(run)
+    # Taking turns, the personas replay: a second run on the same items makes the same judgments.
+    assert _annotate_simulated(tmp_path / "again") == first
+    # Side by side in threads, the same rules hold (who judges what may differ).
+    _annotate_simulated(tmp_path / "threads", "concurrent=true")
     assert invoke("annotate", "--run", str(run)).exit_code == 2  # people use the browser

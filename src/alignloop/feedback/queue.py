@@ -9,7 +9,7 @@ the loser's insert fails and it moves on to the next item.
 
 from __future__ import annotations
 
-import random
+import hashlib
 from typing import Optional
 
 from sqlalchemy import Select, exists, func, select
@@ -21,8 +21,9 @@ from alignloop.feedback.limits import MAX_OVERLAP
 from alignloop.feedback.models import AspectRating, Assignment, Item, ItemResponse, Judgment, User, utcnow
 from alignloop.feedback.names import check_name, name_key
 
-# How many of the oldest open items a claim looks at; picking among them at
-# random keeps concurrent annotators from all fighting over the same row.
+# How many of the oldest open items a claim looks at. Each annotator tries them
+# in an order of their own (`claim_order`), which keeps concurrent annotators
+# from all fighting over the same row.
 CANDIDATES = 8
 
 # Annotators per item when neither the item nor the admin says otherwise.
@@ -66,8 +67,17 @@ def first_free_slot(used: set[int], wanted: int) -> Optional[int]:
     return slot if slot < min(wanted, MAX_OVERLAP) else None
 
 
-def claim(s: Session, user_id: int, default_overlap: int, postgres: bool = False,
-          rng: Optional[random.Random] = None) -> Optional[Assignment]:
+def claim_order(user_id: int, item_id: int) -> bytes:
+    """Sort key of an item among one annotator's candidates.
+
+    A hash of the pair rather than a random draw: annotators still spread over
+    the candidates, and the same claims in the same order give the same items,
+    so a simulated round replays exactly.
+    """
+    return hashlib.blake2b(f"{user_id}:{item_id}".encode(), digest_size=8).digest()
+
+
+def claim(s: Session, user_id: int, default_overlap: int, postgres: bool = False) -> Optional[Assignment]:
     """The user's open assignment if they have one, else a new one on an item with a free slot.
 
     Raises IntegrityError (the caller retries in a new transaction) only if
@@ -86,7 +96,7 @@ def claim(s: Session, user_id: int, default_overlap: int, postgres: bool = False
             candidates = list(s.execute(query.with_for_update(of=Item)).all())
     else:
         candidates = list(s.execute(query).all())
-    (rng or random).shuffle(candidates)
+    candidates.sort(key=lambda row: claim_order(user_id, row[0]))
     for item_id, wanted in candidates:
         used = set(s.scalars(select(Assignment.slot).where(Assignment.item_id == item_id,
                                                             Assignment.slot.is_not(None))))

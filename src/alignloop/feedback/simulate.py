@@ -3,8 +3,10 @@
 Each persona of `alignloop.judges.personas` gets an account (`sim-<name>`,
 origin "simulated"), signs in through `/api/login`, and loops: take the next
 assignment, judge it (pairwise choice and strength, a Plackett-Luce ranking,
-or Likert ratings), sometimes add a critique, submit. Personas run side by
-side in threads, so the store sees concurrent annotators.
+or Likert ratings), sometimes add a critique, submit. By default the personas
+take turns, one judgment each, so a rerun on the same items makes the same
+judgments; `concurrent=true` runs them side by side in threads, as people
+working at once.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class SimulateConfig(Section):
     max_judgments: Optional[int] = Field(None, ge=1, description="Stop each persona after this many judgments.")
     critique_share: float = Field(0.25, ge=0.0, le=1.0, description="Share of judgments that come with a critique.")
     rate_pairs: bool = Field(False, description="Also rate both responses of pairs on the four aspects.")
+    concurrent: bool = Field(False, description="Personas work side by side in threads, as people at once; "
+                             "the default takes turns in one thread, so a rerun judges the same items the same way.")
     both_bad_below: float = Field(0.45, ge=0.0, le=1.0, description="A pair is 'both bad' when a persona rates "
                                   "both responses below this quality (0 to 1; 0: always pick one).")
 
@@ -96,33 +100,58 @@ def item_rng(seed: int, persona_index: int, item_id: Any) -> random.Random:
     return random.Random(f"alignloop-simulate:{seed}:{persona_index}:{item_id}")
 
 
+class SimulatedSession:
+    """One simulated annotator signed in over HTTP, judging one assignment per `step()`."""
+
+    def __init__(self, base_url: str, name: str, password: str, persona: Any, config: SimulateConfig,
+                 persona_index: int) -> None:
+        self.name, self.persona, self.config, self.index = name, persona, config, persona_index
+        self.done = 0
+        self._client = httpx.Client(base_url=base_url, timeout=60.0)
+        login = self._client.post("/api/login", json={"name": name, "password": password})
+        if login.status_code != 200:
+            self._client.close()
+            raise AlignloopError(f"simulated annotator {name} could not sign in: {login.status_code} {login.text}")
+        self._client.headers["X-CSRF-Token"] = login.json()["csrf_token"]
+
+    def step(self) -> bool:
+        """Judge the next assignment; False when the queue has nothing left for us or the cap is reached."""
+        if self.config.max_judgments is not None and self.done >= self.config.max_judgments:
+            return False
+        response = self._client.post("/api/queue/next")
+        response.raise_for_status()
+        assignment = response.json()["assignment"]
+        if assignment is None:
+            return False
+        item = assignment["item"]
+        body = judgment_for(self.persona, item, item_rng(self.config.seed, self.index, item["id"]), self.config)
+        sent = self._client.post(f"/api/assignments/{assignment['id']}/judgment", json=body)
+        if sent.status_code != 201:
+            raise AlignloopError(f"{self.name}: judgment refused ({sent.status_code}): {sent.text}")
+        self.done += 1
+        crash_point(f"annotate:{self.name}:{self.done}")
+        return True
+
+    def close(self) -> None:
+        """Sign out and close the connection."""
+        try:
+            self._client.post("/api/logout")
+        except httpx.TransportError:
+            pass  # the work is saved; a server that stopped after its quota has no session left to end
+        finally:
+            self._client.close()
+
+
 def annotate_as(base_url: str, name: str, password: str, persona: Any, config: SimulateConfig,
                 persona_index: int, stop: threading.Event) -> int:
     """Sign in as `name` and judge until the queue is empty (or the cap); returns the judgments made."""
-    done = 0
-    with httpx.Client(base_url=base_url, timeout=60.0) as client:
-        login = client.post("/api/login", json={"name": name, "password": password})
-        if login.status_code != 200:
-            raise AlignloopError(f"simulated annotator {name} could not sign in: {login.status_code} {login.text}")
-        client.headers["X-CSRF-Token"] = login.json()["csrf_token"]
-        while not stop.is_set() and (config.max_judgments is None or done < config.max_judgments):
-            response = client.post("/api/queue/next")
-            response.raise_for_status()
-            assignment = response.json()["assignment"]
-            if assignment is None:
-                break
-            item = assignment["item"]
-            body = judgment_for(persona, item, item_rng(config.seed, persona_index, item["id"]), config)
-            sent = client.post(f"/api/assignments/{assignment['id']}/judgment", json=body)
-            if sent.status_code != 201:
-                raise AlignloopError(f"{name}: judgment refused ({sent.status_code}): {sent.text}")
-            done += 1
-            crash_point(f"annotate:{name}:{done}")
-        try:
-            client.post("/api/logout")
-        except httpx.TransportError:
-            pass  # the work is saved; a server that stopped after its quota has no session left to end
-    return done
+    session = SimulatedSession(base_url, name, password, persona, config, persona_index)
+    try:
+        while not stop.is_set() and session.step():
+            pass
+    finally:
+        session.close()
+    return session.done
 
 
 def run_simulated(store: Store, config: SimulateConfig, base_url: Optional[str] = None,
@@ -145,8 +174,37 @@ def run_simulated(store: Store, config: SimulateConfig, base_url: Optional[str] 
         from alignloop.web.server import background
 
         with background(create_app(store)) as url:
-            return _run_threads(url, personas, names, passwords, config, log)
-    return _run_threads(base_url, personas, names, passwords, config, log)
+            return _work_queue(url, personas, names, passwords, config, log)
+    return _work_queue(base_url, personas, names, passwords, config, log)
+
+
+def _work_queue(base_url: str, personas: list[Any], names: list[str], passwords: dict[str, str],
+                config: SimulateConfig, log: Callable[[str], None]) -> dict[str, int]:
+    if config.concurrent:
+        return _run_threads(base_url, personas, names, passwords, config, log)
+    return _run_turns(base_url, personas, names, passwords, config, log)
+
+
+def _run_turns(base_url: str, personas: list[Any], names: list[str], passwords: dict[str, str],
+               config: SimulateConfig, log: Callable[[str], None]) -> dict[str, int]:
+    """One judgment per persona in turn until none has anything left: the queue sees the same claims in the
+    same order every time, so which persona judges which item does not depend on thread timing."""
+    sessions: list[SimulatedSession] = []
+    try:
+        for index, persona in enumerate(personas):
+            sessions.append(SimulatedSession(base_url, names[index], passwords[names[index]], persona, config,
+                                             index))
+        active = list(sessions)
+        while active:
+            active = [session for session in active if session.step()]
+    except Exception as exc:  # noqa: BLE001 - one clear error, as from the threads
+        raise _failure(exc) from None
+    finally:
+        for session in sessions:
+            session.close()
+    for session in sessions:
+        log(f"{session.name}: {session.done} judgments")
+    return {session.name: session.done for session in sessions}
 
 
 def _run_threads(base_url: str, personas: list[Any], names: list[str], passwords: dict[str, str],
@@ -170,8 +228,11 @@ def _run_threads(base_url: str, personas: list[Any], names: list[str], passwords
     for thread in threads:
         thread.join()
     if errors:
-        error = errors[0]
-        if isinstance(error, AlignloopError):
-            raise error
-        raise AlignloopError(f"simulated annotation failed: {type(error).__name__}: {error}")
+        raise _failure(errors[0])
     return counts
+
+
+def _failure(error: BaseException) -> AlignloopError:
+    if isinstance(error, AlignloopError):
+        return error
+    return AlignloopError(f"simulated annotation failed: {type(error).__name__}: {error}")
