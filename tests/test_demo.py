@@ -15,6 +15,7 @@ def test_fast_demo_runs_every_stage_and_writes_the_report(tmp_path):
     for number in (1, 2, 3):
         evaluation = json.loads((run / "rounds" / f"{number:03d}" / "eval.json").read_text())
         assert {"gold_win_rate", "rm_win_rate", "kl", "ppl_before", "ppl_after", "n"} <= set(evaluation)
+        assert evaluation["samples_per_prompt"] == 4 and evaluation["n"] == 8  # 8 prompts, 4 answers to each
         samples = (run / "rounds" / f"{number:03d}" / "eval_samples.jsonl").read_text().splitlines()
         assert {"prompt", "sft_response", "policy_response"} <= set(json.loads(samples[0]))
     assert (run / "report.html").exists()

@@ -56,12 +56,18 @@ def loop(
 def demo(
     run: Annotated[Path, typer.Option("--run", help="Run directory for the demo.")] = Path("runs/demo"),
     fast: Annotated[bool, typer.Option("--fast", help="A smoke version in about a minute (tiny model, few steps).")] = False,
+    force: ForceOption = False,
 ) -> None:
-    """The whole pipeline on the built-in story task on a laptop CPU; rerun to resume."""
+    """The whole pipeline on the built-in story task on a laptop CPU; rerun to resume.
+
+    A run made with other demo settings (an older alignloop's) stops at the
+    first step whose settings changed; `--force` redoes that step and what
+    depends on it, keeping everything before it.
+    """
     with reporting_errors(), writing_run(run) as run_dir:
         from alignloop.loop.demo import run_demo
 
-        run_demo(run_dir, log=echo, fast=fast)
+        run_demo(run_dir, log=echo, fast=fast, force=force)
 
 
 def report(run: RunOption) -> None:
