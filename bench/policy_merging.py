@@ -8,11 +8,12 @@
 0 the SFT model). `--soup`: the uniform average of the round's policies of --run and of each run named,
 which must have started from the same SFT model (Rame et al. 2023, rewarded soups; Rame et al. 2024, WARP).
 Each merged model is written under --work (default RUN/bench-merging) and scored by `alignloop eval` with
-the demo's evaluation settings (`alignloop.loop.demo.DEMO_LOOP`'s `eval.*`: 200 held-out prompts answered four
-times each since commit 6194cc1, once before; up to 96 new tokens), against --run's SFT model, with --run's round reward model, once per evaluation seed
-(`--seeds`, default 0: the evaluation the loop records). The runs' own records are not touched (`eval
---json`). Printed: one row per model and seed (gold win rate with its interval, reward-model win rate, KL
-to SFT, perplexity change); with --out, one JSON object each. BENCHMARKS.md, "The demo", has the figures.
+the demo's evaluation settings (`alignloop.loop.demo.DEMO_LOOP`'s `eval.*`: 200 held-out prompts answered
+four times each since commit 6194cc1, once before; up to 96 new tokens), against --run's SFT model, with
+--run's round reward model, once per evaluation seed (`--seeds`, default 0: the evaluation the loop
+records). The runs' own records are not touched (`eval --json`). Printed: one row per model and seed (gold
+win rate with its interval, reward-model win rate, KL to SFT, perplexity change); with --out, one JSON
+object each. BENCHMARKS.md, "The demo", has the figures.
 """
 
 from __future__ import annotations

@@ -142,18 +142,6 @@ class SimulatedSession:
             self._client.close()
 
 
-def annotate_as(base_url: str, name: str, password: str, persona: Any, config: SimulateConfig,
-                persona_index: int, stop: threading.Event) -> int:
-    """Sign in as `name` and judge until the queue is empty (or the cap); returns the judgments made."""
-    session = SimulatedSession(base_url, name, password, persona, config, persona_index)
-    try:
-        while not stop.is_set() and session.step():
-            pass
-    finally:
-        session.close()
-    return session.done
-
-
 def run_simulated(store: Store, config: SimulateConfig, base_url: Optional[str] = None,
                   log: Callable[[str], None] = lambda _m: None) -> dict[str, int]:
     """Let `config.personas` simulated annotators work the queue; returns judgments per account.
@@ -180,25 +168,17 @@ def run_simulated(store: Store, config: SimulateConfig, base_url: Optional[str] 
 
 def _work_queue(base_url: str, personas: list[Any], names: list[str], passwords: dict[str, str],
                 config: SimulateConfig, log: Callable[[str], None]) -> dict[str, int]:
-    if config.concurrent:
-        return _run_threads(base_url, personas, names, passwords, config, log)
-    return _run_turns(base_url, personas, names, passwords, config, log)
-
-
-def _run_turns(base_url: str, personas: list[Any], names: list[str], passwords: dict[str, str],
-               config: SimulateConfig, log: Callable[[str], None]) -> dict[str, int]:
-    """One judgment per persona in turn until none has anything left: the queue sees the same claims in the
-    same order every time, so which persona judges which item does not depend on thread timing."""
+    """Sign every persona in, let them judge (in turns, or in threads with `concurrent`), sign them out."""
     sessions: list[SimulatedSession] = []
     try:
         for index, persona in enumerate(personas):
             sessions.append(SimulatedSession(base_url, names[index], passwords[names[index]], persona, config,
                                              index))
-        active = list(sessions)
-        while active:
-            active = [session for session in active if session.step()]
-    except Exception as exc:  # noqa: BLE001 - one clear error, as from the threads
-        raise _failure(exc) from None
+        (_run_threads if config.concurrent else _run_turns)(sessions)
+    except Exception as exc:  # noqa: BLE001 - one clear error for whatever stopped an annotator
+        if isinstance(exc, AlignloopError):
+            raise
+        raise AlignloopError(f"simulated annotation failed: {type(exc).__name__}: {exc}") from None
     finally:
         for session in sessions:
             session.close()
@@ -207,32 +187,31 @@ def _run_turns(base_url: str, personas: list[Any], names: list[str], passwords: 
     return {session.name: session.done for session in sessions}
 
 
-def _run_threads(base_url: str, personas: list[Any], names: list[str], passwords: dict[str, str],
-                 config: SimulateConfig, log: Callable[[str], None]) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def _run_turns(sessions: list[SimulatedSession]) -> None:
+    """One judgment per persona in turn until none has anything left: the queue sees the same claims in the
+    same order every time, so which persona judges which item does not depend on thread timing."""
+    active = list(sessions)
+    while active:
+        active = [session for session in active if session.step()]
+
+
+def _run_threads(sessions: list[SimulatedSession]) -> None:
+    """Each persona in a thread of its own until its queue is empty; the first error stops the others."""
     errors: list[BaseException] = []
     stop = threading.Event()
 
-    def work(index: int) -> None:
-        name = names[index]
+    def work(session: SimulatedSession) -> None:
         try:
-            counts[name] = annotate_as(base_url, name, passwords[name], personas[index], config, index, stop)
-            log(f"{name}: {counts[name]} judgments")
-        except BaseException as exc:  # noqa: BLE001 - reported below, after the others stop
+            while not stop.is_set() and session.step():
+                pass
+        except BaseException as exc:  # noqa: BLE001 - raised below, after the others stop
             errors.append(exc)
             stop.set()
 
-    threads = [threading.Thread(target=work, args=(i,), name=names[i]) for i in range(len(personas))]
+    threads = [threading.Thread(target=work, args=(session,), name=session.name) for session in sessions]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if errors:
-        raise _failure(errors[0])
-    return counts
-
-
-def _failure(error: BaseException) -> AlignloopError:
-    if isinstance(error, AlignloopError):
-        return error
-    return AlignloopError(f"simulated annotation failed: {type(error).__name__}: {error}")
+        raise errors[0]
