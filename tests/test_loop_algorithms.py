@@ -20,7 +20,8 @@ ROUNDS = ["--rounds", "2", "sample.n_prompts=6", "sample.k=2", "sample.max_new_t
 # Each method's step 4 in a few steps, with a checkpoint after every one (the kill lands after the first).
 METHOD = {
     "ppo": ["ppo.ppo.iterations=2", "ppo.ppo.rollout_prompts=4", "ppo.ppo.minibatches=1", "ppo.ppo.epochs=1",
-            "ppo.run.save_every=1", "ppo.sampling.max_new_tokens=12", "ppo.run.sample_table_every=0"],
+            "ppo.run.save_every=1", "ppo.sampling.max_new_tokens=12", "ppo.run.sample_table_every=0",
+            "kl_target=[3,5]"],
     "dpo": ["dpo.dpo.epochs=1", "dpo.dpo.batch_size=2", "dpo.dpo.warmup_steps=0", "dpo.data.max_len=64",
             "dpo.data.val_fraction=0", "dpo.run.save_every=1"],
     "bon": ["bon.n=2", "bon.prompts.limit=4", "bon.sampling.max_new_tokens=12", "bon.train.max_steps=2",
@@ -107,7 +108,8 @@ def test_two_rounds_killed_mid_training_and_rerun(sft_run, tmp_path, algorithm):
         assert after["dpo:001"]["config"]["data.feedback_round"] == 1
         assert after["dpo:002"]["config"]["data.feedback_round"] == 2
 
-    if algorithm == "ppo":
+    if algorithm == "ppo":  # loop.kl_target names each round's target, in the resumed round too
+        assert [after[f"ppo:{n:03d}"]["config"]["reward.kl_target"] for n in (1, 2)] == [3.0, 5.0]
         # Rerunning a round with another algorithm is refused in one line, and nothing is touched.
         made = {p: p.read_bytes() for p in (run / "rounds" / "002" / "policy" / "final").iterdir()}
         refused = _loop(run, "dpo")
@@ -188,6 +190,24 @@ def test_a_list_names_each_rounds_algorithm_and_its_last_entry_repeats():
         load_config(LoopConfig, None, ["algorithm=[]"])
     with pytest.raises(ConfigError, match="algorithm"):
         load_config(LoopConfig, None, ["algorithm=[bon,sac]"])
+
+
+def test_kl_target_is_one_for_every_round_or_one_per_round():
+    from alignloop.config.base import load_config
+    from alignloop.loop.config import LoopConfig
+
+    cfg = load_config(LoopConfig, None, ["kl_target=[2,4,6]", "reference=sft"])
+    assert [cfg.kl_target_of(n) for n in (1, 2, 3, 4)] == [2.0, 4.0, 6.0, 6.0]
+    assert load_config(LoopConfig, None, ["kl_target=3"]).kl_target_of(5) == 3.0
+    assert load_config(LoopConfig, None, []).kl_target_of(1) is None  # each section's own reward.kl_target
+    for bad in ("kl_target=[]", "kl_target=0", "kl_target=[2,-1]"):
+        with pytest.raises(ConfigError, match="kl_target"):
+            load_config(LoopConfig, None, [bad])
+    # grpo's beta is fixed by default: a target it would not follow is refused, not ignored.
+    with pytest.raises(ConfigError, match="grpo.reward.adaptive_kl=true"):
+        load_config(LoopConfig, None, ["kl_target=[2]", "algorithm=[ppo,grpo]"])
+    assert load_config(LoopConfig, None, ["kl_target=[2]", "algorithm=grpo", "grpo.reward.adaptive_kl=true"])
+    assert load_config(LoopConfig, None, ["kl_target=[2]", "algorithm=[dpo,bon]"])  # no controller to set
 
 
 def test_the_loops_prompt_file_reaches_every_method_that_samples():

@@ -20,6 +20,9 @@ The frozen reference (KL leash, DPO's reference) is the SFT model, as in
 Ouyang et al. 2022 and Xiong et al. 2024's main runs; `loop.reference=previous`
 takes the previous round's policy instead (a trust region per round).
 
+`loop.kl_target=[2,4,6]` sets each round's KL target (ppo, grpo, rloo): with
+the SFT reference, a budget to SFT that grows by round.
+
 `loop.algorithm` may also be a list, one per round with the last repeating
 (`[bon,bon,ppo]`): cheap best-of-n rounds first, PPO after.
 
@@ -91,6 +94,8 @@ def train_policy(run: RunDir, cfg: LoopConfig, number: int, policy: Path, sft: P
         section = getattr(cfg, algorithm).model_copy(deep=True)
         section.run.round = number
         section.models.policy, section.models.reference = str(policy), str(reference)
+        if algorithm != "dpo" and cfg.kl_target_of(number) is not None:
+            section.reward.kl_target = cfg.kl_target_of(number)
         if algorithm == "ppo":
             from alignloop.rl.ppo import run_ppo
 

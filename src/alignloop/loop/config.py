@@ -129,6 +129,13 @@ class BoNDistillConfig(Section):
 Algorithm = Literal["ppo", "grpo", "rloo", "dpo", "bon"]
 
 
+def per_round(value, number: int):
+    """Round `number`'s (1-based) entry of a setting that is one value or a list with its last entry repeating."""
+    if not isinstance(value, list):
+        return value
+    return value[min(number, len(value)) - 1]
+
+
 class LoopConfig(Section):
     """Each round: sample from the policy, collect feedback, retrain the reward model, RL (`algorithm`), evaluate."""
 
@@ -151,6 +158,12 @@ class LoopConfig(Section):
         "sft", description="The frozen reference of step 4 (the KL leash of ppo, grpo and rloo, DPO's reference): "
                            "the SFT model every round, or the previous round's policy. Evaluation always "
                            "measures against SFT.")
+    kl_target: Union[None, float, list[float]] = Field(
+        None, description="The adaptive KL target of the rounds' ppo, grpo or rloo, in nats per response to the "
+                          "round's reference: one for every round, or one per round with the last repeating, e.g. "
+                          "[2,4,6] with reference=sft, a KL budget to SFT that grows round by round. Replaces that "
+                          "section's reward.kl_target; unset: the section's own. Needs reward.adaptive_kl=true in "
+                          "each of them the loop runs; dpo and bon rounds have no KL controller and ignore it.")
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     rloo: RLOOConfig = Field(default_factory=RLOOConfig)
@@ -172,11 +185,32 @@ class LoopConfig(Section):
             raise ValueError(f"{unknown[0]!r} is not one of {', '.join(get_args(Algorithm))}")
         return value
 
+    @field_validator("kl_target")
+    @classmethod
+    def _positive_targets(cls, value):
+        targets = value if isinstance(value, list) else [value]
+        if value is not None and (not targets or min(targets) <= 0):
+            raise ValueError(f"a KL target per round, each > 0 nats (e.g. [2,4,6]); got {value}")
+        return value
+
     def algorithm_of(self, number: int) -> str:
         """The algorithm of round `number` (1-based): the one named, or its entry in the per-round list."""
-        if isinstance(self.algorithm, str):
-            return self.algorithm
-        return self.algorithm[min(number, len(self.algorithm)) - 1]
+        return per_round(self.algorithm, number)
+
+    def kl_target_of(self, number: int) -> Optional[float]:
+        """Round `number`'s KL target from `kl_target`; None when unset (the section's own applies)."""
+        return None if self.kl_target is None else per_round(self.kl_target, number)
+
+    @model_validator(mode="after")
+    def _kl_targets_need_the_controller(self):
+        if self.kl_target is None:
+            return self
+        names = self.algorithm if isinstance(self.algorithm, list) else [self.algorithm]
+        for name in dict.fromkeys(names):
+            if name in ("ppo", "grpo", "rloo") and not getattr(self, name).reward.adaptive_kl:
+                raise ValueError(f"kl_target sets the adaptive KL controller's target, and {name}.reward."
+                                 f"adaptive_kl is false: set {name}.reward.adaptive_kl=true, or drop kl_target")
+        return self
 
     @model_validator(mode="after")
     def _shared_prompts(self):
