@@ -23,7 +23,7 @@ from alignloop.runs import RunDir
 from alignloop.sft.config import SFTConfig
 from alignloop.sft.stage import run_sft
 
-# Sized so the whole demo fits in about 15 minutes on 2 CPU cores.
+# Sized so the whole demo fits in about 18 minutes on 2 CPU cores.
 DEMO_PRETRAIN = ["model.preset=small", "data.stories=20000", "data.seq_len=128", "train.max_steps=400",
                  "train.batch_size=16", "train.lr=2e-3", "train.warmup_steps=30", "train.eval_every=200",
                  "train.save_every=100", "train.eval_batches=10", "tokenizer.vocab_size=4096"]
