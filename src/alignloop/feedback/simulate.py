@@ -175,9 +175,9 @@ def _work_queue(base_url: str, personas: list[Any], names: list[str], passwords:
             sessions.append(SimulatedSession(base_url, names[index], passwords[names[index]], persona, config,
                                              index))
         (_run_threads if config.concurrent else _run_turns)(sessions)
+    except AlignloopError:
+        raise
     except Exception as exc:  # noqa: BLE001 - one clear error for whatever stopped an annotator
-        if isinstance(exc, AlignloopError):
-            raise
         raise AlignloopError(f"simulated annotation failed: {type(exc).__name__}: {exc}") from None
     finally:
         for session in sessions:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from alignloop.errors import ConfigError
-from alignloop.loop.config import LoopConfig
+from alignloop.loop.config import KL_CONTROLLED, LoopConfig
 from alignloop.runs import RunDir, round_stage_key
 
 Log = Callable[[str], None]
@@ -94,8 +94,9 @@ def train_policy(run: RunDir, cfg: LoopConfig, number: int, policy: Path, sft: P
         section = getattr(cfg, algorithm).model_copy(deep=True)
         section.run.round = number
         section.models.policy, section.models.reference = str(policy), str(reference)
-        if algorithm != "dpo" and cfg.kl_target_of(number) is not None:
-            section.reward.kl_target = cfg.kl_target_of(number)
+        target = cfg.kl_target_of(number)
+        if algorithm in KL_CONTROLLED and target is not None:
+            section.reward.kl_target = target
         if algorithm == "ppo":
             from alignloop.rl.ppo import run_ppo
 

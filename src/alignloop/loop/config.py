@@ -127,13 +127,18 @@ class BoNDistillConfig(Section):
 
 
 Algorithm = Literal["ppo", "grpo", "rloo", "dpo", "bon"]
+KL_CONTROLLED = ("ppo", "grpo", "rloo")  # the algorithms whose section has a KL controller (reward.kl_*)
+
+
+def entries(value) -> list:
+    """The entries of a setting that is one value for every round or a list, one per round."""
+    return value if isinstance(value, list) else [value]
 
 
 def per_round(value, number: int):
     """Round `number`'s (1-based) entry of a setting that is one value or a list with its last entry repeating."""
-    if not isinstance(value, list):
-        return value
-    return value[min(number, len(value)) - 1]
+    items = entries(value)
+    return items[min(number, len(items)) - 1]
 
 
 class LoopConfig(Section):
@@ -176,7 +181,7 @@ class LoopConfig(Section):
     @classmethod
     def _known_algorithms(cls, value):
         # Checked here so that a bad entry reads as one line, not as each branch of the union failing.
-        names = value if isinstance(value, list) else [value]
+        names = entries(value)
         if not names:
             raise ValueError("an empty list names no algorithm: name one (algorithm=ppo) or one per round "
                              "(algorithm=[bon,ppo])")
@@ -188,8 +193,7 @@ class LoopConfig(Section):
     @field_validator("kl_target")
     @classmethod
     def _positive_targets(cls, value):
-        targets = value if isinstance(value, list) else [value]
-        if value is not None and (not targets or min(targets) <= 0):
+        if value is not None and (not entries(value) or min(entries(value)) <= 0):
             raise ValueError(f"a KL target per round, each > 0 nats (e.g. [2,4,6]); got {value}")
         return value
 
@@ -199,15 +203,14 @@ class LoopConfig(Section):
 
     def kl_target_of(self, number: int) -> Optional[float]:
         """Round `number`'s KL target from `kl_target`; None when unset (the section's own applies)."""
-        return None if self.kl_target is None else per_round(self.kl_target, number)
+        return per_round(self.kl_target, number)
 
     @model_validator(mode="after")
     def _kl_targets_need_the_controller(self):
         if self.kl_target is None:
             return self
-        names = self.algorithm if isinstance(self.algorithm, list) else [self.algorithm]
-        for name in dict.fromkeys(names):
-            if name in ("ppo", "grpo", "rloo") and not getattr(self, name).reward.adaptive_kl:
+        for name in dict.fromkeys(entries(self.algorithm)):
+            if name in KL_CONTROLLED and not getattr(self, name).reward.adaptive_kl:
                 raise ValueError(f"kl_target sets the adaptive KL controller's target, and {name}.reward."
                                  f"adaptive_kl is false: set {name}.reward.adaptive_kl=true, or drop kl_target")
         return self
