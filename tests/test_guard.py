@@ -68,6 +68,12 @@ def test_the_kept_check_is_the_best_heldout_score_within_the_thresholds():
 
     assert (kept(plain), kept(capped)) == (3, 2)
     assert not new_best(checks([0.1], [None]), None, plain)  # no held-out score: nothing to keep by
+    # No held-out judge, a guard that stops on max_kl: the latest check within it is kept, so the budget holds.
+    blind = checks([0.1, 0.2, 0.3, 0.4], [None] * 4)
+    budget = GuardConfig(every=1, max_kl=0.15, stop=True)
+    assert [new_best(blind[:n], None, budget) for n in range(1, 5)] == [True, True, False, False]
+    assert not any(new_best(blind[:n], None, GuardConfig(every=1, max_kl=0.15)) for n in range(1, 5))  # no stop
+    assert not new_best(blind[:1], None, GuardConfig(every=1, stop=True))  # no threshold: nothing to keep to
     assert new_best(checks([0.1, 0.2], [0.5, 0.5]), {"heldout": 0.5}, plain) is False  # a tie keeps the earlier
     longer = checks([0.1, 0.2], [0.5, 0.9])
     longer[-1]["length"] = 30.0
@@ -127,8 +133,9 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 @pytest.mark.usefixtures("single_thread")
 def test_ppo_stops_keeps_the_best_checkpoint_and_resumes_after_kill(rl_run, tmp_path):
     run = guard_run(rl_run)
-    crashed = tmp_path / "crashed"
+    crashed, blind = tmp_path / "crashed", tmp_path / "blind"
     shutil.copytree(run, crashed)
+    shutil.copytree(run, blind)
 
     done = ppo(run, "run.save_every=2")
     assert done.returncode == 0, done.stderr
@@ -181,6 +188,20 @@ def test_ppo_stops_keeps_the_best_checkpoint_and_resumes_after_kill(rl_run, tmp_
     assert same(weights(crashed / "rounds" / "001" / "policy" / "final"), weights(final))
     rerun = ppo(crashed, "run.save_every=2")
     assert rerun.returncode == 0 and "nothing to do" in rerun.stderr
+
+    # With no held-out judge, max_kl is a budget: the final policy is the last check's within it.
+    budget = ppo(blind, "run.save_every=2", "guard.heldout=none")
+    assert budget.returncode == 0, budget.stderr
+    stage = blind / "rounds" / "001" / "ppo"
+    checked = [json.loads(line) for line in (stage / "guard.jsonl").read_text().splitlines()]
+    stop = checked[-1]
+    assert stop["stopped"] and stop["kl"] > 0.3 and all(h["kl"] <= 0.3 for h in checked[:-1])
+    if len(checked) > 1:
+        assert stop["kept"] == checked[-2]["iteration"] and "the last check within the thresholds" in budget.stderr
+        assert same(weights(blind / "rounds" / "001" / "policy" / "final"),
+                    weights(stage / "guard" / f"best-{stop['kept']:06d}"))
+    else:
+        assert stop["kept"] is None and "no check was within the thresholds" in budget.stderr
 
 
 def test_bad_guard_and_uncertainty_settings_are_one_line_errors(rl_run):

@@ -227,7 +227,8 @@ class GuardConfig(Section):
                                       "first check's (a policy collapsing to short replies the proxy likes).")
     stop: bool = Field(False, description="On firing, stop the run; the stage's final policy is then the best "
                                           "check's by held-out score among those within the thresholds "
-                                          "(guard/best-NNNNNN), not the last.")
+                                          "(guard/best-NNNNNN), not the last; with heldout=none, the last "
+                                          "check's within them (max_kl is then a KL budget).")
 
 
 class PPOConfig(Section):

@@ -100,13 +100,23 @@ def guard_verdict(history: Sequence[dict[str, Any]], cfg: GuardConfig) -> Option
 
 
 def new_best(history: Sequence[dict[str, Any]], best: Optional[dict[str, Any]], cfg: GuardConfig) -> bool:
-    """Whether the last check of `history` becomes the policy to keep: it has a held-out score above the best
-    check's so far and passes none of the thresholds. A check past the KL, spread or length a user set is not
-    one they would keep, however a held-out reward model (fooled like the proxy) scores it."""
+    """Whether the last check of `history` becomes the policy to keep: it passes none of the thresholds and has
+    a held-out score above the best check's so far, or, with no held-out judge, it is the latest check within
+    the thresholds of a guard that stops on them. A check past the KL, spread or length a user set is not one
+    they would keep, however a held-out reward model (fooled like the proxy) scores it; without a judge,
+    `guard.max_kl` with `guard.stop=true` is then a KL budget the final policy keeps to."""
     last = history[-1]
-    if last.get("heldout") is None or limits_passed(history, cfg):
+    if limits_passed(history, cfg):
         return False
-    return best is None or last["heldout"] > best["heldout"]
+    if last.get("heldout") is None:
+        return cfg.stop and has_limits(cfg)
+    return best is None or best.get("heldout") is None or last["heldout"] > best["heldout"]
+
+
+def has_limits(cfg: GuardConfig) -> bool:
+    """Whether any threshold of `limits_passed` is set."""
+    return any(limit is not None for limit in (cfg.max_kl, cfg.max_spread, cfg.max_ood_fraction,
+                                               cfg.max_length_ratio, cfg.min_length_ratio))
 
 
 # ---------------------------------------------------------------------------
@@ -268,7 +278,7 @@ class Guard:
         if record["best"]:
             from alignloop.train.checkpoints import save_final
 
-            self.best = {"iteration": iteration, "heldout": record["heldout"]}
+            self.best = {"iteration": iteration, "heldout": record.get("heldout")}
             save_final(self.folder / f"best-{iteration:06d}", state.policy, state.tokenizer,
                        extra_files={BEST_RECORD: json.dumps(self.best)})
         record["kept"] = self.best["iteration"] if self.best else None
@@ -293,14 +303,16 @@ class Guard:
             line += f"\n{self.stage}: warning: over-optimisation guard fired at iteration {record['iteration']}: " \
                     f"{record['fired']}"
             if record["stopped"]:
-                kept = f"the policy of iteration {record['kept']} (best held-out score)" if record["kept"] \
-                    else "the last policy (no held-out judge)"
+                why = "the last check within the thresholds" if record.get("heldout") is None \
+                    else "best held-out score"
+                kept = f"the policy of iteration {record['kept']} ({why})" if record["kept"] \
+                    else "the last policy (no check was within the thresholds)"
                 line += f"; stopping (guard.stop=true), keeping {kept}"
         return line
 
     def keep_best(self, final: Path) -> Optional[int]:
         """After a stop, copy the best check's policy to `final` (atomically); its iteration, or None when there
-        is none (no held-out judge), and the last policy stays the final one."""
+        is none (no check within the thresholds), and the last policy stays the final one."""
         best = self.best_dir
         if self.stopped is None or self.best is None or best is None:
             return None
