@@ -41,3 +41,29 @@ def test_a_capped_warmup_is_announced_once_and_only_when_capped():
     assert said == ["dpo: warmup of 6 steps instead of dpo.warmup_steps=10: at most a fifth of the 30-step run"]
     assert capped_warmup_logged(10, 100, "dpo", "dpo.warmup_steps", said.append) == 10
     assert len(said) == 1
+
+
+def test_rl_iterations_warm_up_then_decay_to_min_lr_ratio_at_the_last():
+    from types import SimpleNamespace
+
+    import torch
+
+    from alignloop.rl.state import set_learning_rates
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    optimizer.param_groups[0]["peak_lr"] = 1e-4
+    state = SimpleNamespace(optimizers=lambda: [optimizer])
+
+    def rates(iterations, warmup, ratio):
+        out = []
+        for iteration in range(iterations):
+            set_learning_rates(state, iteration, iterations, warmup, ratio)
+            out.append(optimizer.param_groups[0]["lr"])
+        return out
+
+    # 1.0 (the default): the warmup, then the peak to the end, as before the setting existed.
+    assert rates(6, 2, 1.0) == pytest.approx([5e-5, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4])
+    # 0.1 over 5 iterations, no warmup: the cosine over 4 steps, 1e-5 + 9e-5 * (1 + cos(pi k / 4)) / 2.
+    expected = [1e-5 + 4.5e-5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
+    assert rates(5, 0, 0.1) == pytest.approx(expected)
+    assert rates(5, 0, 0.1)[-1] == pytest.approx(1e-5) and rates(1, 0, 0.1) == pytest.approx([1e-4])

@@ -19,6 +19,13 @@ from alignloop.models.lora import LoraSettings
 from alignloop.train.config import PretrainMixConfig
 
 
+def min_lr_ratio_field():
+    """The RL algorithms' learning-rate decay setting (one definition for PPO and GRPO/RLOO)."""
+    return Field(1.0, ge=0, le=1, description="After warmup, decay the learning rate along a cosine to this "
+                                              "fraction of it at the last iteration (1: constant). A smaller "
+                                              "last step lets the KL settle where the controller holds it.")
+
+
 class RLModelsConfig(Section):
     """Which checkpoints play which part. Unset paths come from the run directory."""
 
@@ -148,9 +155,10 @@ class PPOAlgorithmConfig(Section):
     epochs: int = Field(4, ge=1, description="Passes over each iteration's rollouts.")
     minibatches: int = Field(4, ge=1, description="Optimizer steps per epoch (the rollouts are split this many ways).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated within one minibatch.")
-    lr: LearningRate = Field(3e-5, description="Policy learning rate (AdamW, constant after warmup).")
+    lr: LearningRate = Field(3e-5, description="Policy learning rate (AdamW; after warmup, see min_lr_ratio).")
     critic_lr: LearningRate = Field(1e-4, description="Critic learning rate.")
     warmup_iterations: int = Field(0, ge=0, description="Linear learning-rate warmup, in iterations.")
+    min_lr_ratio: float = min_lr_ratio_field()
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Clip each model's gradient norm to this (0 disables).")
     gamma: float = Field(1.0, ge=0, le=1, description="GAE discount.")
@@ -255,8 +263,9 @@ class GRPOAlgorithmConfig(Section):
     epochs: int = Field(1, ge=1, description="Passes over each iteration's rollouts.")
     minibatches: int = Field(2, ge=1, description="Optimizer steps per epoch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated within one minibatch.")
-    lr: LearningRate = Field(3e-5, description="Learning rate (AdamW, constant after warmup).")
+    lr: LearningRate = Field(3e-5, description="Learning rate (AdamW; after warmup, see min_lr_ratio).")
     warmup_iterations: int = Field(0, ge=0, description="Linear learning-rate warmup, in iterations.")
+    min_lr_ratio: float = min_lr_ratio_field()
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0 disables).")
     clip_range: float = Field(0.2, gt=0, description="Ratio clip epsilon.")

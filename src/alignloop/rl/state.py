@@ -36,6 +36,7 @@ from alignloop.train.crash import crash_point
 from alignloop.train.device import precision_scope, route_cpu_products
 from alignloop.train.metrics import MetricsLog
 from alignloop.train.progress import StepTimer
+from alignloop.train.schedule import learning_rate
 
 
 def make_kl_controller(cfg: RewardShapingConfig) -> AdaptiveKLController | FixedKLController:
@@ -185,9 +186,10 @@ def restore_checkpoint(state: RLState, checkpoint: Path) -> int:
     return int(saved["step"])
 
 
-def set_learning_rates(state: RLState, iteration: int, warmup: int) -> None:
-    """Linear warmup over `warmup` iterations, then each optimizer's constant peak rate."""
-    scale = min(1.0, (iteration + 1) / warmup) if warmup else 1.0
+def set_learning_rates(state: RLState, iteration: int, iterations: int, warmup: int, min_ratio: float) -> None:
+    """Linear warmup over `warmup` iterations, then each optimizer's peak rate along a cosine down to
+    `min_ratio` of it at the last iteration (constant when `min_ratio` is 1)."""
+    scale = learning_rate(iteration, iterations - 1, 1.0, warmup, min_ratio)
     for optimizer in state.optimizers():
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * scale
@@ -213,8 +215,9 @@ IterationFn = Callable[[RLState, list[str], list[list[int]]], tuple[Experience, 
 
 
 def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: IterationFn, iterations: int,
-               rollout_prompts: int, warmup: int, max_prompt_tokens: int, loop: RunLoopConfig, stage_dir: Path,
-               final: Path, start: int, log: Callable[[str], None], guard: Optional[Guard] = None) -> LoopResult:
+               rollout_prompts: int, warmup: int, min_lr_ratio: float, max_prompt_tokens: int,
+               loop: RunLoopConfig, stage_dir: Path, final: Path, start: int, log: Callable[[str], None],
+               guard: Optional[Guard] = None) -> LoopResult:
     """Iterations `start`..`iterations`: rollout + update, log, sample tables, guard checks, checkpoints; then
     `final` (after a stop by the guard, its best policy).
 
@@ -234,7 +237,7 @@ def train_loop(*, stage: str, state: RLState, prompts: list[str], iteration_fn: 
         log(f"{stage}: the over-optimisation guard stopped this run at iteration {start}; finishing it")
     try:
         for iteration in range(start if guard is None or not guard.stopped else iterations, iterations):
-            set_learning_rates(state, iteration, warmup)
+            set_learning_rates(state, iteration, iterations, warmup, min_lr_ratio)
             rows = prompt_indices(iteration, rollout_prompts, len(prompts), loop.seed)
             rows = distributed.shard_list(rows, f"{stage}.rollout_prompts")  # this process's share of the iteration
             exp, stats = iteration_fn(state, [prompts[i] for i in rows], [prompt_ids[i] for i in rows])
@@ -293,7 +296,8 @@ def run_rl_stage(run, key: str, inputs: StageInputs, device: torch.device, cfg, 
     record_started(run, key, inputs)
     with precision_scope(device, cfg.run.precision, "run.precision"):
         result = train_loop(iterations=algorithm.iterations, rollout_prompts=algorithm.rollout_prompts,
-                            warmup=algorithm.warmup_iterations, max_prompt_tokens=cfg.prompts.max_tokens,
+                            warmup=algorithm.warmup_iterations, min_lr_ratio=algorithm.min_lr_ratio,
+                            max_prompt_tokens=cfg.prompts.max_tokens,
                             loop=cfg.run, guard=guard, **loop_args)
     record_finished(run, key, inputs, result.final_dir, final=str(result.final_dir), score=result.last.get("score"),
                     kl=result.last.get("kl"), iterations=result.iterations, **result.guard)
