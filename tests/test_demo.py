@@ -23,11 +23,12 @@ def test_fast_demo_runs_every_stage_and_writes_the_report(tmp_path):
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     assert all(stages[key]["status"] == "done" for key in
                ("pretrain", "sft", "sample:003", "feedback:003", "reward:003", "ppo:003", "eval:003"))
-    # Each round's PPO is leashed to SFT with a KL target that grows by round, and mixes in pretraining text
-    # (PPO-ptx); the evaluation measures against SFT too.
+    # Each round's PPO is leashed to SFT with a KL target that grows by round, decays its learning rate to a
+    # tenth so the KL settles, and mixes in pretraining text (PPO-ptx); the evaluation measures against SFT too.
     assert "round 2: [4/5] ppo from {}, reference {}".format(
         run / "rounds" / "001" / "policy" / "final", run / "sft" / "final") in result.stderr
-    assert [stages[f"ppo:{n:03d}"]["config"]["reward.kl_target"] for n in (1, 2, 3)] == [1.4, 3.5, 5.0]
+    assert [stages[f"ppo:{n:03d}"]["config"]["reward.kl_target"] for n in (1, 2, 3)] == [1.4, 3.5, 6.0]
+    assert all(stages[f"ppo:{n:03d}"]["config"]["ppo.min_lr_ratio"] == 0.1 for n in (1, 2, 3))
     ptx = [json.loads(line).get("ptx_loss") for line in
            (run / "rounds" / "003" / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert ptx and all(value > 0 for value in ptx)
