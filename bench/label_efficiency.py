@@ -23,7 +23,8 @@ unlabelled candidates. uncertain: the first batch is random (nothing to ask yet)
 a quarter (`--random-fraction`) at random and the rest the unlabelled pairs the heads disagree on most, chosen by the
 same functions as `sample --select uncertain` (`alignloop.sample.select`) with its default
 `select.score=information` (BALD). spread: the same with `select.score=spread` (the standard
-deviation of the heads' P(a preferred)).
+deviation of the heads' P(a preferred)). design (with `--arms`): the same random quarter, the rest chosen
+greedily for the linear heads as a batch (D-optimal design, `design_pick`), not in the product.
 With `--margin M` the heads train as `reward loss.margin=M` trains a reward model: the
 persona's strength (1 slightly, 2 clearly, 3 much better) asks for a reward gap of 0, M/2 or M.
 
@@ -152,6 +153,39 @@ def judge(pool: list[dict], candidates: list[tuple[int, int, int]], seed: int) -
     return verdicts
 
 
+def design_pick(directions: torch.Tensor, fisher: torch.Tensor, known: list[int], k: int,
+                taken: list[int], ridge: float) -> list[int]:
+    """`k` rows of `directions` [N, D] chosen greedily for a linear Bradley-Terry model (D-optimal design):
+    each the row whose judgment adds most information given the rows `known` and `taken` (and those chosen
+    before it), fisher_i * d_i' A^-1 d_i, with A = ridge * I + sum over those rows of fisher_j d_j d_j'.
+    Batch-aware where top-k disagreement is not: a pick makes the rows that point its way worth less."""
+    dim = directions.shape[1]
+    a = ridge * torch.eye(dim, dtype=torch.float64) + (directions[known].double().T * fisher[known].double()) \
+        @ directions[known].double()
+    d = directions.double()
+    inverse = torch.linalg.inv(a)
+    gain = fisher.double() * ((d @ inverse) * d).sum(dim=1)
+    available = torch.ones(len(d), dtype=torch.bool)
+    available[known] = False
+    chosen: list[int] = []
+
+    def add(index: int) -> None:
+        nonlocal inverse, gain
+        available[index] = False
+        v = inverse @ d[index]
+        denominator = 1.0 + fisher[index].double() * (d[index] @ v)
+        inverse = inverse - fisher[index].double() * torch.outer(v, v) / denominator
+        gain = gain - fisher.double() * fisher[index].double() * (d @ v) ** 2 / denominator
+
+    for index in taken:
+        add(index)
+    for _ in range(min(k, int(available.sum()))):
+        pick = int(torch.argmax(torch.where(available, gain, torch.tensor(-1.0, dtype=torch.float64))))
+        chosen.append(pick)
+        add(pick)
+    return chosen
+
+
 def run_arm(arm: str, seed: int, x: torch.Tensor, offsets: list[int], candidates, verdicts, heldout, sizes,
             batch: int, heads: int, margin: float = 0.0, random_fraction: float = 0.25) -> list[dict]:
     """Buy judgments batch by batch; at each of `sizes`, the ensemble's held-out agreement with gold.
@@ -170,6 +204,15 @@ def run_arm(arm: str, seed: int, x: torch.Tensor, offsets: list[int], candidates
         want = min(batch, max(sizes) - len(labelled))
         if arm == "random" or weights is None:
             take = [unlabelled[i] for i in random_share(len(unlabelled), want, 1.0, rng)]
+        elif arm == "design":
+            directions = x[a] - x[b]
+            p = torch.sigmoid(directions @ weights.mean(dim=0))
+            usable = [c for c in labelled if verdicts[c][0] in ("a", "b")]
+            drawn = random_share(len(unlabelled), want, random_fraction, rng)
+            order = torch.tensor(unlabelled + usable)
+            picks = design_pick(directions[order], (p * (1 - p))[order], list(range(len(unlabelled), len(order))),
+                                want - len(drawn), drawn, 2 * WEIGHT_DECAY * max(1, len(usable)))
+            take = [unlabelled[i] for i in drawn + picks]
         else:
             probabilities = pair_probabilities(x[a[unlabelled]] @ weights.T, x[b[unlabelled]] @ weights.T)
             scores, _ = uncertainty(probabilities, "spread" if arm == "spread" else "information")
@@ -225,7 +268,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--arms", default="random,uncertain,spread",
-                        help="Comma-separated: random, uncertain (select.score=information), spread.")
+                        help="Comma-separated: random, uncertain (select.score=information), spread, design "
+                             "(greedy D-optimal design for the linear heads, batch-aware).")
     parser.add_argument("--margin", type=float, default=0.0,
                         help="Train with `reward loss.margin` M: a strength-3 judgment asks for margin M, strength 2 "
                              "for M/2 (0: the annotators' strength unused).")
