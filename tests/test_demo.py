@@ -33,3 +33,25 @@ def test_fast_demo_runs_every_stage_and_writes_the_report(tmp_path):
            (run / "rounds" / "003" / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert ptx and all(value > 0 for value in ptx)
     assert json.loads((run / "rounds" / "003" / "eval.json").read_text())["baseline"] == str(run / "sft" / "final")
+
+    # A run directory from an older demo (round 3's PPO recorded with another KL target) stops at that step
+    # with one line and keeps what it made; `--force` redoes that step and nothing before it.
+    manifest = run / "manifest.json"
+    record = json.loads(manifest.read_text())
+    record["stages"]["ppo:003"]["config"]["reward.kl_target"] = 5.0
+    record["stages"]["ppo:003"]["inputs"]["config"] = "0" * 16
+    manifest.write_text(json.dumps(record))
+    policy = run / "rounds" / "003" / "policy" / "final" / "model.safetensors"
+    before = policy.read_bytes()
+    refused = run_cli("demo", "--run", str(run), "--fast", timeout=900)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "ppo:003" in refused.stderr and "reward.kl_target: 5.0 -> 6.0. Rerun with --force" in refused.stderr
+    assert policy.read_bytes() == before
+    forced = run_cli("demo", "--run", str(run), "--fast", "--force", timeout=900)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "ppo:003: --force: replacing work made from other inputs (reward.kl_target: 5.0 -> 6.0)" in forced.stderr
+    assert forced.stderr.count("--force: replacing") == 1
+    assert "pretrain: already finished" in forced.stderr and "ppo: round 2 already finished" in forced.stderr
+    redone = json.loads(manifest.read_text())["stages"]["ppo:003"]
+    assert redone["status"] == "done" and redone["config"]["reward.kl_target"] == 6.0
+    assert redone["inputs"]["config"] != "0" * 16
