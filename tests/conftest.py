@@ -196,3 +196,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(tmp_path_factory):
+    """A tiny decoder backbone for reward models, built once per module."""
+    from reward_helpers import tiny_decoder
+
+    return tiny_decoder(tmp_path_factory.mktemp("decoder"))
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    """A tiny encoder backbone for reward models, built once per module."""
+    from reward_helpers import tiny_encoder
+
+    return tiny_encoder(tmp_path_factory.mktemp("encoder"))

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from reward_helpers import write_jsonl
-from test_reward_model import decoder_dir, encoder_dir  # noqa: F401  (the tiny backbones, as module fixtures)
 
 from alignloop.config.base import load_config
 from alignloop.reward.config import RewardConfig

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from reward_helpers import tiny_decoder, tiny_encoder
+from reward_helpers import tiny_decoder
 
 from alignloop.errors import CheckpointError, ConfigError
 from alignloop.reward.model import (
@@ -21,16 +21,6 @@ from alignloop.reward.model import (
 
 PROMPTS = ["Tom found a cat (1).", "Mia found a kite (2)."]
 RESPONSES = ["Tom was happy. The end.", "kite kite kite kite kite kite."]
-
-
-@pytest.fixture(scope="module")
-def decoder_dir(tmp_path_factory):
-    return tiny_decoder(tmp_path_factory.mktemp("decoder"))
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    return tiny_encoder(tmp_path_factory.mktemp("encoder"))
 
 
 def test_last_token_index_and_mean_pool_by_hand():
