@@ -8,7 +8,7 @@ sampling, feedback and reward model are reused when their inputs are unchanged, 
 changed (typically its PPO and evaluation) are done again, named in the log. `alignloop loop` itself would
 also redo the earlier rounds when a setting they share changes (say `ppo.ppo.min_lr_ratio`); this asks what
 the change does to one round from the same start. Printed: the round's evaluation (rounds/NNN/eval.json).
-BENCHMARKS.md, "The demo", has the figures (runs Q, R and S).
+BENCHMARKS.md, "The demo", has the figures (runs R, S, U and V).
 """
 
 from __future__ import annotations
