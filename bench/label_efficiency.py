@@ -200,12 +200,12 @@ def run_arm(arm: str, seed: int, x: torch.Tensor, offsets: list[int], candidates
     unlabelled = list(range(len(candidates)))
     rows = []
     weights = None
+    directions = x[a] - x[b]  # what a judgment of each candidate teaches the linear heads (design arm)
     while len(labelled) < max(sizes):
         want = min(batch, max(sizes) - len(labelled))
         if arm == "random" or weights is None:
             take = [unlabelled[i] for i in random_share(len(unlabelled), want, 1.0, rng)]
         elif arm == "design":
-            directions = x[a] - x[b]
             p = torch.sigmoid(directions @ weights.mean(dim=0))
             usable = [c for c in labelled if verdicts[c][0] in ("a", "b")]
             drawn = random_share(len(unlabelled), want, random_fraction, rng)

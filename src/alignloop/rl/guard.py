@@ -110,13 +110,12 @@ def new_best(history: Sequence[dict[str, Any]], best: Optional[dict[str, Any]], 
         return False
     if last.get("heldout") is None:
         return cfg.stop and has_limits(cfg)
-    return best is None or best.get("heldout") is None or last["heldout"] > best["heldout"]
+    return best is None or last["heldout"] > best["heldout"]
 
 
 def has_limits(cfg: GuardConfig) -> bool:
-    """Whether any threshold of `limits_passed` is set."""
-    return any(limit is not None for limit in (cfg.max_kl, cfg.max_spread, cfg.max_ood_fraction,
-                                               cfg.max_length_ratio, cfg.min_length_ratio))
+    """Whether any threshold of `limits_passed` (the config's max_* and min_* settings) is set."""
+    return any(value is not None for name, value in cfg if name.startswith(("max_", "min_")))
 
 
 # ---------------------------------------------------------------------------
