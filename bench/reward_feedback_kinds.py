@@ -4,7 +4,7 @@
         [--kinds pairs,ranking,all_pairs] [--rounds 1,2,3] [--seed 0] [SETTING=VALUE ...]
 
 From a loop run's sampled replies (rounds/NNN/samples.jsonl, K replies a prompt), the simulated annotators
-(4 personas, one per item, as `feedback simulate` assigns them) make three kinds of feedback on the same replies:
+(the 4 default personas, one drawn at random for each item) make three kinds of feedback on the same replies:
 - pairs: two random pairs of each prompt's replies, what the demo asks for (`sample.pairs_per_prompt=2`);
 - ranking: one K-way ranking of each prompt's replies (Plackett-Luce), what `sample.item_kind=ranking` asks;
 - all_pairs: every pair of each prompt's replies (K(K-1)/2 judgments a prompt).
@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="a loop run with sft/final and rounds/NNN/")
     parser.add_argument("--work", required=True, type=Path, help="where the feedback files and models go")
-    parser.add_argument("--kinds", default="pairs,ranking,all_pairs")
+    parser.add_argument("--kinds", default="pairs,ranking,all_pairs", help="which kinds of feedback to compare")
     parser.add_argument("--rounds", default="1,2,3", help="rounds whose samples are judged and whose evaluation "
                                                           "replies are scored")
     parser.add_argument("--seed", type=int, default=0, help="seed of the annotators' choices and noise")
