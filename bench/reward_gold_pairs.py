@@ -10,8 +10,8 @@ model (the ensemble's mean reward) orders the two as gold does, over all such pa
 replies end alike (the gold judge's `ending` feature equal: both closed, both cut off...). On this task the
 ending is the easiest thing to read off a reply, and once a policy closes nearly every story, the pairs that end
 alike are where the rest of what gold weighs (kindness above all) has to be read. With --losses, also which
-gold feature costs the most in each answer that loses to SFT's, and each feature's mean for both. The last line printed is one
-JSON object. BENCHMARKS.md, "The demo", has the figures.
+gold feature costs the most in each answer that loses to SFT's, and each feature's mean for both. The last
+line printed is one JSON object. BENCHMARKS.md, "The demo", has the figures.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def agreement(replies: dict[str, list[str]], rewards: dict[str, list[float]]) ->
             right["all"].append(hit)
             if ending[i] == ending[j]:
                 right["same_ending"].append(hit)
-    return {f"{k}": round(sum(v) / len(v), 4) if v else None for k, v in right.items()} | {
+    return {k: round(sum(v) / len(v), 4) if v else None for k, v in right.items()} | {
         f"{k}_pairs": len(v) for k, v in right.items()}
 
 
