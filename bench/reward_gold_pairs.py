@@ -35,24 +35,18 @@ def grouped(path: Path, field: str) -> dict[str, list[str]]:
     return replies
 
 
-def agreement(replies: dict[str, list[str]], rewards: dict[str, list[float]]) -> dict:
-    """Share of gold-untied pairs ordered as gold orders them, over all pairs and over pairs that end alike."""
+def pairs(replies: dict[str, list[str]]) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """(prompts, replies a, replies b) of every pair of each prompt's replies, and of those that end alike."""
     from alignloop.judges.features import feature_scores
-    from alignloop.judges.gold import TIE_TOLERANCE, gold_score
 
-    right = {"all": [], "same_ending": []}
+    out = {"all": ([], [], []), "same_ending": ([], [], [])}
     for prompt, texts in replies.items():
-        gold = [gold_score(prompt, t) for t in texts]
         ending = [feature_scores(prompt, t)["ending"] for t in texts]
         for i, j in itertools.combinations(range(len(texts)), 2):
-            if abs(gold[i] - gold[j]) <= TIE_TOLERANCE:
-                continue
-            hit = float((gold[i] > gold[j]) == (rewards[prompt][i] > rewards[prompt][j]))
-            right["all"].append(hit)
-            if ending[i] == ending[j]:
-                right["same_ending"].append(hit)
-    return {k: round(sum(v) / len(v), 4) if v else None for k, v in right.items()} | {
-        f"{k}_pairs": len(v) for k, v in right.items()}
+            for subset in ("all", "same_ending") if ending[i] == ending[j] else ("all",):
+                for column, value in zip(out[subset], (prompt, texts[i], texts[j])):
+                    column.append(value)
+    return out
 
 
 def losses(path: Path) -> dict:
@@ -75,17 +69,16 @@ def losses(path: Path) -> dict:
 
 
 def score_file(reward, path: Path, field: str = "policy_response") -> dict:
-    """`agreement` of a reward model (or ensemble) on the replies in `field` of one eval_samples.jsonl."""
-    import torch
+    """The reward model's (or ensemble's) agreement with gold (`alignloop.reward.evaluate.gold_agreement`, gold
+    ties left out) on every pair of the replies in `field` of one eval_samples.jsonl, and on those that end
+    alike."""
+    from alignloop.reward.evaluate import gold_agreement
 
-    replies = grouped(path, field)
-    prompts = [p for p, texts in replies.items() for _ in texts]
-    with torch.no_grad():
-        scores = reward.mean_scores(prompts, [t for texts in replies.values() for t in texts]).tolist()
-    rewards, start = {}, 0
-    for prompt, texts in replies.items():
-        rewards[prompt], start = scores[start:start + len(texts)], start + len(texts)
-    return agreement(replies, rewards)
+    out = {}
+    for subset, (prompts, a, b) in pairs(grouped(path, field)).items():
+        metrics = gold_agreement(reward, prompts, a, b)
+        out[subset], out[f"{subset}_pairs"] = round(metrics["accuracy"], 4), metrics["n"]
+    return out
 
 
 def main() -> None:
